@@ -1,0 +1,225 @@
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// `{"error": {...}}`, the one error shape of the management plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmError {
+    pub error: ArmErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmErrorBody {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub details: Vec<Value>,
+    #[serde(rename = "additionalInfo", default)]
+    pub additional_info: Vec<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sku {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none", default, deserialize_with = "capacity")]
+    pub capacity: Option<i64>,
+}
+
+/// Capacity arrives as a number (SDKs) or a numeric string (the Azure CLI).
+fn capacity<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("sku.capacity must be a whole number, got {n}"))),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("sku.capacity must be a whole number, got \"{s}\""))),
+        Some(other) => Err(D::Error::custom(format!("sku.capacity must be a number, got {other}"))),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentModel {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(rename = "sourceAccount", default, skip_serializing_if = "Option::is_none")]
+    pub source_account: Option<String>,
+}
+
+/// Body of `PUT .../deployments/{name}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DeploymentPut {
+    #[serde(default)]
+    pub sku: Option<Sku>,
+    #[serde(default)]
+    pub tags: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub properties: Option<DeploymentPutProperties>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DeploymentPutProperties {
+    #[serde(default)]
+    pub model: Option<DeploymentModel>,
+    #[serde(rename = "raiPolicyName", default)]
+    pub rai_policy_name: Option<String>,
+    #[serde(rename = "versionUpgradeOption", default)]
+    pub version_upgrade_option: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemData {
+    #[serde(rename = "createdBy")]
+    pub created_by: String,
+    #[serde(rename = "createdByType")]
+    pub created_by_type: String,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    #[serde(rename = "lastModifiedBy")]
+    pub last_modified_by: String,
+    #[serde(rename = "lastModifiedByType")]
+    pub last_modified_by_type: String,
+    #[serde(rename = "lastModifiedAt")]
+    pub last_modified_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub key: String,
+    #[serde(rename = "renewalPeriod")]
+    pub renewal_period: i64,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentProperties {
+    pub model: DeploymentModel,
+    #[serde(rename = "provisioningState")]
+    pub provisioning_state: String,
+    pub capabilities: BTreeMap<String, String>,
+    #[serde(rename = "rateLimits")]
+    pub rate_limits: Vec<RateLimit>,
+    #[serde(rename = "currentCapacity")]
+    pub current_capacity: i64,
+    #[serde(rename = "raiPolicyName")]
+    pub rai_policy_name: String,
+    #[serde(rename = "versionUpgradeOption")]
+    pub version_upgrade_option: String,
+    /// Why provisioning failed (Berth's addition; Azure puts it only on the operation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ArmErrorBody>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub sku: Sku,
+    #[serde(rename = "systemData")]
+    pub system_data: SystemData,
+    pub etag: String,
+    pub tags: BTreeMap<String, String>,
+    pub properties: DeploymentProperties,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct List<T> {
+    pub value: Vec<T>,
+    #[serde(rename = "nextLink", default, skip_serializing_if = "Option::is_none")]
+    pub next_link: Option<String>,
+}
+
+/// What an `Azure-AsyncOperation` URL answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationStatus {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    #[serde(rename = "startTime")]
+    pub start_time: String,
+    #[serde(rename = "endTime", default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ArmErrorBody>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountProperties {
+    pub endpoint: String,
+    pub endpoints: BTreeMap<String, String>,
+    #[serde(rename = "provisioningState")]
+    pub provisioning_state: String,
+    #[serde(rename = "customSubDomainName")]
+    pub custom_sub_domain_name: String,
+    #[serde(rename = "publicNetworkAccess")]
+    pub public_network_access: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind_type: String,
+    pub kind: String,
+    pub location: String,
+    pub sku: Sku,
+    pub tags: BTreeMap<String, String>,
+    pub properties: AccountProperties,
+    /// Convenience fields the `berth` CLI shows (not in Azure's resource).
+    #[serde(rename = "resourceGroup")]
+    pub resource_group: String,
+    #[serde(rename = "subscriptionId")]
+    pub subscription_id: String,
+    #[serde(rename = "tenantId")]
+    pub tenant_id: String,
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountKeys {
+    pub key1: String,
+    pub key2: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    #[serde(rename = "subscriptionId")]
+    pub subscription_id: String,
+    #[serde(rename = "tenantId")]
+    pub tenant_id: String,
+    #[serde(rename = "displayName")]
+    pub display_name: String,
+    pub state: String,
+}
+
+/// A model an account can deploy (`GET .../accounts/{a}/models` and `/openai/models`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountModel {
+    pub id: String,
+    pub object: String,
+    pub created_at: i64,
+    pub owned_by: String,
+    /// The base model a fine-tune was made from; `null` for a base model.
+    pub model: Option<String>,
+    pub status: String,
+    pub capabilities: BTreeMap<String, bool>,
+    pub lifecycle_status: String,
+}

@@ -1,0 +1,24 @@
+use std::path::PathBuf;
+
+/// Settings of the control plane, parsed once by the binary.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Where the database, credentials and imported models live.
+    pub data_dir: PathBuf,
+    /// The URL clients use to reach this server (endpoint of accounts, async-operation URLs).
+    pub public_url: String,
+    /// The region of the bootstrap account.
+    pub location: String,
+    /// Lifetime of access tokens minted by `berth token`.
+    pub token_ttl_seconds: i64,
+    /// Sequences an engine steps together.
+    pub max_batch: usize,
+    /// Requests an engine queues before refusing more.
+    pub queue_depth: usize,
+}
+
+impl ControlConfig {
+    pub fn new(data_dir: PathBuf, public_url: String) -> Self {
+        ControlConfig { data_dir, public_url, location: "local".into(), token_ttl_seconds: 3600, max_batch: 8, queue_depth: 64 }
+    }
+}

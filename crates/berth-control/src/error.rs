@@ -1,0 +1,37 @@
+use berth_engine::EngineError;
+use berth_store::StoreError;
+
+/// What the control plane can refuse or fail with. The HTTP surfaces map each to their own shape.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// A client mistake in a field: `code` is the ARM code (`InvalidResourceProperties`, ...).
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String, target: Option<String> },
+    /// The named resource does not exist.
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    /// No or bad credential.
+    #[error("{message}")]
+    Unauthenticated { code: &'static str, message: String },
+    /// A valid principal without rights on the scope.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the engine is overloaded: {0}")]
+    Busy(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ControlError {
+    pub(crate) fn invalid(code: &'static str, message: impl Into<String>, target: impl Into<Option<&'static str>>) -> Self {
+        ControlError::Invalid { code, message: message.into(), target: target.into().map(str::to_owned) }
+    }
+}
+
+pub type Result<T, E = ControlError> = std::result::Result<T, E>;

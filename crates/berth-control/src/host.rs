@@ -1,0 +1,185 @@
+//! The loaded engines and the routes of deployments to them. Engines are keyed by the path of the
+//! weights they run (a base model, or a full-weights fine-tune); adapter fine-tunes share their base's
+//! engine. Counting users lets the last deployment's deletion unload an engine or adapter.
+
+use berth_engine::{load_model, AdapterId, Engine, EngineHandle, EngineOptions, TextModel};
+use berth_store::AccountKey;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A deployment, by account and lower-cased name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeploymentKey {
+    pub account: AccountKey,
+    pub name: String,
+}
+
+impl DeploymentKey {
+    pub fn new(account: &AccountKey, name: &str) -> Self {
+        DeploymentKey {
+            account: AccountKey {
+                subscription_id: account.subscription_id.to_ascii_lowercase(),
+                resource_group: account.resource_group.to_ascii_lowercase(),
+                account: account.account.to_ascii_lowercase(),
+            },
+            name: name.to_ascii_lowercase(),
+        }
+    }
+}
+
+/// Where a deployment's requests go.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub engine: Arc<EngineHandle>,
+    pub engine_key: String,
+    pub adapter: Option<AdapterId>,
+    /// The model id the deployment serves (reported as `model` in responses).
+    pub model_name: String,
+}
+
+struct EngineEntry {
+    handle: Arc<EngineHandle>,
+    users: usize,
+    adapters: HashMap<AdapterId, usize>,
+}
+
+#[derive(Default)]
+struct HostState {
+    engines: HashMap<String, EngineEntry>,
+    routes: HashMap<DeploymentKey, Route>,
+}
+
+/// What to load for a deployment.
+pub(crate) struct LoadPlan {
+    /// Weights to run: a GGUF file or a Hugging Face directory.
+    pub weights: String,
+    /// For full-weights fine-tunes without a tokenizer: the base whose tokenizer to use.
+    pub text_from: Option<String>,
+    pub adapter_dir: Option<String>,
+    /// Adapter id in the engine (the model id, so deployments of one model share it).
+    pub adapter_id: Option<AdapterId>,
+    pub model_name: String,
+}
+
+pub struct ModelHost {
+    state: Mutex<HostState>,
+    /// Serialises model loads: they are memory- and CPU-heavy, and two deployments of one base must
+    /// not load it twice.
+    loading: Mutex<()>,
+    options: EngineOptions,
+}
+
+impl ModelHost {
+    pub fn new(options: EngineOptions) -> Self {
+        ModelHost { state: Mutex::default(), loading: Mutex::new(()), options }
+    }
+
+    fn state(&self) -> MutexGuard<'_, HostState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn route(&self, key: &DeploymentKey) -> Option<Route> {
+        self.state().routes.get(key).cloned()
+    }
+
+    pub fn loaded_engines(&self) -> usize {
+        self.state().engines.len()
+    }
+
+    /// Loads what the plan needs (blocking: call from a blocking thread) and routes the deployment.
+    pub(crate) fn provision(&self, key: DeploymentKey, plan: LoadPlan) -> Result<(), String> {
+        let _loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        self.unprovision(&key);
+        let existing = self.state().engines.get(&plan.weights).map(|e| e.handle.clone());
+        let handle = match existing {
+            Some(h) => h,
+            None => {
+                let text_fallback = match &plan.text_from {
+                    Some(base) => Some(load_text(Path::new(base))?),
+                    None => None,
+                };
+                let started = std::time::Instant::now();
+                let model = load_model(Path::new(&plan.weights), text_fallback).map_err(|e| e.to_string())?;
+                tracing::info!(weights = %plan.weights, ms = started.elapsed().as_millis() as u64, "model loaded");
+                let mut options = self.options.clone();
+                options.name = format!("engine-{}", self.state().engines.len());
+                let handle = Arc::new(Engine::start(Arc::new(model), options).map_err(|e| e.to_string())?);
+                self.state().engines.insert(
+                    plan.weights.clone(),
+                    EngineEntry { handle: handle.clone(), users: 0, adapters: HashMap::new() },
+                );
+                handle
+            }
+        };
+        if let (Some(dir), Some(id)) = (&plan.adapter_dir, &plan.adapter_id) {
+            let loaded = self.state().engines.get(&plan.weights).is_some_and(|e| e.adapters.contains_key(id));
+            if !loaded {
+                let adapter = handle.model().load_adapter(Path::new(dir)).map_err(|e| e.to_string());
+                let adapter = match adapter {
+                    Ok(a) => a,
+                    Err(e) => {
+                        self.release_engine_if_unused(&plan.weights);
+                        return Err(e);
+                    }
+                };
+                handle.add_adapter(id.clone(), Arc::new(adapter)).map_err(|e| e.to_string())?;
+            }
+        }
+        let mut state = self.state();
+        let entry = state.engines.get_mut(&plan.weights).expect("engine inserted above");
+        entry.users += 1;
+        if let Some(id) = &plan.adapter_id {
+            *entry.adapters.entry(id.clone()).or_default() += 1;
+        }
+        state.routes.insert(
+            key,
+            Route { engine: handle, engine_key: plan.weights, adapter: plan.adapter_id, model_name: plan.model_name },
+        );
+        Ok(())
+    }
+
+    /// Removes the deployment's route, and the adapter or engine nobody else uses.
+    pub(crate) fn unprovision(&self, key: &DeploymentKey) {
+        let mut state = self.state();
+        let Some(route) = state.routes.remove(key) else { return };
+        let Some(entry) = state.engines.get_mut(&route.engine_key) else { return };
+        entry.users = entry.users.saturating_sub(1);
+        if let Some(id) = &route.adapter {
+            if let Some(n) = entry.adapters.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    entry.adapters.remove(id);
+                    let _ = entry.handle.remove_adapter(id.clone());
+                }
+            }
+        }
+        drop(state);
+        self.release_engine_if_unused(&route.engine_key);
+    }
+
+    fn release_engine_if_unused(&self, weights: &str) {
+        let mut state = self.state();
+        if state.engines.get(weights).is_some_and(|e| e.users == 0) {
+            // Dropping the last handle stops and joins the engine thread (in-flight requests hold clones).
+            state.engines.remove(weights);
+            tracing::info!(%weights, "engine unloaded");
+        }
+    }
+
+    /// Drops every route and engine; engine threads stop once in-flight requests let go of them.
+    pub fn shutdown(&self) {
+        let mut state = self.state();
+        state.routes.clear();
+        state.engines.clear();
+    }
+}
+
+fn load_text(base: &Path) -> Result<Arc<TextModel>, String> {
+    if base.is_dir() {
+        TextModel::from_hf_dir(base).map(Arc::new).map_err(|e| e.to_string())
+    } else {
+        // The tokenizer of a GGUF base lives in its metadata: load the model header only.
+        berth_engine::text_model_of_gguf(base).map(Arc::new).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,38 @@
+//! Berth's control plane: everything between the HTTP surfaces and the engine.
+//!
+//! Principal types:
+//! - [`Control`]: the service object the server holds. It owns the [`berth_store::Store`] and the
+//!   [`ModelHost`], bootstraps the first tenant on first start, authenticates callers, registers and
+//!   imports models, and drives deployments through long-running provisioning.
+//! - [`ModelHost`]: the loaded engines (one per base model or full-weights model) and the route of
+//!   each deployment to its engine and adapter.
+//! - [`ControlError`]: typed failures; each HTTP surface maps them to its own error shape.
+//!
+//! This crate knows nothing of HTTP; it speaks in rows, ids and engine handles.
+
+mod auth;
+mod bootstrap;
+mod clock;
+mod config;
+mod control;
+mod deployments;
+mod error;
+mod host;
+mod ids;
+mod models;
+mod sku;
+
+pub use auth::{Caller, Principal};
+pub use bootstrap::Credentials;
+pub use clock::{now_rfc3339, unix_now};
+pub use config::ControlConfig;
+pub use control::Control;
+pub use deployments::{DeploymentPutInput, PutOutcome};
+pub use error::ControlError;
+pub use host::{DeploymentKey, ModelHost, Route};
+pub use ids::new_hex_id;
+pub use models::{AccountModelInfo, ModelSource};
+pub use sku::{canonical_sku, SKUS};
+
+#[cfg(test)]
+mod tests;

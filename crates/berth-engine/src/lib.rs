@@ -1,0 +1,38 @@
+//! Berth's inference engine.
+//!
+//! Principal types:
+//! - [`Model`]: a decoder of the Llama family (Llama, Mistral, Qwen2; one file per architecture under
+//!   `models/`) loaded from a GGUF file or a Hugging Face directory ([`load_model`]), with its [`TextModel`].
+//! - [`LoraAdapter`]: a PEFT LoRA adapter, applied inside the linear layers per row of a batch.
+//! - [`BatchContext`] and [`SeqKvCache`]: what `forward` needs besides weights; the KV cache lives outside
+//!   the model, one per sequence.
+//! - [`Engine`] / [`EngineHandle`]: one named OS thread per loaded model that owns the running sequences,
+//!   fed by a bounded channel of [`Command`]s, answering each request with [`GenerateEvent`]s.
+//!
+//! The engine knows nothing of HTTP, SQL, tenants or auth.
+
+mod batch;
+mod config;
+mod engine;
+mod error;
+mod kv_cache;
+mod linear;
+mod lora;
+mod model;
+mod models;
+mod request;
+mod sampling;
+mod weights;
+
+pub use batch::{BatchContext, Segment};
+pub use berth_text::{ChatMessage, TextModel};
+pub use config::{Architecture, ModelConfig};
+pub use engine::{Command, Engine, EngineHandle, EngineOptions};
+pub use error::EngineError;
+pub use kv_cache::SeqKvCache;
+pub use lora::{AdapterId, LoraAdapter};
+pub use model::{load_model, probe_config, text_model_of_gguf, Logits, Model};
+pub use request::{FinishReason, GenerateEvent, GenerateRequest, SamplingParams};
+
+#[cfg(test)]
+mod tests;

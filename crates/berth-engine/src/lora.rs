@@ -1,0 +1,190 @@
+//! PEFT LoRA adapters (`adapter_config.json` + `adapter_model.safetensors`). The delta of each target
+//! module is kept as its two low-rank factors and applied inside [`crate::linear::Linear`], so one base
+//! model serves many adapters.
+
+use crate::error::{io_err, Result};
+use crate::{EngineError, ModelConfig};
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Identifies an adapter registered with an engine.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AdapterId(pub String);
+
+/// The linear modules of a decoder layer that LoRA can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    pub(crate) const ALL: [Target; 7] = [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
+
+    pub(crate) fn module_name(self) -> &'static str {
+        match self {
+            Target::Q => "q_proj",
+            Target::K => "k_proj",
+            Target::V => "v_proj",
+            Target::O => "o_proj",
+            Target::Gate => "gate_proj",
+            Target::Up => "up_proj",
+            Target::Down => "down_proj",
+        }
+    }
+
+    fn parent(self) -> &'static str {
+        match self {
+            Target::Q | Target::K | Target::V | Target::O => "self_attn",
+            _ => "mlp",
+        }
+    }
+
+    /// (out, in) of the module's weight.
+    fn shape(self, c: &ModelConfig) -> (usize, usize) {
+        let q = c.num_heads * c.head_dim;
+        let kv = c.num_kv_heads * c.head_dim;
+        match self {
+            Target::Q => (q, c.hidden_size),
+            Target::K | Target::V => (kv, c.hidden_size),
+            Target::O => (c.hidden_size, q),
+            Target::Gate | Target::Up => (c.intermediate_size, c.hidden_size),
+            Target::Down => (c.hidden_size, c.intermediate_size),
+        }
+    }
+}
+
+/// `x -> scale * (x A^T) B^T` for one module.
+#[derive(Debug)]
+pub(crate) struct LoraPair {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct AdapterConfig {
+    r: usize,
+    lora_alpha: f64,
+    #[serde(default)]
+    use_rslora: bool,
+    #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
+    rank_pattern: HashMap<String, usize>,
+    #[serde(default)]
+    alpha_pattern: HashMap<String, f64>,
+    #[serde(default)]
+    fan_in_fan_out: bool,
+}
+
+/// A LoRA adapter, checked against the shapes of the base model it will run on.
+#[derive(Debug)]
+pub struct LoraAdapter {
+    pairs: HashMap<(usize, Target), LoraPair>,
+    rank: usize,
+}
+
+impl LoraAdapter {
+    /// Loads a PEFT adapter directory and checks every tensor against `config`.
+    pub fn load(dir: &Path, config: &ModelConfig) -> Result<Self> {
+        let cfg_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| io_err(&cfg_path, e))?;
+        let cfg: AdapterConfig = serde_json::from_str(&text)
+            .map_err(|e| EngineError::Malformed(format!("{}: {e}", cfg_path.display())))?;
+        if cfg.use_dora {
+            return Err(EngineError::Unsupported("DoRA adapters (use_dora = true)".into()));
+        }
+        if cfg.fan_in_fan_out {
+            return Err(EngineError::Unsupported("adapters with fan_in_fan_out = true".into()));
+        }
+        let weights_path = dir.join("adapter_model.safetensors");
+        if !weights_path.exists() {
+            return Err(io_err(&weights_path, "not found (only safetensors adapters are supported)"));
+        }
+        let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)
+            .map_err(|e| EngineError::Malformed(format!("{}: {e}", weights_path.display())))?;
+        Self::from_tensors(&cfg, tensors, config)
+    }
+
+    fn from_tensors(cfg: &AdapterConfig, tensors: HashMap<String, Tensor>, config: &ModelConfig) -> Result<Self> {
+        let mut pairs = HashMap::new();
+        let mut used = 0;
+        for layer in 0..config.num_layers {
+            for target in Target::ALL {
+                let stem = format!("model.layers.{layer}.{}.{}", target.parent(), target.module_name());
+                let find = |kind: &str| {
+                    tensors
+                        .iter()
+                        .find(|(name, _)| name.ends_with(&format!("{stem}.{kind}.weight")) && name.contains(&stem))
+                        .map(|(_, t)| t)
+                };
+                let (Some(a), Some(b)) = (find("lora_A"), find("lora_B")) else { continue };
+                used += 2;
+                let (out_dim, in_dim) = target.shape(config);
+                let r = a.dim(0)?;
+                if a.dims() != [r, in_dim] || b.dims() != [out_dim, r] {
+                    return Err(EngineError::AdapterMismatch(format!(
+                        "{stem}: lora_A {:?} and lora_B {:?} do not fit a [{out_dim}, {in_dim}] weight",
+                        a.dims(),
+                        b.dims()
+                    )));
+                }
+                let rank = pattern_value(&cfg.rank_pattern, &stem).unwrap_or(cfg.r);
+                let alpha = pattern_value(&cfg.alpha_pattern, &stem).unwrap_or(cfg.lora_alpha);
+                let scale = if cfg.use_rslora { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 };
+                pairs.insert(
+                    (layer, target),
+                    LoraPair { a: a.to_dtype(DType::F32)?, b: b.to_dtype(DType::F32)?, scale },
+                );
+            }
+        }
+        let lora_tensors = tensors.keys().filter(|k| k.contains("lora_")).count();
+        if lora_tensors > used {
+            let stray: Vec<_> = tensors
+                .keys()
+                .filter(|k| k.contains("lora_") && !Target::ALL.iter().any(|t| k.contains(t.module_name())))
+                .take(3)
+                .cloned()
+                .collect();
+            return Err(EngineError::AdapterMismatch(format!(
+                "{} LoRA tensors target modules or layers the base model does not have (e.g. {stray:?}); \
+                 supported targets: q/k/v/o/gate/up/down_proj",
+                lora_tensors - used
+            )));
+        }
+        if pairs.is_empty() {
+            return Err(EngineError::AdapterMismatch("the adapter has no LoRA weights for this model".into()));
+        }
+        Ok(LoraAdapter { pairs, rank: cfg.r })
+    }
+
+    pub(crate) fn pair(&self, layer: usize, target: Target) -> Option<&LoraPair> {
+        self.pairs.get(&(layer, target))
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of adapted modules.
+    pub fn num_modules(&self) -> usize {
+        self.pairs.len()
+    }
+}
+
+/// PEFT's rank/alpha patterns are keyed by a suffix of the module name (`layers.3.self_attn.q_proj`).
+fn pattern_value<T: Copy>(patterns: &HashMap<String, T>, stem: &str) -> Option<T> {
+    patterns
+        .iter()
+        .filter(|(key, _)| stem.ends_with(key.as_str()) || stem.contains(&format!(".{key}")))
+        .max_by_key(|(key, _)| key.len())
+        .map(|(_, v)| *v)
+}

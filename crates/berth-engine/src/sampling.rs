@@ -1,0 +1,68 @@
+//! Token selection: greedy at temperature 0, otherwise nucleus sampling with a per-request RNG.
+
+use crate::SamplingParams;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub(crate) struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+}
+
+impl Sampler {
+    pub(crate) fn new(params: SamplingParams) -> Self {
+        let rng = match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Sampler { params, rng }
+    }
+
+    pub(crate) fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.params.temperature <= 0.0 {
+            return argmax(logits);
+        }
+        let inv_t = 1.0 / self.params.temperature;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut probs: Vec<(u32, f32)> =
+            logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp())).collect();
+        let total: f32 = probs.iter().map(|p| p.1).sum();
+        if !(total.is_finite() && total > 0.0) {
+            return argmax(logits);
+        }
+        let top_p = self.params.top_p.clamp(0.0, 1.0);
+        let mut mass = total;
+        if top_p < 1.0 {
+            probs.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+            let mut acc = 0.0;
+            let mut keep = probs.len();
+            for (i, p) in probs.iter().enumerate() {
+                acc += p.1;
+                if acc >= top_p * total {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep.max(1));
+            mass = probs.iter().map(|p| p.1).sum();
+        }
+        let mut target = self.rng.random::<f32>() * mass;
+        for (id, p) in &probs {
+            if target < *p {
+                return *id;
+            }
+            target -= p;
+        }
+        probs.last().map(|p| p.0).unwrap_or(0)
+    }
+}
+
+pub(crate) fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,98 @@
+//! Schema migrations, applied in order inside one transaction each; `PRAGMA user_version` records how
+//! many have run. Never edit a released migration: add one.
+
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: the walking skeleton.
+    r#"
+    CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        display_name TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE subscriptions (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        display_name TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE resource_groups (
+        subscription_id TEXT NOT NULL REFERENCES subscriptions(id),
+        name TEXT NOT NULL COLLATE NOCASE,
+        location TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (subscription_id, name)
+    );
+    CREATE TABLE accounts (
+        subscription_id TEXT NOT NULL,
+        resource_group TEXT NOT NULL COLLATE NOCASE,
+        name TEXT NOT NULL COLLATE NOCASE,
+        location TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        sku TEXT NOT NULL,
+        key1 TEXT NOT NULL UNIQUE,
+        key2 TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (subscription_id, resource_group, name),
+        FOREIGN KEY (subscription_id, resource_group) REFERENCES resource_groups(subscription_id, name)
+    );
+    CREATE TABLE access_tokens (
+        token TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE base_models (
+        name TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        format TEXT NOT NULL,
+        architecture TEXT NOT NULL,
+        context_length INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE models (
+        subscription_id TEXT NOT NULL,
+        resource_group TEXT NOT NULL COLLATE NOCASE,
+        account TEXT NOT NULL COLLATE NOCASE,
+        id TEXT NOT NULL,
+        base_model TEXT NOT NULL REFERENCES base_models(name),
+        kind TEXT NOT NULL,
+        path TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (subscription_id, resource_group, account, id)
+    );
+    CREATE TABLE deployments (
+        subscription_id TEXT NOT NULL,
+        resource_group TEXT NOT NULL COLLATE NOCASE,
+        account TEXT NOT NULL COLLATE NOCASE,
+        name TEXT NOT NULL COLLATE NOCASE,
+        sku_name TEXT NOT NULL,
+        sku_capacity INTEGER NOT NULL,
+        model_format TEXT NOT NULL,
+        model_name TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        provisioning_state TEXT NOT NULL,
+        error_code TEXT,
+        error_message TEXT,
+        etag TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        modified_by TEXT NOT NULL,
+        modified_at TEXT NOT NULL,
+        operation_id TEXT NOT NULL,
+        PRIMARY KEY (subscription_id, resource_group, account, name)
+    );
+    CREATE TABLE operations (
+        id TEXT PRIMARY KEY,
+        subscription_id TEXT NOT NULL,
+        location TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        start_time TEXT NOT NULL,
+        end_time TEXT,
+        error_code TEXT,
+        error_message TEXT
+    );
+    "#,
+];

@@ -1,0 +1,412 @@
+use crate::error::{Result, StoreError};
+use crate::migrations::MIGRATIONS;
+use crate::rows::*;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+/// The database. Calls are short, synchronous statements; the connection sits behind a mutex that is
+/// never held across an `.await` by callers (every method takes and releases it).
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")?;
+        Self::migrate(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Self> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+        Self::migrate(conn)
+    }
+
+    fn migrate(mut conn: Connection) -> Result<Self> {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew { found: version, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent: keep going.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- tenants, subscriptions, resource groups, accounts -------------------------------------
+
+    /// Creates the first tenant, subscription, resource group and account in one transaction.
+    pub fn bootstrap(&self, tenant: &TenantRow, sub: &SubscriptionRow, rg: &ResourceGroupRow, account: &AccountRow) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("INSERT INTO tenants (id, display_name, created_at) VALUES (?1, ?2, ?3)", params![tenant.id, tenant.display_name, tenant.created_at])?;
+        tx.execute(
+            "INSERT INTO subscriptions (id, tenant_id, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![sub.id, sub.tenant_id, sub.display_name, sub.created_at],
+        )?;
+        tx.execute(
+            "INSERT INTO resource_groups (subscription_id, name, location, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![rg.subscription_id, rg.name, rg.location, rg.created_at],
+        )?;
+        insert_account(&tx, account)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn tenants(&self) -> Result<Vec<TenantRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT id, display_name, created_at FROM tenants ORDER BY created_at, id")?;
+        let rows = st.query_map([], |r| Ok(TenantRow { id: r.get(0)?, display_name: r.get(1)?, created_at: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn subscriptions(&self) -> Result<Vec<SubscriptionRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT id, tenant_id, display_name, created_at FROM subscriptions ORDER BY created_at, id")?;
+        let rows = st.query_map([], |r| {
+            Ok(SubscriptionRow { id: r.get(0)?, tenant_id: r.get(1)?, display_name: r.get(2)?, created_at: r.get(3)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn account(&self, key: &AccountKey) -> Result<Option<AccountRow>> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                &format!("{ACCOUNT_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND name = ?3"),
+                params![key.subscription_id, key.resource_group, key.account],
+                account_from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn accounts_in_subscription(&self, subscription_id: &str) -> Result<Vec<AccountRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("{ACCOUNT_SELECT} WHERE subscription_id = ?1 ORDER BY created_at, name"))?;
+        let rows = st.query_map(params![subscription_id], account_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn all_accounts(&self) -> Result<Vec<AccountRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("{ACCOUNT_SELECT} ORDER BY created_at, name"))?;
+        let rows = st.query_map([], account_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The account whose key1 or key2 is `api_key`.
+    pub fn account_by_api_key(&self, api_key: &str) -> Result<Option<AccountRow>> {
+        let conn = self.conn();
+        Ok(conn.query_row(&format!("{ACCOUNT_SELECT} WHERE key1 = ?1 OR key2 = ?1"), params![api_key], account_from_row).optional()?)
+    }
+
+    // ---- access tokens ----------------------------------------------------------------------
+
+    pub fn insert_access_token(&self, row: &AccessTokenRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO access_tokens (token, tenant_id, principal, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![row.token, row.tenant_id, row.principal, row.expires_at, row.created_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn access_token(&self, token: &str) -> Result<Option<AccessTokenRow>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT token, tenant_id, principal, expires_at, created_at FROM access_tokens WHERE token = ?1",
+                params![token],
+                |r| Ok(AccessTokenRow { token: r.get(0)?, tenant_id: r.get(1)?, principal: r.get(2)?, expires_at: r.get(3)?, created_at: r.get(4)? }),
+            )
+            .optional()?)
+    }
+
+    /// Forgets tokens that expired before `now`.
+    pub fn purge_access_tokens(&self, now: &str) -> Result<usize> {
+        Ok(self.conn().execute("DELETE FROM access_tokens WHERE expires_at < ?1", params![now])?)
+    }
+
+    // ---- base models and models --------------------------------------------------------------
+
+    pub fn upsert_base_model(&self, row: &BaseModelRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO base_models (name, path, format, architecture, context_length, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(name) DO UPDATE SET path = excluded.path, format = excluded.format,
+                 architecture = excluded.architecture, context_length = excluded.context_length",
+            params![row.name, row.path, row.format, row.architecture, row.context_length, row.created_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn base_model(&self, name: &str) -> Result<Option<BaseModelRow>> {
+        Ok(self.conn().query_row(&format!("{BASE_SELECT} WHERE name = ?1"), params![name], base_from_row).optional()?)
+    }
+
+    pub fn base_models(&self) -> Result<Vec<BaseModelRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("{BASE_SELECT} ORDER BY name"))?;
+        let rows = st.query_map([], base_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn insert_model(&self, row: &ModelRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO models (subscription_id, resource_group, account, id, base_model, kind, path, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![row.account.subscription_id, row.account.resource_group, row.account.account, row.id, row.base_model, row.kind, row.path, row.created_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn model(&self, account: &AccountKey, id: &str) -> Result<Option<ModelRow>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("{MODEL_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND id = ?4"),
+                params![account.subscription_id, account.resource_group, account.account, id],
+                model_from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn models(&self, account: &AccountKey) -> Result<Vec<ModelRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "{MODEL_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 ORDER BY created_at, id"
+        ))?;
+        let rows = st.query_map(params![account.subscription_id, account.resource_group, account.account], model_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ---- deployments and operations ----------------------------------------------------------
+
+    /// Writes the deployment and its new operation together.
+    pub fn put_deployment(&self, row: &DeploymentRow, op: &OperationRow) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO deployments (subscription_id, resource_group, account, name, sku_name, sku_capacity, model_format,
+                 model_name, model_version, provisioning_state, error_code, error_message, etag, tags, created_by,
+                 created_at, modified_by, modified_at, operation_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+             ON CONFLICT(subscription_id, resource_group, account, name) DO UPDATE SET
+                 sku_name = excluded.sku_name, sku_capacity = excluded.sku_capacity, model_format = excluded.model_format,
+                 model_name = excluded.model_name, model_version = excluded.model_version,
+                 provisioning_state = excluded.provisioning_state, error_code = excluded.error_code,
+                 error_message = excluded.error_message, etag = excluded.etag, tags = excluded.tags,
+                 modified_by = excluded.modified_by, modified_at = excluded.modified_at, operation_id = excluded.operation_id",
+            params![
+                row.account.subscription_id, row.account.resource_group, row.account.account, row.name, row.sku_name,
+                row.sku_capacity, row.model_format, row.model_name, row.model_version, row.provisioning_state,
+                row.error_code, row.error_message, row.etag, serde_json::to_string(&row.tags)?, row.created_by,
+                row.created_at, row.modified_by, row.modified_at, row.operation_id
+            ],
+        )?;
+        insert_operation(&tx, op)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn deployment(&self, account: &AccountKey, name: &str) -> Result<Option<DeploymentRow>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("{DEPLOYMENT_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND name = ?4"),
+                params![account.subscription_id, account.resource_group, account.account, name],
+                deployment_from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn deployments(&self, account: &AccountKey) -> Result<Vec<DeploymentRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "{DEPLOYMENT_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 ORDER BY created_at, name"
+        ))?;
+        let rows = st.query_map(params![account.subscription_id, account.resource_group, account.account], deployment_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn all_deployments(&self) -> Result<Vec<DeploymentRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("{DEPLOYMENT_SELECT} ORDER BY created_at, name"))?;
+        let rows = st.query_map([], deployment_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Ends provisioning: sets the deployment's state and closes its operation, only if the deployment
+    /// is still on that operation (a later PUT or DELETE wins). Returns whether it applied.
+    pub fn finish_provisioning(
+        &self,
+        account: &AccountKey,
+        name: &str,
+        operation_id: &str,
+        state: &str,
+        error: Option<(&str, &str)>,
+        now: &str,
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let (code, message) = error.map(|(c, m)| (Some(c), Some(m))).unwrap_or((None, None));
+        let n = tx.execute(
+            "UPDATE deployments SET provisioning_state = ?1, error_code = ?2, error_message = ?3
+             WHERE subscription_id = ?4 AND resource_group = ?5 AND account = ?6 AND name = ?7 AND operation_id = ?8",
+            params![state, code, message, account.subscription_id, account.resource_group, account.account, name, operation_id],
+        )?;
+        let op_status = if state == "Succeeded" { "Succeeded" } else { "Failed" };
+        tx.execute(
+            "UPDATE operations SET status = ?1, end_time = ?2, error_code = ?3, error_message = ?4 WHERE id = ?5 AND status = 'InProgress'",
+            params![op_status, now, code, message, operation_id],
+        )?;
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// Removes the deployment; returns the removed row.
+    pub fn delete_deployment(&self, account: &AccountKey, name: &str) -> Result<Option<DeploymentRow>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let row = tx
+            .query_row(
+                &format!("{DEPLOYMENT_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND name = ?4"),
+                params![account.subscription_id, account.resource_group, account.account, name],
+                deployment_from_row,
+            )
+            .optional()?;
+        if row.is_some() {
+            tx.execute(
+                "DELETE FROM deployments WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND name = ?4",
+                params![account.subscription_id, account.resource_group, account.account, name],
+            )?;
+        }
+        tx.commit()?;
+        Ok(row)
+    }
+
+    pub fn operation(&self, id: &str) -> Result<Option<OperationRow>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, subscription_id, location, resource_id, status, start_time, end_time, error_code, error_message
+                 FROM operations WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(OperationRow {
+                        id: r.get(0)?,
+                        subscription_id: r.get(1)?,
+                        location: r.get(2)?,
+                        resource_id: r.get(3)?,
+                        status: r.get(4)?,
+                        start_time: r.get(5)?,
+                        end_time: r.get(6)?,
+                        error_code: r.get(7)?,
+                        error_message: r.get(8)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn insert_operation(&self, op: &OperationRow) -> Result<()> {
+        insert_operation(&self.conn(), op)
+    }
+}
+
+fn insert_account(conn: &Connection, a: &AccountRow) -> Result<()> {
+    conn.execute(
+        "INSERT INTO accounts (subscription_id, resource_group, name, location, kind, sku, key1, key2, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![a.key.subscription_id, a.key.resource_group, a.key.account, a.location, a.kind, a.sku, a.key1, a.key2, a.created_at],
+    )?;
+    Ok(())
+}
+
+fn insert_operation(conn: &Connection, op: &OperationRow) -> Result<()> {
+    conn.execute(
+        "INSERT INTO operations (id, subscription_id, location, resource_id, status, start_time, end_time, error_code, error_message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![op.id, op.subscription_id, op.location, op.resource_id, op.status, op.start_time, op.end_time, op.error_code, op.error_message],
+    )?;
+    Ok(())
+}
+
+const ACCOUNT_SELECT: &str = "SELECT subscription_id, resource_group, name, location, kind, sku, key1, key2, created_at FROM accounts";
+const BASE_SELECT: &str = "SELECT name, path, format, architecture, context_length, created_at FROM base_models";
+const MODEL_SELECT: &str = "SELECT subscription_id, resource_group, account, id, base_model, kind, path, created_at FROM models";
+const DEPLOYMENT_SELECT: &str = "SELECT subscription_id, resource_group, account, name, sku_name, sku_capacity, model_format,
+    model_name, model_version, provisioning_state, error_code, error_message, etag, tags, created_by, created_at,
+    modified_by, modified_at, operation_id FROM deployments";
+
+fn account_key(r: &Row<'_>) -> rusqlite::Result<AccountKey> {
+    Ok(AccountKey { subscription_id: r.get(0)?, resource_group: r.get(1)?, account: r.get(2)? })
+}
+
+fn account_from_row(r: &Row<'_>) -> rusqlite::Result<AccountRow> {
+    Ok(AccountRow {
+        key: account_key(r)?,
+        location: r.get(3)?,
+        kind: r.get(4)?,
+        sku: r.get(5)?,
+        key1: r.get(6)?,
+        key2: r.get(7)?,
+        created_at: r.get(8)?,
+    })
+}
+
+fn base_from_row(r: &Row<'_>) -> rusqlite::Result<BaseModelRow> {
+    Ok(BaseModelRow {
+        name: r.get(0)?,
+        path: r.get(1)?,
+        format: r.get(2)?,
+        architecture: r.get(3)?,
+        context_length: r.get(4)?,
+        created_at: r.get(5)?,
+    })
+}
+
+fn model_from_row(r: &Row<'_>) -> rusqlite::Result<ModelRow> {
+    Ok(ModelRow { account: account_key(r)?, id: r.get(3)?, base_model: r.get(4)?, kind: r.get(5)?, path: r.get(6)?, created_at: r.get(7)? })
+}
+
+fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<DeploymentRow> {
+    let tags: String = r.get(13)?;
+    Ok(DeploymentRow {
+        account: account_key(r)?,
+        name: r.get(3)?,
+        sku_name: r.get(4)?,
+        sku_capacity: r.get(5)?,
+        model_format: r.get(6)?,
+        model_name: r.get(7)?,
+        model_version: r.get(8)?,
+        provisioning_state: r.get(9)?,
+        error_code: r.get(10)?,
+        error_message: r.get(11)?,
+        etag: r.get(12)?,
+        tags: serde_json::from_str(&tags).map_err(|e| rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e)))?,
+        created_by: r.get(14)?,
+        created_at: r.get(15)?,
+        modified_by: r.get(16)?,
+        modified_at: r.get(17)?,
+        operation_id: r.get(18)?,
+    })
+}
