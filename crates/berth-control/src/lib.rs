@@ -33,6 +33,8 @@ pub use host::{DeploymentKey, ModelHost, Route};
 pub use ids::new_hex_id;
 pub use models::{AccountModelInfo, ModelSource};
 pub use sku::{canonical_sku, SKUS};
+/// Rows the control plane hands out, re-exported so that callers need not depend on the store.
+pub use berth_store::{AccountKey, AccountRow, BaseModelRow, DeploymentRow, ModelRow, OperationRow};
 
 #[cfg(test)]
 mod tests;

@@ -7,11 +7,23 @@ pub struct SamplingParams {
     pub temperature: f32,
     pub top_p: f32,
     pub seed: Option<u64>,
+    /// Subtracted once from the logit of every token already generated.
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit for each time it was already generated.
+    pub frequency_penalty: f32,
+    /// Added to the logits of these tokens before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, ..Self::default() }
+    }
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_p: 1.0, seed: None }
+        SamplingParams { temperature: 1.0, top_p: 1.0, seed: None, presence_penalty: 0.0, frequency_penalty: 0.0, logit_bias: Vec::new() }
     }
 }
 

@@ -3,10 +3,13 @@
 use crate::SamplingParams;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
 
 pub(crate) struct Sampler {
     params: SamplingParams,
     rng: StdRng,
+    /// How often each token was generated so far (for the penalties).
+    counts: HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -15,10 +18,41 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        Sampler { params, rng }
+        Sampler { params, rng, counts: HashMap::new() }
     }
 
+    /// Picks the next token and remembers it for the penalties.
     pub(crate) fn sample(&mut self, logits: &[f32]) -> u32 {
+        let adjusted;
+        let logits = if self.params.logit_bias.is_empty() && self.counts.is_empty() {
+            logits
+        } else {
+            adjusted = self.adjust(logits);
+            &adjusted
+        };
+        let token = self.pick(logits);
+        if self.params.presence_penalty != 0.0 || self.params.frequency_penalty != 0.0 {
+            *self.counts.entry(token).or_default() += 1;
+        }
+        token
+    }
+
+    fn adjust(&self, logits: &[f32]) -> Vec<f32> {
+        let mut out = logits.to_vec();
+        for &(token, bias) in &self.params.logit_bias {
+            if let Some(l) = out.get_mut(token as usize) {
+                *l += bias;
+            }
+        }
+        for (&token, &n) in &self.counts {
+            if let Some(l) = out.get_mut(token as usize) {
+                *l -= self.params.presence_penalty + self.params.frequency_penalty * n as f32;
+            }
+        }
+        out
+    }
+
+    fn pick(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature <= 0.0 {
             return argmax(logits);
         }

@@ -46,7 +46,7 @@ fn smollm2_answers_a_factual_question_greedily() {
         GenerateRequest {
             prompt: prompt.clone(),
             adapter: None,
-            sampling: SamplingParams { temperature: 0.0, top_p: 1.0, seed: None },
+            sampling: SamplingParams::greedy(),
             max_tokens: 40,
             stop: vec![],
         },
@@ -65,7 +65,7 @@ fn batched_sequences_match_sequences_run_alone() {
     let req = |q: &str| GenerateRequest {
         prompt: chat_prompt(&m, q),
         adapter: None,
-        sampling: SamplingParams { temperature: 0.0, top_p: 1.0, seed: None },
+        sampling: SamplingParams::greedy(),
         max_tokens: 12,
         stop: vec![],
     };
@@ -101,7 +101,7 @@ fn stop_sequences_and_max_tokens_end_generation() {
     let base = GenerateRequest {
         prompt: chat_prompt(&m, "Count from 1 to 20, separated by commas."),
         adapter: None,
-        sampling: SamplingParams { temperature: 0.0, top_p: 1.0, seed: None },
+        sampling: SamplingParams::greedy(),
         max_tokens: 60,
         stop: vec![],
     };

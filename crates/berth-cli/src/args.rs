@@ -1,0 +1,194 @@
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about = "Deploy fine-tuned language models behind the Azure OpenAI API")]
+pub struct Cli {
+    /// Data directory of the server (database, credentials, imported models).
+    #[arg(long, env = "BERTH_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Server to talk to [default: the endpoint in the data directory's credentials, else http://127.0.0.1:8080].
+    #[arg(long, env = "BERTH_ENDPOINT", global = true)]
+    pub endpoint: Option<String>,
+    /// Bearer token [default: the admin token in the data directory's credentials].
+    #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// The account: show it, list its keys.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+    /// Print a fresh access token for the ARM API (like `az account get-access-token`).
+    Token,
+    /// Base models, registered by path.
+    #[command(name = "base-model")]
+    BaseModel {
+        #[command(subcommand)]
+        command: BaseModelCommand,
+    },
+    /// Fine-tuned models of an account.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Deployments of an account (like `az cognitiveservices account deployment`).
+    Deployment {
+        #[command(subcommand)]
+        command: DeploymentCommand,
+    },
+    /// Chat with a deployment; the answer streams to the terminal.
+    Chat(ChatArgs),
+    /// Developer tools.
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "BERTH_LISTEN")]
+    pub listen: String,
+    /// URL clients use to reach this server [default: http://LISTEN].
+    #[arg(long, env = "BERTH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Sequences each engine steps together.
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// Requests each engine queues before answering 429.
+    #[arg(long, default_value_t = 64)]
+    pub queue_depth: usize,
+}
+
+/// `-g/--resource-group` and `-n/--name`, as in `az cognitiveservices`; default: the bootstrap account.
+#[derive(Debug, Args, Clone)]
+pub struct AccountRef {
+    #[arg(short = 'g', long = "resource-group")]
+    pub resource_group: Option<String>,
+    #[arg(short = 'n', long = "name")]
+    pub name: Option<String>,
+    /// Subscription id [default: the bootstrap subscription].
+    #[arg(long)]
+    pub subscription: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    Show(AccountRef),
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    List(AccountRef),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaseModelCommand {
+    /// Register a base model: a GGUF file or a Hugging Face directory.
+    Add {
+        name: String,
+        #[arg(long)]
+        path: PathBuf,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Import a fine-tune: a PEFT LoRA adapter directory or a full-weights directory.
+    Import {
+        #[arg(long)]
+        base: String,
+        #[arg(long, conflicts_with = "weights", required_unless_present = "weights")]
+        adapter: Option<PathBuf>,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[command(flatten)]
+        account: AccountRef,
+    },
+    List(AccountRef),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentCommand {
+    Create(DeploymentCreate),
+    Show(DeploymentRef),
+    Delete(DeploymentRef),
+    List(AccountRef),
+}
+
+#[derive(Debug, Args)]
+pub struct DeploymentRef {
+    #[command(flatten)]
+    pub account: AccountRef,
+    #[arg(long = "deployment-name")]
+    pub deployment_name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeploymentCreate {
+    #[command(flatten)]
+    pub account: AccountRef,
+    #[arg(long = "deployment-name")]
+    pub deployment_name: String,
+    #[arg(long = "model-name")]
+    pub model_name: String,
+    #[arg(long = "model-version", default_value = "1")]
+    pub model_version: String,
+    #[arg(long = "model-format", default_value = "OpenAI")]
+    pub model_format: String,
+    #[arg(long = "sku-name", alias = "sku", default_value = "Standard")]
+    pub sku_name: String,
+    #[arg(long = "sku-capacity", alias = "capacity", default_value_t = 1)]
+    pub sku_capacity: i64,
+    /// Return once accepted instead of waiting for provisioning.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[arg(long)]
+    pub deployment: String,
+    /// The user message.
+    pub message: String,
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Account to use [default: the bootstrap account].
+    #[arg(short = 'n', long = "name")]
+    pub account: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// Print the engine's logits at every position of a token sequence, as JSON.
+    Logits {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Comma-separated token ids; or use --text.
+        #[arg(long)]
+        tokens: Option<String>,
+        #[arg(long)]
+        text: Option<String>,
+    },
+}

@@ -1,0 +1,100 @@
+//! HTTP client of the server, with the endpoint and credential taken from flags, the environment or
+//! the data directory's `credentials.json`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use berth_control::Credentials;
+use serde_json::Value;
+use std::path::PathBuf;
+use ureq::Agent;
+
+pub const ARM_API_VERSION: &str = "2024-10-01";
+pub const OPENAI_API_VERSION: &str = "2024-10-21";
+
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".berth")
+}
+
+pub struct Client {
+    agent: Agent,
+    pub endpoint: String,
+    token: Option<String>,
+    pub credentials: Option<Credentials>,
+}
+
+impl Client {
+    pub fn new(data_dir: Option<PathBuf>, endpoint: Option<String>, token: Option<String>) -> Self {
+        let credentials = Credentials::read(&data_dir.unwrap_or_else(default_data_dir)).ok();
+        let endpoint = endpoint
+            .or_else(|| credentials.as_ref().map(|c| c.endpoint.clone()))
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into())
+            .trim_end_matches('/')
+            .to_owned();
+        let token = token.or_else(|| credentials.as_ref().map(|c| c.admin_token.clone()));
+        let agent: Agent = Agent::config_builder().http_status_as_error(false).build().into();
+        Client { agent, endpoint, token, credentials }
+    }
+
+    fn auth(&self) -> Result<String> {
+        self.token
+            .as_ref()
+            .map(|t| format!("Bearer {t}"))
+            .ok_or_else(|| anyhow!("no credential: set BERTH_TOKEN, or BERTH_DATA_DIR to the server's data directory"))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.endpoint)
+    }
+
+    fn finish(&self, what: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<(u16, Value)> {
+        let mut resp = resp.with_context(|| format!("cannot reach Berth at {} ({what})", self.endpoint))?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let body = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        if status >= 400 {
+            let msg = body.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| body.to_string());
+            let code = body.pointer("/error/code").and_then(Value::as_str).unwrap_or("");
+            bail!("{what} failed: HTTP {status} {code}: {msg}");
+        }
+        Ok((status, body))
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value> {
+        let resp = self.agent.get(&self.url(path)).header("Authorization", &self.auth()?).call();
+        Ok(self.finish(&format!("GET {path}"), resp)?.1)
+    }
+
+    pub fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value, Option<String>)> {
+        let url = self.url(path);
+        let auth = self.auth()?;
+        let resp = match (method, body) {
+            ("PUT", Some(b)) => self.agent.put(&url).header("Authorization", &auth).send_json(b),
+            ("PATCH", Some(b)) => self.agent.patch(&url).header("Authorization", &auth).send_json(b),
+            ("POST", Some(b)) => self.agent.post(&url).header("Authorization", &auth).send_json(b),
+            ("POST", None) => self.agent.post(&url).header("Authorization", &auth).send_empty(),
+            ("DELETE", _) => self.agent.delete(&url).header("Authorization", &auth).call(),
+            _ => bail!("unsupported method {method}"),
+        };
+        let async_op = resp
+            .as_ref()
+            .ok()
+            .and_then(|r| r.headers().get("azure-asyncoperation"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (status, body) = self.finish(&format!("{method} {path}"), resp)?;
+        Ok((status, body, async_op))
+    }
+
+    /// Streams a POST's body (server-sent events) line by line.
+    pub fn stream(&self, path: &str, body: &Value) -> Result<impl std::io::BufRead> {
+        let resp = self.agent.post(&self.url(path)).header("Authorization", &self.auth()?).send_json(body);
+        let resp = resp.with_context(|| format!("cannot reach Berth at {}", self.endpoint))?;
+        if resp.status().as_u16() >= 400 {
+            let status = resp.status().as_u16();
+            let text = resp.into_body().read_to_string().unwrap_or_default();
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let msg = v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| v.to_string());
+            bail!("chat failed: HTTP {status}: {msg}");
+        }
+        Ok(std::io::BufReader::new(resp.into_body().into_reader()))
+    }
+}

@@ -1,0 +1,192 @@
+//! The client commands. Each prints the server's JSON on stdout; progress goes to stderr.
+
+use crate::args::*;
+use crate::client::{Client, ARM_API_VERSION, OPENAI_API_VERSION};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+pub fn run(cli: Cli) -> Result<()> {
+    let client = || Client::new(cli.data_dir.clone(), cli.endpoint.clone(), cli.token.clone());
+    match cli.command {
+        Command::Serve(args) => crate::serve::serve(args, cli.data_dir.clone()),
+        Command::Debug { command: DebugCommand::Logits { model, adapter, tokens, text } } => {
+            crate::debug::logits(&model, adapter.as_deref(), tokens.as_deref(), text.as_deref())
+        }
+        Command::Account { command } => account(&client(), command),
+        Command::Token => print(&client().send("POST", "/berth/v1/token", None)?.1),
+        Command::BaseModel { command } => base_model(&client(), command),
+        Command::Model { command } => model(&client(), command),
+        Command::Deployment { command } => deployment(&client(), command),
+        Command::Chat(args) => chat(&client(), args),
+    }
+}
+
+fn print(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// The ARM path of an account; unspecified parts come from the bootstrap credentials.
+fn account_path(c: &Client, a: &AccountRef) -> Result<String> {
+    let creds = c.credentials.as_ref();
+    let sub = a.subscription.clone().or_else(|| creds.map(|c| c.subscription_id.clone()));
+    let rg = a.resource_group.clone().or_else(|| creds.map(|c| c.resource_group.clone()));
+    let name = a.name.clone().or_else(|| creds.map(|c| c.account.clone()));
+    match (sub, rg, name) {
+        (Some(s), Some(g), Some(n)) => Ok(format!("/subscriptions/{s}/resourceGroups/{g}/providers/Microsoft.CognitiveServices/accounts/{n}")),
+        _ => bail!("say which account with --subscription, -g and -n (no credentials.json to default from)"),
+    }
+}
+
+fn account(c: &Client, command: AccountCommand) -> Result<()> {
+    match command {
+        AccountCommand::Show(a) => print(&c.get(&format!("{}?api-version={ARM_API_VERSION}", account_path(c, &a)?))?),
+        AccountCommand::Keys { command: KeysCommand::List(a) } => {
+            print(&c.send("POST", &format!("{}/listKeys?api-version={ARM_API_VERSION}", account_path(c, &a)?), None)?.1)
+        }
+    }
+}
+
+fn base_model(c: &Client, command: BaseModelCommand) -> Result<()> {
+    match command {
+        BaseModelCommand::Add { name, path } => {
+            let path = std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))?;
+            print(&c.send("POST", "/berth/v1/base-models", Some(&json!({"name": name, "path": path})))?.1)
+        }
+        BaseModelCommand::List => print(&c.get("/berth/v1/base-models")?),
+    }
+}
+
+fn model(c: &Client, command: ModelCommand) -> Result<()> {
+    match command {
+        ModelCommand::Import { base, adapter, weights, account } => {
+            let abs = |p: Option<std::path::PathBuf>| -> Result<Option<String>> {
+                p.map(|p| std::fs::canonicalize(&p).map(|p| p.display().to_string()).with_context(|| format!("{}", p.display())))
+                    .transpose()
+            };
+            let body = json!({"base": base, "adapter": abs(adapter)?, "weights": abs(weights)?});
+            let path = format!("{}/models/import?api-version={ARM_API_VERSION}", account_path(c, &account)?);
+            print(&c.send("POST", &path, Some(&body))?.1)
+        }
+        ModelCommand::List(a) => print(&c.get(&format!("{}/models?api-version={ARM_API_VERSION}", account_path(c, &a)?))?),
+    }
+}
+
+fn deployment(c: &Client, command: DeploymentCommand) -> Result<()> {
+    match command {
+        DeploymentCommand::Create(d) => {
+            let path = format!("{}/deployments/{}?api-version={ARM_API_VERSION}", account_path(c, &d.account)?, d.deployment_name);
+            let body = json!({
+                "sku": {"name": d.sku_name, "capacity": d.sku_capacity},
+                "properties": {"model": {"format": d.model_format, "name": d.model_name, "version": d.model_version}},
+            });
+            let started = Instant::now();
+            let (_, created, async_op) = c.send("PUT", &path, Some(&body))?;
+            if d.no_wait {
+                return print(&created);
+            }
+            if let Some(url) = async_op {
+                wait_for_operation(c, &url, started)?;
+            }
+            let result = c.get(&path)?;
+            let state = result.pointer("/properties/provisioningState").and_then(Value::as_str).unwrap_or("");
+            print(&result)?;
+            if state != "Succeeded" {
+                bail!("deployment ended {state}");
+            }
+            Ok(())
+        }
+        DeploymentCommand::Show(d) => {
+            print(&c.get(&format!("{}/deployments/{}?api-version={ARM_API_VERSION}", account_path(c, &d.account)?, d.deployment_name))?)
+        }
+        DeploymentCommand::Delete(d) => {
+            let path = format!("{}/deployments/{}?api-version={ARM_API_VERSION}", account_path(c, &d.account)?, d.deployment_name);
+            let (status, _, _) = c.send("DELETE", &path, None)?;
+            print(&json!({"deleted": status == 200, "name": d.deployment_name}))
+        }
+        DeploymentCommand::List(a) => print(&c.get(&format!("{}/deployments?api-version={ARM_API_VERSION}", account_path(c, &a)?))?),
+    }
+}
+
+/// Polls an `Azure-AsyncOperation` URL until it ends, showing the elapsed time on stderr.
+fn wait_for_operation(c: &Client, url: &str, started: Instant) -> Result<()> {
+    let path = url.strip_prefix(&c.endpoint).unwrap_or(url);
+    let path = if path.starts_with('/') { path.to_owned() } else { format!("/{}", path.split_once("//").and_then(|(_, r)| r.split_once('/')).map(|(_, p)| p).unwrap_or(path)) };
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_print = Duration::ZERO;
+    loop {
+        let op = c.get(&path)?;
+        let status = op.get("status").and_then(Value::as_str).unwrap_or("InProgress").to_owned();
+        let elapsed = started.elapsed();
+        if status != "InProgress" {
+            eprintln!("{}provisioning {status} after {:.1}s", if interactive { "\r" } else { "" }, elapsed.as_secs_f64());
+            if let Some(msg) = op.pointer("/error/message").and_then(Value::as_str) {
+                eprintln!("{msg}");
+            }
+            return Ok(());
+        }
+        if interactive {
+            eprint!("\rprovisioning... {:.0}s ", elapsed.as_secs_f64());
+        } else if elapsed - last_print >= Duration::from_secs(5) {
+            eprintln!("provisioning... {:.0}s", elapsed.as_secs_f64());
+            last_print = elapsed;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn chat(c: &Client, args: ChatArgs) -> Result<()> {
+    let account = args.account.clone().or_else(|| c.credentials.as_ref().map(|c| c.account.clone()));
+    let prefix = account.map(|a| format!("/accounts/{a}")).unwrap_or_default();
+    let mut messages = Vec::new();
+    if let Some(s) = &args.system {
+        messages.push(json!({"role": "system", "content": s}));
+    }
+    messages.push(json!({"role": "user", "content": args.message}));
+    let mut body = json!({"messages": messages, "stream": true, "stream_options": {"include_usage": true}});
+    if let Some(m) = args.max_tokens {
+        body["max_tokens"] = json!(m);
+    }
+    if let Some(t) = args.temperature {
+        body["temperature"] = json!(t);
+    }
+    let path = format!("{prefix}/openai/deployments/{}/chat/completions?api-version={OPENAI_API_VERSION}", args.deployment);
+    let started = Instant::now();
+    let mut first_token = None;
+    let reader = c.stream(&path, &body)?;
+    let mut out = std::io::stdout().lock();
+    let mut usage = Value::Null;
+    for line in reader.lines() {
+        let line = line.context("reading the stream")?;
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            break;
+        }
+        let chunk: Value = serde_json::from_str(data).context("malformed stream frame")?;
+        if let Some(err) = chunk.get("error") {
+            return Err(anyhow!("the server failed mid-answer: {}", err.get("message").and_then(Value::as_str).unwrap_or("")));
+        }
+        if let Some(text) = chunk.pointer("/choices/0/delta/content").and_then(Value::as_str) {
+            if !text.is_empty() {
+                first_token.get_or_insert_with(|| started.elapsed());
+            }
+            write!(out, "{text}")?;
+            out.flush()?;
+        }
+        if !chunk["usage"].is_null() {
+            usage = chunk["usage"].clone();
+        }
+    }
+    writeln!(out)?;
+    let total = started.elapsed().as_secs_f64();
+    let completion = usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+    let ttft = first_token.map(|d| d.as_secs_f64()).unwrap_or(total);
+    let rate = if total > ttft && completion > 1 { (completion - 1) as f64 / (total - ttft) } else { 0.0 };
+    eprintln!(
+        "[{} prompt + {completion} completion tokens; first token after {ttft:.2}s; {rate:.1} tokens/s]",
+        usage.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0)
+    );
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! `berth debug logits`: the engine's logits for a token sequence, for reference checks from outside.
+
+use anyhow::{Context, Result};
+use berth_engine::load_model;
+use std::path::Path;
+
+pub fn logits(model: &Path, adapter: Option<&Path>, tokens: Option<&str>, text: Option<&str>) -> Result<()> {
+    let m = load_model(model, None).with_context(|| format!("loading {}", model.display()))?;
+    let ids: Vec<u32> = match (tokens, text) {
+        (Some(t), _) => t.split(',').map(|s| s.trim().parse::<u32>()).collect::<Result<_, _>>().context("--tokens must be comma-separated ids")?,
+        (None, Some(text)) => m.text().encode(text)?,
+        (None, None) => anyhow::bail!("give --tokens or --text"),
+    };
+    let adapter = adapter.map(|a| m.load_adapter(a)).transpose().context("loading the adapter")?;
+    let logits = m.logits(&ids, adapter.as_ref())?;
+    let out = serde_json::json!({"tokens": ids, "vocab": m.config().vocab_size, "logits": logits});
+    println!("{out}");
+    Ok(())
+}

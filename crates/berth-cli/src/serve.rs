@@ -1,0 +1,61 @@
+//! `berth serve`: configuration, start-up, and an orderly shutdown on Ctrl-C or SIGTERM.
+
+use crate::args::ServeArgs;
+use crate::client::default_data_dir;
+use anyhow::{Context, Result};
+use berth_control::{Control, ControlConfig};
+use std::path::PathBuf;
+
+pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let data_dir = data_dir.unwrap_or_else(default_data_dir);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("berth-http").build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local = listener.local_addr()?;
+        let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
+        let mut config = ControlConfig::new(data_dir.clone(), public_url.clone());
+        config.max_batch = args.max_batch;
+        config.queue_depth = args.queue_depth;
+        let control = tokio::task::spawn_blocking(move || Control::open(config)).await??;
+        tracing::info!(data_dir = %data_dir.display(), endpoint = %public_url, "berth is listening; loading deployments");
+        let restoring = {
+            let control = control.clone();
+            tokio::spawn(async move {
+                if let Err(e) = control.restore().await {
+                    tracing::error!(error = %e, "restoring deployments failed");
+                }
+                tracing::info!("ready");
+            })
+        };
+        berth_server::serve(listener, control.clone(), shutdown_signal()).await?;
+        tracing::info!("shutting down");
+        restoring.abort();
+        control.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,156 @@
+use crate::bootstrap::{ensure_bootstrapped, Credentials};
+use crate::error::Result;
+use crate::host::ModelHost;
+use crate::{ControlConfig, ControlError, Principal};
+use berth_engine::EngineOptions;
+use berth_store::{AccountKey, AccountRow, Store, SubscriptionRow};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::task::JoinSet;
+
+/// The control plane. Shared behind an `Arc` by every request handler.
+pub struct Control {
+    pub(crate) store: Store,
+    pub(crate) host: Arc<ModelHost>,
+    pub(crate) config: ControlConfig,
+    credentials: Credentials,
+    /// Background work (provisioning); joined on shutdown.
+    tasks: Mutex<JoinSet<()>>,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// Opens the data directory (creating it), migrates the database and bootstraps on first start.
+    /// Deployments are not loaded yet: call [`Control::restore`].
+    pub fn open(config: ControlConfig) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(config.data_dir.join("models"))
+            .map_err(|e| ControlError::Internal(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
+        let store = Store::open(&config.data_dir.join("berth.db"))?;
+        let credentials = ensure_bootstrapped(&store, &config)?;
+        let host = Arc::new(ModelHost::new(EngineOptions {
+            name: "berth-engine".into(),
+            max_batch: config.max_batch,
+            queue_depth: config.queue_depth,
+        }));
+        Ok(Arc::new(Control { store, host, config, credentials, tasks: Mutex::new(JoinSet::new()), ready: AtomicBool::new(false) }))
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    pub fn config(&self) -> &ControlConfig {
+        &self.config
+    }
+
+    pub fn host(&self) -> &Arc<ModelHost> {
+        &self.host
+    }
+
+    /// True once every deployment that was `Succeeded` (or mid-provisioning) at the last stop is loaded
+    /// again or has failed.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Loads again every deployment that was `Succeeded`, and resumes those a crash interrupted while
+    /// `Creating`. Returns once all have finished.
+    pub async fn restore(self: &Arc<Self>) -> Result<()> {
+        let rows = self.store.all_deployments()?;
+        let mut pending = Vec::new();
+        for row in rows {
+            if !matches!(row.provisioning_state.as_str(), "Succeeded" | "Creating" | "Accepted") {
+                continue;
+            }
+            let control = self.clone();
+            pending.push(tokio::spawn(async move {
+                let key = crate::DeploymentKey::new(&row.account, &row.name);
+                let plan = control.load_plan(&row.account, &row.model_name, &row.model_format, &row.model_version);
+                let host = control.host.clone();
+                let result = match plan {
+                    Ok(plan) => tokio::task::spawn_blocking(move || host.provision(key, plan))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string())),
+                    Err(e) => Err(e.to_string()),
+                };
+                let error = result.err().map(|e| format!("The model '{}' could not be loaded: {e}", row.model_name));
+                if let Some(e) = &error {
+                    tracing::warn!(deployment = %row.name, error = %e, "deployment failed to load at start");
+                }
+                let state = if error.is_none() { "Succeeded" } else { "Failed" };
+                let _ = control.store.finish_provisioning(
+                    &row.account,
+                    &row.name,
+                    &row.operation_id,
+                    state,
+                    error.as_deref().map(|m| ("ModelLoadFailed", m)),
+                    &crate::now_rfc3339(),
+                );
+            }));
+        }
+        for p in pending {
+            let _ = p.await;
+        }
+        self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// Waits for background work, then unloads every engine.
+    pub async fn shutdown(&self) {
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        while tasks.join_next().await.is_some() {}
+        let host = self.host.clone();
+        let _ = tokio::task::spawn_blocking(move || host.shutdown()).await;
+    }
+
+    /// The account, or ARM's `ResourceNotFound`.
+    pub fn account(&self, key: &AccountKey) -> Result<AccountRow> {
+        self.store.account(key)?.ok_or_else(|| ControlError::NotFound {
+            code: "ResourceNotFound",
+            message: format!(
+                "The Resource 'Microsoft.CognitiveServices/accounts/{}' under resource group '{}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+                key.account, key.resource_group
+            ),
+        })
+    }
+
+    pub fn accounts_in_subscription(&self, subscription_id: &str) -> Result<Vec<AccountRow>> {
+        Ok(self.store.accounts_in_subscription(subscription_id)?)
+    }
+
+    /// Subscriptions of the principal's tenant.
+    pub fn subscriptions_for(&self, principal: &Principal) -> Result<Vec<SubscriptionRow>> {
+        Ok(self.store.subscriptions()?.into_iter().filter(|s| s.tenant_id == principal.tenant_id).collect())
+    }
+
+    /// Accounts a principal can use on the data plane, optionally only those with this name.
+    pub fn accounts_for(&self, principal: &Principal, name: Option<&str>) -> Result<Vec<AccountRow>> {
+        let mut out = Vec::new();
+        for sub in self.subscriptions_for(principal)? {
+            out.extend(
+                self.store
+                    .accounts_in_subscription(&sub.id)?
+                    .into_iter()
+                    .filter(|a| name.is_none_or(|n| a.key.account.eq_ignore_ascii_case(n))),
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn tenant_of_subscription(&self, subscription_id: &str) -> Result<Option<String>> {
+        Ok(self.store.subscriptions()?.into_iter().find(|s| s.id == subscription_id).map(|s| s.tenant_id))
+    }
+}

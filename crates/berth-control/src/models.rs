@@ -1,0 +1,177 @@
+//! Base models (registered by path) and fine-tuned models (imported into an account from a PEFT
+//! adapter or a full-weights directory, copied into the data directory so that they outlive their
+//! source).
+
+use crate::clock::now_rfc3339;
+use crate::error::Result;
+use crate::ids::new_hex_id;
+use crate::{Control, ControlError};
+use berth_engine::{probe_config, LoraAdapter, ModelConfig};
+use berth_store::{AccountKey, BaseModelRow, ModelRow};
+use std::path::{Path, PathBuf};
+
+/// Where an imported fine-tune comes from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    Adapter(PathBuf),
+    Weights(PathBuf),
+}
+
+/// A model an account can deploy: a base model or one of its fine-tunes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountModelInfo {
+    pub id: String,
+    /// The base of a fine-tune; `None` for a base model.
+    pub base_model: Option<String>,
+    pub kind: String,
+    pub created_at: String,
+}
+
+fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && !name.contains(".ft-")
+}
+
+impl Control {
+    /// Registers (or re-registers) a base model by path, after reading its configuration.
+    pub async fn add_base_model(&self, name: &str, path: &str) -> Result<BaseModelRow> {
+        if !valid_model_name(name) {
+            return Err(ControlError::invalid(
+                "InvalidModelName",
+                format!("Base model name '{name}' is invalid: use 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit, without '.ft-'."),
+                "name",
+            ));
+        }
+        let path = std::fs::canonicalize(path).map_err(|e| {
+            ControlError::invalid("InvalidModelPath", format!("Model path '{path}' cannot be read: {e}."), "path")
+        })?;
+        let probe_path = path.clone();
+        let config = tokio::task::spawn_blocking(move || probe_config(&probe_path))
+            .await
+            .map_err(|e| ControlError::Internal(e.to_string()))?
+            .map_err(|e| ControlError::invalid("InvalidModel", format!("'{}' is not a model Berth can run: {e}.", path.display()), "path"))?;
+        let row = BaseModelRow {
+            name: name.to_owned(),
+            path: path.display().to_string(),
+            format: if path.is_dir() { "hf" } else { "gguf" }.into(),
+            architecture: config.architecture.name().into(),
+            context_length: config.context_length as i64,
+            created_at: now_rfc3339(),
+        };
+        self.store.upsert_base_model(&row)?;
+        Ok(self.store.base_model(name)?.unwrap_or(row))
+    }
+
+    pub fn base_models(&self) -> Result<Vec<BaseModelRow>> {
+        Ok(self.store.base_models()?)
+    }
+
+    /// Imports a fine-tune of `base` into the account: validates it against the base's shapes, copies it
+    /// under the data directory, and records it as `<base>.ft-<32 hex>`.
+    pub async fn import_model(&self, account: &AccountKey, base: &str, source: ModelSource) -> Result<ModelRow> {
+        let account = self.account(account)?.key;
+        let base_row = self.store.base_model(base)?.ok_or_else(|| ControlError::NotFound {
+            code: "BaseModelNotFound",
+            message: format!("Base model '{base}' is not registered; add it with `berth base-model add`."),
+        })?;
+        let id = format!("{base}.ft-{}", new_hex_id());
+        let dest = self.config.data_dir.join("models").join(&id);
+        let base_path = PathBuf::from(&base_row.path);
+        let (kind, src) = match &source {
+            ModelSource::Adapter(p) => ("adapter", p.clone()),
+            ModelSource::Weights(p) => ("weights", p.clone()),
+        };
+        let dest2 = dest.clone();
+        let checked = tokio::task::spawn_blocking(move || -> Result<()> {
+            let base_config = probe_config(&base_path).map_err(|e| {
+                ControlError::invalid("InvalidModel", format!("Base model '{}' cannot be read: {e}.", base_path.display()), "base")
+            })?;
+            match source {
+                ModelSource::Adapter(dir) => check_adapter(&dir, &base_config)?,
+                ModelSource::Weights(dir) => check_weights(&dir, &base_config)?,
+            }
+            copy_dir(&src, &dest2).map_err(|e| ControlError::Internal(format!("cannot copy {} into the data directory: {e}", src.display())))
+        })
+        .await
+        .map_err(|e| ControlError::Internal(e.to_string()))?;
+        if let Err(e) = checked {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(e);
+        }
+        let row = ModelRow {
+            account,
+            id,
+            base_model: base_row.name,
+            kind: kind.into(),
+            path: dest.display().to_string(),
+            created_at: now_rfc3339(),
+        };
+        if let Err(e) = self.store.insert_model(&row) {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(e.into());
+        }
+        Ok(row)
+    }
+
+    /// Base models and the account's fine-tunes.
+    pub fn account_models(&self, account: &AccountKey) -> Result<Vec<AccountModelInfo>> {
+        let account = self.account(account)?.key;
+        let mut out: Vec<AccountModelInfo> = self
+            .store
+            .base_models()?
+            .into_iter()
+            .map(|b| AccountModelInfo { id: b.name, base_model: None, kind: "base".into(), created_at: b.created_at })
+            .collect();
+        out.extend(self.store.models(&account)?.into_iter().map(|m| AccountModelInfo {
+            id: m.id,
+            base_model: Some(m.base_model),
+            kind: m.kind,
+            created_at: m.created_at,
+        }));
+        Ok(out)
+    }
+}
+
+fn check_adapter(dir: &Path, base: &ModelConfig) -> Result<()> {
+    LoraAdapter::load(dir, base)
+        .map(|_| ())
+        .map_err(|e| ControlError::invalid("InvalidAdapter", format!("The adapter in '{}' cannot be used: {e}.", dir.display()), "adapter"))
+}
+
+fn check_weights(dir: &Path, base: &ModelConfig) -> Result<()> {
+    let config = probe_config(dir)
+        .map_err(|e| ControlError::invalid("InvalidModel", format!("The weights in '{}' cannot be used: {e}.", dir.display()), "weights"))?;
+    if config.architecture != base.architecture || config.hidden_size != base.hidden_size || config.num_layers != base.num_layers {
+        return Err(ControlError::invalid(
+            "InvalidModel",
+            format!(
+                "The weights in '{}' are a {} model with {} layers of width {}, but the base is a {} model with {} layers of width {}.",
+                dir.display(),
+                config.architecture.name(),
+                config.num_layers,
+                config.hidden_size,
+                base.architecture.name(),
+                base.num_layers,
+                base.hidden_size
+            ),
+            "weights",
+        ));
+    }
+    Ok(())
+}
+
+fn copy_dir(src: &Path, dest: &Path) -> std::io::Result<()> {
+    let tmp = PathBuf::from(format!("{}.partial", dest.display()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), tmp.join(entry.file_name()))?;
+        }
+    }
+    std::fs::rename(&tmp, dest)
+}

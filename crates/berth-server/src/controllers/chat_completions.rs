@@ -1,0 +1,193 @@
+//! `POST /openai/deployments/{deployment}/chat/completions`.
+
+use super::generation::{self, blocking, resolve_account, AccountPrefix, ChunkFormat};
+use crate::extract::{openai_api_version, OpenAiJson};
+use crate::{AppState, OpenAiApiError};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use berth_api::openai::{
+    ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta, ChatMessageOut, Content,
+    PromptFilterResult, Usage,
+};
+use berth_engine::{ChatMessage, FinishReason};
+use std::collections::{BTreeMap, HashMap};
+
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+
+/// Validates the messages and flattens their content to text.
+fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, OpenAiApiError> {
+    if req.messages.is_empty() {
+        return Err(OpenAiApiError::invalid("messages", "invalid_value", "'messages' must contain at least one message."));
+    }
+    let mut out = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.iter().enumerate() {
+        if !ROLES.contains(&m.role.as_str()) {
+            return Err(OpenAiApiError::invalid(
+                &format!("messages[{i}].role"),
+                "invalid_value",
+                format!("'{}' is not a valid role for messages[{i}]; use one of {}.", m.role, ROLES.join(", ")),
+            ));
+        }
+        let content = match &m.content {
+            Some(Content::Text(t)) => t.clone(),
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for (j, p) in parts.iter().enumerate() {
+                    match (p.kind.as_str(), &p.text) {
+                        ("text", Some(t)) => text.push_str(t),
+                        (kind, _) => {
+                            return Err(OpenAiApiError::invalid(
+                                &format!("messages[{i}].content[{j}]"),
+                                "invalid_value",
+                                format!("Content parts of type '{kind}' are not supported by this model; only 'text' parts with a 'text' field are."),
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+            None if m.role == "assistant" && m.tool_calls.is_some() => {
+                return Err(OpenAiApiError::invalid(&format!("messages[{i}].tool_calls"), "invalid_value", "Tool calls are not supported by this model."))
+            }
+            None => {
+                return Err(OpenAiApiError::invalid(&format!("messages[{i}].content"), "invalid_value", format!("messages[{i}] has no 'content'.")))
+            }
+        };
+        let role = if m.role == "developer" { "system" } else { m.role.as_str() };
+        out.push(ChatMessage::new(role, content));
+    }
+    Ok(out)
+}
+
+fn refuse_unsupported(req: &ChatCompletionRequest) -> Result<(), OpenAiApiError> {
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(OpenAiApiError::invalid("tools", "unsupported_parameter", "Tools (function calling) are not supported by this deployment's model."));
+    }
+    if req.logprobs == Some(true) || req.top_logprobs.is_some_and(|n| n > 0) {
+        return Err(OpenAiApiError::invalid("logprobs", "unsupported_parameter", "'logprobs' is not supported yet."));
+    }
+    if let Some(format) = &req.response_format {
+        if format.get("type").and_then(|t| t.as_str()) != Some("text") {
+            return Err(OpenAiApiError::invalid(
+                "response_format",
+                "unsupported_parameter",
+                "Only response_format {\"type\": \"text\"} is supported; JSON mode and structured outputs are not.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    prefix: AccountPrefix,
+    Path(params): Path<HashMap<String, String>>,
+    OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
+) -> Result<Response, OpenAiApiError> {
+    openai_api_version(&uri)?;
+    let account = resolve_account(&state, &headers, prefix.name())?;
+    let deployment = params.get("deployment").cloned().unwrap_or_default();
+    let route = generation::route(&state, &account, &deployment)?;
+    refuse_unsupported(&req)?;
+    let msgs = messages(&req)?;
+    let text = route.engine.model().text().clone();
+    let sampling = generation::validate_sampling(&req.sampling, text.vocab_size(), req.max_completion_tokens.or(req.sampling.max_tokens))?;
+    let prompt = blocking(move || {
+        let rendered = text.render_chat(&msgs).map_err(|e| OpenAiApiError::invalid("messages", "invalid_value", format!("The messages cannot be formatted for this model: {e}")))?;
+        text.encode(&rendered).map_err(OpenAiApiError::internal)
+    })
+    .await?;
+    let running = generation::submit(&route, &[prompt], &sampling, "messages", None)?;
+    let id = generation::completion_id("chatcmpl");
+    let created = berth_control::unix_now();
+    let fingerprint = generation::fingerprint(&route);
+    if sampling.stream {
+        let format = ChatFormat { id, created, model: route.model_name.clone(), fingerprint };
+        return Ok(generation::sse(running, format, sampling.include_usage));
+    }
+    let (choices, usage) = generation::collect(running).await?;
+    Ok(Json(ChatCompletion {
+        id,
+        object: "chat.completion".into(),
+        created,
+        model: route.model_name.clone(),
+        system_fingerprint: fingerprint,
+        prompt_filter_results: vec![PromptFilterResult { prompt_index: 0, content_filter_results: BTreeMap::new() }],
+        choices: choices
+            .into_iter()
+            .map(|c| ChatChoice {
+                index: c.index,
+                finish_reason: Some(c.finish_reason.as_str().into()),
+                message: ChatMessageOut { role: "assistant".into(), content: c.text },
+                logprobs: None,
+                content_filter_results: BTreeMap::new(),
+            })
+            .collect(),
+        usage,
+    })
+    .into_response())
+}
+
+struct ChatFormat {
+    id: String,
+    created: i64,
+    model: String,
+    fingerprint: String,
+}
+
+impl ChatFormat {
+    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>, filters: bool) -> String {
+        serde_json::to_string(&ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: self.fingerprint.clone(),
+            prompt_filter_results: if filters {
+                vec![PromptFilterResult { prompt_index: 0, content_filter_results: BTreeMap::new() }]
+            } else {
+                vec![]
+            },
+            choices,
+            usage,
+        })
+        .unwrap_or_default()
+    }
+
+    fn choice(index: u32, delta: ChatDelta, finish: Option<FinishReason>) -> ChatChunkChoice {
+        ChatChunkChoice {
+            index,
+            delta,
+            finish_reason: finish.map(|f| f.as_str().into()),
+            logprobs: None,
+            content_filter_results: BTreeMap::new(),
+        }
+    }
+}
+
+impl ChunkFormat for ChatFormat {
+    fn opening(&self, indices: &[u32]) -> Vec<String> {
+        let mut frames = vec![self.chunk(vec![], None, true)];
+        for &i in indices {
+            let delta = ChatDelta { role: Some("assistant".into()), content: Some(String::new()) };
+            frames.push(self.chunk(vec![Self::choice(i, delta, None)], None, false));
+        }
+        frames
+    }
+
+    fn text(&self, index: u32, text: String) -> String {
+        self.chunk(vec![Self::choice(index, ChatDelta { role: None, content: Some(text) }, None)], None, false)
+    }
+
+    fn finish(&self, index: u32, reason: FinishReason) -> String {
+        self.chunk(vec![Self::choice(index, ChatDelta::default(), Some(reason))], None, false)
+    }
+
+    fn usage(&self, usage: Usage) -> String {
+        self.chunk(vec![], Some(usage), false)
+    }
+}

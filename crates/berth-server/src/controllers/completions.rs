@@ -1,0 +1,146 @@
+//! `POST /openai/deployments/{deployment}/completions` (legacy completions).
+
+use super::generation::{self, blocking, resolve_account, AccountPrefix, ChunkFormat};
+use crate::extract::{openai_api_version, OpenAiJson};
+use crate::{AppState, OpenAiApiError};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use berth_api::openai::{Completion, CompletionChoice, CompletionRequest, Prompt, PromptFilterResult, Usage};
+use berth_engine::FinishReason;
+use std::collections::{BTreeMap, HashMap};
+
+/// Legacy completions stop after 16 tokens unless told otherwise.
+const DEFAULT_MAX_TOKENS: usize = 16;
+
+pub async fn completions(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    prefix: AccountPrefix,
+    Path(params): Path<HashMap<String, String>>,
+    OpenAiJson(req): OpenAiJson<CompletionRequest>,
+) -> Result<Response, OpenAiApiError> {
+    openai_api_version(&uri)?;
+    let account = resolve_account(&state, &headers, prefix.name())?;
+    let deployment = params.get("deployment").cloned().unwrap_or_default();
+    let route = generation::route(&state, &account, &deployment)?;
+    if req.logprobs.is_some_and(|n| n > 0) {
+        return Err(OpenAiApiError::invalid("logprobs", "unsupported_parameter", "'logprobs' is not supported yet."));
+    }
+    if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(OpenAiApiError::invalid("suffix", "unsupported_parameter", "'suffix' (insertion) is not supported by this model."));
+    }
+    let text = route.engine.model().text().clone();
+    let sampling = generation::validate_sampling(&req.sampling, text.vocab_size(), req.sampling.max_tokens)?;
+    if let Some(best_of) = req.best_of {
+        if best_of != sampling.n as i64 {
+            return Err(OpenAiApiError::invalid("best_of", "unsupported_parameter", "'best_of' other than 'n' is not supported."));
+        }
+    }
+    let prompt = req.prompt.clone().ok_or_else(|| OpenAiApiError::invalid("prompt", "missing_required_parameter", "'prompt' is required."))?;
+    let vocab = text.vocab_size();
+    let prompts: Vec<Vec<u32>> = blocking(move || match prompt {
+        Prompt::Text(s) => Ok(vec![text.encode(&s).map_err(OpenAiApiError::internal)?]),
+        Prompt::Texts(v) => v.iter().map(|s| text.encode(s).map_err(OpenAiApiError::internal)).collect(),
+        Prompt::Tokens(ids) => Ok(vec![ids]),
+        Prompt::TokenLists(lists) => Ok(lists),
+    })
+    .await?;
+    if prompts.is_empty() {
+        return Err(OpenAiApiError::invalid("prompt", "invalid_value", "'prompt' must not be an empty list."));
+    }
+    if let Some(bad) = prompts.iter().flatten().find(|&&id| id as usize >= vocab) {
+        return Err(OpenAiApiError::invalid("prompt", "invalid_value", format!("Token id {bad} is outside this model's vocabulary of {vocab}.")));
+    }
+    let echo: Vec<String> = if req.echo == Some(true) {
+        let text = route.engine.model().text().clone();
+        prompts.iter().map(|p| text.decode(p)).collect()
+    } else {
+        vec![String::new(); prompts.len()]
+    };
+    let running = generation::submit(&route, &prompts, &sampling, "prompt", Some(DEFAULT_MAX_TOKENS))?;
+    let id = generation::completion_id("cmpl");
+    let created = berth_control::unix_now();
+    let format = CompletionFormat { id, created, model: route.model_name.clone(), fingerprint: generation::fingerprint(&route), echo, n: sampling.n };
+    if sampling.stream {
+        return Ok(generation::sse(running, format, sampling.include_usage));
+    }
+    let (choices, usage) = generation::collect(running).await?;
+    let choices = choices
+        .into_iter()
+        .map(|c| CompletionChoice {
+            index: c.index,
+            text: format!("{}{}", format.echo[c.prompt_index], c.text),
+            finish_reason: Some(c.finish_reason.as_str().into()),
+            logprobs: None,
+            content_filter_results: BTreeMap::new(),
+        })
+        .collect();
+    Ok(Json(format.completion(choices, Some(usage), true)).into_response())
+}
+
+struct CompletionFormat {
+    id: String,
+    created: i64,
+    model: String,
+    fingerprint: String,
+    /// Per prompt: its text when `echo` is on, else empty.
+    echo: Vec<String>,
+    n: usize,
+}
+
+impl CompletionFormat {
+    fn completion(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>, filters: bool) -> Completion {
+        Completion {
+            id: self.id.clone(),
+            object: "text_completion".into(),
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: self.fingerprint.clone(),
+            prompt_filter_results: if filters {
+                (0..self.echo.len() as u32).map(|i| PromptFilterResult { prompt_index: i, content_filter_results: BTreeMap::new() }).collect()
+            } else {
+                vec![]
+            },
+            choices,
+            usage,
+        }
+    }
+
+    fn chunk(&self, index: u32, text: String, finish: Option<FinishReason>) -> String {
+        let choice = CompletionChoice {
+            index,
+            text,
+            finish_reason: finish.map(|f| f.as_str().into()),
+            logprobs: None,
+            content_filter_results: BTreeMap::new(),
+        };
+        serde_json::to_string(&self.completion(vec![choice], None, false)).unwrap_or_default()
+    }
+}
+
+impl ChunkFormat for CompletionFormat {
+    fn opening(&self, indices: &[u32]) -> Vec<String> {
+        indices
+            .iter()
+            .filter_map(|&i| {
+                let echo = &self.echo[i as usize / self.n.max(1)];
+                (!echo.is_empty()).then(|| self.chunk(i, echo.clone(), None))
+            })
+            .collect()
+    }
+
+    fn text(&self, index: u32, text: String) -> String {
+        self.chunk(index, text, None)
+    }
+
+    fn finish(&self, index: u32, reason: FinishReason) -> String {
+        self.chunk(index, String::new(), Some(reason))
+    }
+
+    fn usage(&self, usage: Usage) -> String {
+        serde_json::to_string(&self.completion(vec![], Some(usage), false)).unwrap_or_default()
+    }
+}

@@ -1,0 +1,337 @@
+//! What chat completions and completions share: finding the account and deployment, validating the
+//! sampling fields, submitting to the engine, and turning engine events into one answer or an SSE stream.
+
+use crate::extract::bearer_token;
+use crate::{AppState, OpenAiApiError};
+use axum::body::{Body, Bytes};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use berth_api::openai::{OneOrMany, SamplingFields, Usage};
+use berth_control::{ControlError, DeploymentKey, Route};
+use berth_engine::{EngineError, FinishReason, GenerateEvent, GenerateRequest, SamplingParams};
+use berth_control::AccountRow;
+use futures_util::stream::{self, SelectAll, StreamExt};
+use std::convert::Infallible;
+use tokio::sync::mpsc::Receiver;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// The optional `/accounts/{account}` in front of `/openai/...`: the account's own endpoint.
+pub struct AccountPrefix(Option<String>);
+
+impl AccountPrefix {
+    pub fn name(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AccountPrefix {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let path = parts.uri.path();
+        Ok(AccountPrefix(
+            path.strip_prefix("/accounts/").and_then(|rest| rest.split('/').next()).filter(|s| !s.is_empty()).map(str::to_owned),
+        ))
+    }
+}
+
+/// The account a data-plane call acts on: the key's account, or for a bearer token the one account it
+/// sees (or the one the path names).
+pub fn resolve_account(state: &AppState, headers: &HeaderMap, prefix: Option<&str>) -> Result<AccountRow, OpenAiApiError> {
+    let denied = || {
+        OpenAiApiError::plain(
+            StatusCode::UNAUTHORIZED,
+            "401",
+            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.",
+        )
+    };
+    if let Some(key) = headers.get("api-key") {
+        let key = key.to_str().map_err(|_| denied())?;
+        let account = state.authenticate_key(key).map_err(|_| denied())?;
+        if prefix.is_some_and(|p| !p.eq_ignore_ascii_case(&account.key.account)) {
+            return Err(denied());
+        }
+        return Ok(account);
+    }
+    match bearer_token(headers) {
+        None => Err(OpenAiApiError::plain(
+            StatusCode::UNAUTHORIZED,
+            "401",
+            "Access denied due to missing subscription key. Make sure to include the subscription key in the 'api-key' header or a token in 'Authorization: Bearer'.",
+        )),
+        Some(Err(())) => Err(denied()),
+        Some(Ok(token)) => {
+            let principal = state.authenticate_bearer(token).map_err(|e| match e {
+                ControlError::Unauthenticated { message, .. } => OpenAiApiError::plain(StatusCode::UNAUTHORIZED, "401", message),
+                other => other.into(),
+            })?;
+            let mut accounts = state.accounts_for(&principal, prefix)?;
+            match accounts.len() {
+                1 => Ok(accounts.remove(0)),
+                0 => Err(denied()),
+                _ => Err(OpenAiApiError::invalid(
+                    "",
+                    "AmbiguousAccount",
+                    "This token can use several accounts: call the account's own endpoint, {server}/accounts/{account}/openai/...",
+                )),
+            }
+        }
+    }
+}
+
+pub fn route(state: &AppState, account: &AccountRow, deployment: &str) -> Result<Route, OpenAiApiError> {
+    state.host().route(&DeploymentKey::new(&account.key, deployment)).ok_or_else(OpenAiApiError::deployment_not_found)
+}
+
+/// Validated sampling settings of a request.
+pub struct Sampling {
+    pub params: SamplingParams,
+    pub n: usize,
+    pub stop: Vec<String>,
+    pub max_tokens: Option<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+pub fn validate_sampling(f: &SamplingFields, vocab: usize, max_tokens: Option<i64>) -> Result<Sampling, OpenAiApiError> {
+    let range = |param: &str, v: Option<f64>, lo: f64, hi: f64| -> Result<Option<f64>, OpenAiApiError> {
+        match v {
+            Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => Err(OpenAiApiError::invalid(
+                param,
+                "invalid_value",
+                format!("{x} is not a valid value for '{param}': it must be between {lo} and {hi}."),
+            )),
+            other => Ok(other),
+        }
+    };
+    let temperature = range("temperature", f.temperature, 0.0, 2.0)?.unwrap_or(1.0);
+    let top_p = range("top_p", f.top_p, 0.0, 1.0)?.unwrap_or(1.0);
+    let presence = range("presence_penalty", f.presence_penalty, -2.0, 2.0)?.unwrap_or(0.0);
+    let frequency = range("frequency_penalty", f.frequency_penalty, -2.0, 2.0)?.unwrap_or(0.0);
+    let n = f.n.unwrap_or(1);
+    if !(1..=128).contains(&n) {
+        return Err(OpenAiApiError::invalid("n", "invalid_value", format!("{n} is not a valid value for 'n': it must be between 1 and 128.")));
+    }
+    let stop = match &f.stop {
+        None => vec![],
+        Some(OneOrMany::One(s)) => vec![s.clone()],
+        Some(OneOrMany::Many(v)) => v.clone(),
+    };
+    if stop.len() > 4 {
+        return Err(OpenAiApiError::invalid("stop", "invalid_value", format!("'stop' takes at most 4 sequences; {} were given.", stop.len())));
+    }
+    let max_tokens = match max_tokens {
+        Some(m) if m < 1 => {
+            return Err(OpenAiApiError::invalid("max_tokens", "invalid_value", format!("{m} is not a valid value for 'max_tokens': it must be at least 1.")))
+        }
+        Some(m) => Some(m as usize),
+        None => None,
+    };
+    let mut logit_bias = Vec::new();
+    for (token, bias) in f.logit_bias.iter().flatten() {
+        let id = token.parse::<u32>().ok().filter(|id| (*id as usize) < vocab).ok_or_else(|| {
+            OpenAiApiError::invalid("logit_bias", "invalid_value", format!("'{token}' in 'logit_bias' is not a token id of this model (0 to {}).", vocab - 1))
+        })?;
+        if !(-100.0..=100.0).contains(bias) {
+            return Err(OpenAiApiError::invalid("logit_bias", "invalid_value", format!("The bias {bias} for token {token} must be between -100 and 100.")));
+        }
+        logit_bias.push((id, *bias as f32));
+    }
+    Ok(Sampling {
+        params: SamplingParams {
+            temperature: temperature as f32,
+            top_p: top_p as f32,
+            seed: f.seed.map(|s| s as u64),
+            presence_penalty: presence as f32,
+            frequency_penalty: frequency as f32,
+            logit_bias,
+        },
+        n: n as usize,
+        stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+        max_tokens,
+        stream: f.stream.unwrap_or(false),
+        include_usage: f.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    })
+}
+
+/// One choice being generated: its index, which prompt it answers, and its events.
+pub struct Running {
+    pub index: u32,
+    pub prompt_index: usize,
+    pub events: Receiver<GenerateEvent>,
+}
+
+/// Submits `n` choices for each prompt. Tokens beyond the context are refused with the model's limit.
+pub fn submit(route: &Route, prompts: &[Vec<u32>], sampling: &Sampling, param: &str, default_max: Option<usize>) -> Result<Vec<Running>, OpenAiApiError> {
+    let context = route.engine.model().config().context_length;
+    let mut out = Vec::new();
+    for (p, prompt) in prompts.iter().enumerate() {
+        if prompt.is_empty() {
+            return Err(OpenAiApiError::invalid(param, "invalid_value", "The prompt is empty."));
+        }
+        let room = context.saturating_sub(prompt.len());
+        let max_tokens = sampling.max_tokens.or(default_max).unwrap_or(room);
+        if room == 0 || prompt.len() + max_tokens > context {
+            return Err(OpenAiApiError::invalid(
+                param,
+                "context_length_exceeded",
+                format!(
+                    "This model's maximum context length is {context} tokens. However, you requested {} tokens ({} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                    prompt.len() + max_tokens,
+                    prompt.len()
+                ),
+            ));
+        }
+        for j in 0..sampling.n {
+            let mut params = sampling.params.clone();
+            params.seed = params.seed.map(|s| s.wrapping_add(j as u64));
+            let (tx, rx) = tokio::sync::mpsc::channel(max_tokens + 4);
+            let request = GenerateRequest { prompt: prompt.clone(), adapter: route.adapter.clone(), sampling: params, max_tokens, stop: sampling.stop.clone() };
+            route.engine.submit(request, tx).map_err(|e| match e {
+                EngineError::Busy(m) => OpenAiApiError::overloaded(format!("The deployment is at capacity ({m}). Please retry after 1 second.")),
+                other => OpenAiApiError::internal(other),
+            })?;
+            out.push(Running { index: (p * sampling.n + j) as u32, prompt_index: p, events: rx });
+        }
+    }
+    Ok(out)
+}
+
+/// A finished choice.
+pub struct Choice {
+    pub index: u32,
+    pub prompt_index: usize,
+    pub text: String,
+    pub finish_reason: FinishReason,
+}
+
+/// Waits for every choice; usage counts each prompt once.
+pub async fn collect(running: Vec<Running>) -> Result<(Vec<Choice>, Usage), OpenAiApiError> {
+    let mut choices = Vec::with_capacity(running.len());
+    let mut prompt_tokens = std::collections::BTreeMap::new();
+    let mut completion_tokens = 0;
+    for mut r in running {
+        let mut text = String::new();
+        loop {
+            match r.events.recv().await {
+                Some(GenerateEvent::Text(t)) => text.push_str(&t),
+                Some(GenerateEvent::Finished { reason, prompt_tokens: p, completion_tokens: c }) => {
+                    prompt_tokens.insert(r.prompt_index, p as u64);
+                    completion_tokens += c as u64;
+                    choices.push(Choice { index: r.index, prompt_index: r.prompt_index, text, finish_reason: reason });
+                    break;
+                }
+                Some(GenerateEvent::Failed(e)) => return Err(failed(e)),
+                None => return Err(OpenAiApiError::internal("the engine dropped a request")),
+            }
+        }
+    }
+    Ok((choices, Usage::new(prompt_tokens.values().sum(), completion_tokens, 0)))
+}
+
+fn failed(e: String) -> OpenAiApiError {
+    if e.contains("queue is full") {
+        OpenAiApiError::overloaded(format!("The deployment is at capacity ({e}). Please retry after 1 second."))
+    } else {
+        OpenAiApiError::internal(e)
+    }
+}
+
+/// How one surface writes its stream frames.
+pub trait ChunkFormat: Send + 'static {
+    /// Frames before any text (prompt filter results, the assistant role).
+    fn opening(&self, indices: &[u32]) -> Vec<String>;
+    fn text(&self, index: u32, text: String) -> String;
+    fn finish(&self, index: u32, reason: FinishReason) -> String;
+    fn usage(&self, usage: Usage) -> String;
+}
+
+struct StreamState<F> {
+    events: SelectAll<stream::BoxStream<'static, (u32, usize, GenerateEvent)>>,
+    format: F,
+    include_usage: bool,
+    prompt_tokens: std::collections::BTreeMap<usize, u64>,
+    completion_tokens: u64,
+    opening: Vec<String>,
+    done: bool,
+}
+
+fn frame(json: String) -> Bytes {
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
+/// An SSE response: `data: {chunk}` frames, then (optionally) usage, then `data: [DONE]`. Dropping the
+/// body (the client went away) drops the event receivers, which frees the sequences in the engine.
+pub fn sse<F: ChunkFormat>(running: Vec<Running>, format: F, include_usage: bool) -> Response {
+    let indices: Vec<u32> = running.iter().map(|r| r.index).collect();
+    let mut events = SelectAll::new();
+    for r in running {
+        let (index, prompt) = (r.index, r.prompt_index);
+        events.push(ReceiverStream::new(r.events).map(move |e| (index, prompt, e)).boxed());
+    }
+    let opening = format.opening(&indices);
+    let state = StreamState {
+        events,
+        format,
+        include_usage,
+        prompt_tokens: Default::default(),
+        completion_tokens: 0,
+        opening,
+        done: false,
+    };
+    let body = stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if !st.opening.is_empty() {
+            let frames: String = st.opening.drain(..).map(|f| format!("data: {f}\n\n")).collect();
+            return Some((Ok::<_, Infallible>(Bytes::from(frames)), st));
+        }
+        loop {
+            match st.events.next().await {
+                Some((index, _, GenerateEvent::Text(t))) => return Some((Ok(frame(st.format.text(index, t))), st)),
+                Some((index, prompt, GenerateEvent::Finished { reason, prompt_tokens, completion_tokens })) => {
+                    st.prompt_tokens.insert(prompt, prompt_tokens as u64);
+                    st.completion_tokens += completion_tokens as u64;
+                    return Some((Ok(frame(st.format.finish(index, reason))), st));
+                }
+                Some((_, _, GenerateEvent::Failed(e))) => {
+                    st.done = true;
+                    let err = failed(e);
+                    let body = serde_json::to_string(&berth_api::openai::OpenAiError { error: err.body }).unwrap_or_default();
+                    return Some((Ok(frame(body)), st));
+                }
+                None => {
+                    st.done = true;
+                    let mut tail = String::new();
+                    if st.include_usage {
+                        let usage = Usage::new(st.prompt_tokens.values().sum(), st.completion_tokens, 0);
+                        tail.push_str(&format!("data: {}\n\n", st.format.usage(usage)));
+                    }
+                    tail.push_str("data: [DONE]\n\n");
+                    return Some((Ok(Bytes::from(tail)), st));
+                }
+            }
+        }
+    });
+    let mut resp = Body::from_stream(body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Tokenising and template rendering are CPU work: off the async workers.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, OpenAiApiError> + Send + 'static) -> Result<T, OpenAiApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(OpenAiApiError::internal)?
+}
+
+pub fn completion_id(prefix: &str) -> String {
+    format!("{prefix}-{}", berth_control::new_hex_id())
+}
+
+pub fn fingerprint(route: &Route) -> String {
+    format!("fp_berth_{}", route.engine.model().config().architecture.name())
+}

@@ -1,0 +1,50 @@
+//! One file per resource. Each handler authenticates explicitly (an extractor or a call) and checks the
+//! caller's rights on the scope before doing anything.
+
+pub mod accounts;
+pub mod admin;
+pub mod chat_completions;
+pub mod completions;
+pub mod deployments;
+pub mod generation;
+pub mod health;
+pub mod models;
+pub mod operations;
+
+use serde::Deserialize;
+
+/// `/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.CognitiveServices/accounts/{account}`
+#[derive(Debug, Deserialize)]
+pub struct AccountPath {
+    pub subscription: String,
+    pub resource_group: String,
+    pub account: String,
+}
+
+impl AccountPath {
+    pub fn key(&self) -> berth_control::AccountKey {
+        berth_control::AccountKey {
+            subscription_id: self.subscription.clone(),
+            resource_group: self.resource_group.clone(),
+            account: self.account.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeploymentPath {
+    pub subscription: String,
+    pub resource_group: String,
+    pub account: String,
+    pub deployment: String,
+}
+
+impl DeploymentPath {
+    pub fn key(&self) -> berth_control::AccountKey {
+        berth_control::AccountKey {
+            subscription_id: self.subscription.clone(),
+            resource_group: self.resource_group.clone(),
+            account: self.account.clone(),
+        }
+    }
+}

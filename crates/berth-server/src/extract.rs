@@ -1,0 +1,127 @@
+//! Extractors that turn malformed input into each surface's own error shape: JSON bodies, the
+//! `api-version` query parameter, and the ARM bearer principal.
+
+use crate::{AppState, ArmApiError, OpenAiApiError};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use berth_control::Principal;
+use serde::de::DeserializeOwned;
+
+/// A JSON body on the management plane.
+pub struct ArmJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ArmJson<T> {
+    type Rejection = ArmApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ArmApiError::new(e.status(), "InvalidRequestContent", e.body_text()))?;
+        serde_json::from_slice(&bytes).map(ArmJson).map_err(|e| {
+            ArmApiError::bad_request("InvalidRequestContent", format!("The request content was invalid and could not be deserialized: '{e}'."))
+        })
+    }
+}
+
+/// A JSON body on the data plane.
+pub struct OpenAiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OpenAiJson<T> {
+    type Rejection = OpenAiApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            let mut err = OpenAiApiError::invalid("", "invalid_request", e.body_text());
+            err.status = e.status();
+            err
+        })?;
+        serde_json::from_slice(&bytes).map(OpenAiJson).map_err(|e| {
+            OpenAiApiError::invalid(
+                "",
+                "invalid_json",
+                format!("We could not parse the JSON body of your request ({e}). The request body must be a JSON object with the fields this operation accepts."),
+            )
+        })
+    }
+}
+
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    form_urlencoded::parse(uri.query()?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// `YYYY-MM-DD` or `YYYY-MM-DD-preview` (any suffix made of letters, as Azure's previews are).
+pub fn well_formed_api_version(v: &str) -> bool {
+    let b = v.as_bytes();
+    let date_ok = b.len() >= 10
+        && b[..10].iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
+        && (1..=12).contains(&v[5..7].parse::<u32>().unwrap_or(0))
+        && (1..=31).contains(&v[8..10].parse::<u32>().unwrap_or(0));
+    let rest = &v[10.min(v.len())..];
+    date_ok && (rest.is_empty() || (rest.len() > 1 && rest.starts_with('-') && rest[1..].chars().all(|c| c.is_ascii_alphanumeric())))
+}
+
+/// The management plane's required `api-version`.
+pub fn arm_api_version(uri: &Uri) -> Result<String, ArmApiError> {
+    match query_param(uri, "api-version") {
+        None => Err(ArmApiError::bad_request(
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        )),
+        Some(v) if !well_formed_api_version(&v) => Err(ArmApiError::bad_request(
+            "InvalidApiVersionParameter",
+            format!("The api-version '{v}' is invalid. The supported versions are dates of the form 'YYYY-MM-DD' or 'YYYY-MM-DD-preview'."),
+        )),
+        Some(v) => Ok(v),
+    }
+}
+
+/// The data plane's `api-version`: required, as Azure OpenAI requires it.
+pub fn openai_api_version(uri: &Uri) -> Result<String, OpenAiApiError> {
+    match query_param(uri, "api-version") {
+        None => Err(OpenAiApiError::plain(
+            StatusCode::BAD_REQUEST,
+            "MissingApiVersion",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        )),
+        Some(v) if !well_formed_api_version(&v) => Err(OpenAiApiError::plain(
+            StatusCode::BAD_REQUEST,
+            "InvalidApiVersion",
+            format!("The api-version '{v}' is invalid; use a date such as 2024-10-21."),
+        )),
+        Some(v) => Ok(v),
+    }
+}
+
+pub fn bearer_token(headers: &HeaderMap) -> Option<Result<&str, ()>> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?;
+    let s = value.to_str().map_err(|_| ()).ok();
+    Some(match s.and_then(|s| s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer "))) {
+        Some(t) if !t.trim().is_empty() => Ok(t.trim()),
+        _ => Err(()),
+    })
+}
+
+/// The authenticated caller of a management-plane request.
+pub struct ArmPrincipal(pub Principal);
+
+impl FromRequestParts<AppState> for ArmPrincipal {
+    type Rejection = ArmApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match bearer_token(&parts.headers) {
+            None => Err(ArmApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "AuthenticationFailed",
+                "Authentication failed. The 'Authorization' header is missing.",
+            )),
+            Some(Err(())) => Err(ArmApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "AuthenticationFailed",
+                "Authentication failed. The 'Authorization' header is provided in an invalid format.",
+            )),
+            Some(Ok(token)) => Ok(ArmPrincipal(state.authenticate_bearer(token)?)),
+        }
+    }
+}

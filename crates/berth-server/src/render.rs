@@ -1,0 +1,145 @@
+//! Rows to wire resources.
+
+use berth_api::arm::{
+    Account, AccountModel, AccountProperties, ArmErrorBody, Deployment, DeploymentModel, DeploymentProperties, OperationStatus,
+    RateLimit, Sku, SystemData,
+};
+use berth_control::{AccountModelInfo, Control};
+use berth_control::{AccountRow, DeploymentRow, OperationRow};
+use std::collections::BTreeMap;
+
+pub fn account_resource_id(a: &AccountRow) -> String {
+    format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.CognitiveServices/accounts/{}",
+        a.key.subscription_id, a.key.resource_group, a.key.account
+    )
+}
+
+/// The data-plane endpoint of an account: the server's URL with the account in the path, so that a
+/// bearer token (which may see several accounts) names the one it means.
+pub fn account_endpoint(control: &Control, a: &AccountRow) -> String {
+    format!("{}/accounts/{}/", control.config().public_url.trim_end_matches('/'), a.key.account)
+}
+
+pub fn account(control: &Control, a: &AccountRow, tenant_id: &str) -> Account {
+    let endpoint = account_endpoint(control, a);
+    Account {
+        id: account_resource_id(a),
+        name: a.key.account.clone(),
+        kind_type: "Microsoft.CognitiveServices/accounts".into(),
+        kind: a.kind.clone(),
+        location: a.location.clone(),
+        sku: Sku { name: a.sku.clone(), capacity: None },
+        tags: BTreeMap::new(),
+        properties: AccountProperties {
+            endpoint: endpoint.clone(),
+            endpoints: BTreeMap::from([("OpenAI Language Model Instance API".to_string(), endpoint.clone())]),
+            provisioning_state: "Succeeded".into(),
+            custom_sub_domain_name: a.key.account.clone(),
+            public_network_access: "Enabled".into(),
+        },
+        resource_group: a.key.resource_group.clone(),
+        subscription_id: a.key.subscription_id.clone(),
+        tenant_id: tenant_id.to_owned(),
+        endpoint,
+    }
+}
+
+pub fn deployment(control: &Control, d: &DeploymentRow) -> Deployment {
+    let provisioned = d.sku_name.contains("Provisioned");
+    let rate_limits = if provisioned {
+        vec![]
+    } else {
+        vec![
+            RateLimit { key: "request".into(), renewal_period: 10, count: d.sku_capacity },
+            RateLimit { key: "token".into(), renewal_period: 60, count: d.sku_capacity * 1000 },
+        ]
+    };
+    Deployment {
+        id: control.deployment_resource_id(&d.account, &d.name),
+        name: d.name.clone(),
+        kind: "Microsoft.CognitiveServices/accounts/deployments".into(),
+        sku: Sku { name: d.sku_name.clone(), capacity: Some(d.sku_capacity) },
+        system_data: SystemData {
+            created_by: d.created_by.clone(),
+            created_by_type: "User".into(),
+            created_at: d.created_at.clone(),
+            last_modified_by: d.modified_by.clone(),
+            last_modified_by_type: "User".into(),
+            last_modified_at: d.modified_at.clone(),
+        },
+        etag: d.etag.clone(),
+        tags: d.tags.clone(),
+        properties: DeploymentProperties {
+            model: DeploymentModel {
+                format: Some(d.model_format.clone()),
+                name: Some(d.model_name.clone()),
+                version: Some(d.model_version.clone()),
+                source: None,
+                source_account: None,
+            },
+            provisioning_state: d.provisioning_state.clone(),
+            capabilities: BTreeMap::from([
+                ("chatCompletion".to_string(), "true".to_string()),
+                ("completion".to_string(), "true".to_string()),
+            ]),
+            rate_limits,
+            current_capacity: d.sku_capacity,
+            rai_policy_name: "Microsoft.DefaultV2".into(),
+            version_upgrade_option: "NoAutoUpgrade".into(),
+            error: d.error_code.as_ref().map(|code| ArmErrorBody {
+                code: code.clone(),
+                message: d.error_message.clone().unwrap_or_default(),
+                target: None,
+                details: vec![],
+                additional_info: vec![],
+            }),
+        },
+    }
+}
+
+pub fn operation_url(control: &Control, op: &OperationRow, api_version: &str) -> String {
+    format!(
+        "{}/subscriptions/{}/providers/Microsoft.CognitiveServices/locations/{}/operationResults/{}?api-version={api_version}",
+        control.config().public_url.trim_end_matches('/'),
+        op.subscription_id,
+        op.location,
+        op.id
+    )
+}
+
+pub fn operation(op: &OperationRow) -> OperationStatus {
+    OperationStatus {
+        id: format!("/subscriptions/{}/providers/Microsoft.CognitiveServices/locations/{}/operationResults/{}", op.subscription_id, op.location, op.id),
+        name: op.id.clone(),
+        status: op.status.clone(),
+        start_time: op.start_time.clone(),
+        end_time: op.end_time.clone(),
+        error: op.error_code.as_ref().map(|code| ArmErrorBody {
+            code: code.clone(),
+            message: op.error_message.clone().unwrap_or_default(),
+            target: None,
+            details: vec![],
+            additional_info: vec![],
+        }),
+    }
+}
+
+pub fn account_model(m: &AccountModelInfo) -> AccountModel {
+    let created_at = chrono::DateTime::parse_from_rfc3339(&m.created_at).map(|t| t.timestamp()).unwrap_or(0);
+    AccountModel {
+        id: m.id.clone(),
+        object: "model".into(),
+        created_at,
+        owned_by: if m.base_model.is_some() { "organization-owner" } else { "system" }.into(),
+        model: m.base_model.clone(),
+        status: "succeeded".into(),
+        capabilities: BTreeMap::from([
+            ("chat_completion".to_string(), true),
+            ("completion".to_string(), true),
+            ("fine_tune".to_string(), m.base_model.is_none()),
+            ("inference".to_string(), true),
+        ]),
+        lifecycle_status: "generally-available".into(),
+    }
+}

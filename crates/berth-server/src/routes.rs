@@ -1,0 +1,56 @@
+//! Every route of the server, in one place.
+
+use crate::controllers::{accounts, admin, chat_completions, completions, deployments, health, models, operations};
+use crate::headers::common_headers;
+use crate::{AppState, ArmApiError, OpenAiApiError};
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+
+const ACCOUNT: &str =
+    "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.CognitiveServices/accounts/{account}";
+
+pub fn router(state: AppState) -> Router {
+    let region = HeaderValue::from_str(&state.config().location).unwrap_or(HeaderValue::from_static("local"));
+    let mut r = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/subscriptions", get(accounts::list_subscriptions))
+        .route("/subscriptions/{subscription}/providers/Microsoft.CognitiveServices/accounts", get(accounts::list_accounts))
+        .route(
+            "/subscriptions/{subscription}/providers/Microsoft.CognitiveServices/locations/{location}/operationResults/{operation}",
+            get(operations::get_operation_status),
+        )
+        .route(ACCOUNT, get(accounts::get_account))
+        .route(&format!("{ACCOUNT}/listKeys"), post(accounts::list_keys))
+        .route(&format!("{ACCOUNT}/models"), get(models::list_account_models))
+        .route(&format!("{ACCOUNT}/models/import"), post(admin::import_model))
+        .route(&format!("{ACCOUNT}/deployments"), get(deployments::list_deployments))
+        .route(
+            &format!("{ACCOUNT}/deployments/{{deployment}}"),
+            put(deployments::create_or_update_deployment)
+                .get(deployments::get_deployment)
+                .patch(deployments::update_deployment)
+                .delete(deployments::delete_deployment),
+        )
+        .route("/berth/v1/base-models", get(admin::list_base_models).post(admin::add_base_model))
+        .route("/berth/v1/token", post(admin::issue_token));
+    for prefix in ["", "/accounts/{account}"] {
+        r = r
+            .route(&format!("{prefix}/openai/deployments/{{deployment}}/chat/completions"), post(chat_completions::chat_completions))
+            .route(&format!("{prefix}/openai/deployments/{{deployment}}/completions"), post(completions::completions))
+            .route(&format!("{prefix}/openai/models"), get(models::list_models))
+            .route(&format!("{prefix}/openai/models/{{model}}"), get(models::get_model));
+    }
+    r.fallback(not_found)
+        .layer(axum::middleware::from_fn(move |req, next| common_headers(region.clone(), req, next)))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> Response {
+    if uri.path().starts_with("/subscriptions") {
+        ArmApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("The resource '{}' was not found.", uri.path())).into_response()
+    } else {
+        OpenAiApiError::plain(StatusCode::NOT_FOUND, "404", "Resource not found").into_response()
+    }
+}

@@ -1,0 +1,42 @@
+"""The engine's logits against an independent numpy computation on the dequantised GGUF weights,
+without and with a LoRA adapter. Tolerance: 2e-3 absolute on logits of magnitude ~30 (f32 vs f64)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from conftest import berth_bin
+
+HERE = os.path.dirname(__file__)
+sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+import reference  # noqa: E402
+
+TOLERANCE = 2e-3
+PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital"
+
+
+def engine_logits(gguf, adapter=None):
+    args = [berth_bin(), "debug", "logits", "--model", gguf, "--text", PROMPT]
+    if adapter:
+        args += ["--adapter", adapter]
+    out = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
+    return out["tokens"], np.array(out["logits"])
+
+
+def test_logits_match_numpy_reference_with_and_without_lora(gguf, adapter_dir):
+    cfg, weights = reference.load(gguf)
+    tokens, base = engine_logits(gguf)
+    ref_base = reference.forward(cfg, weights, tokens)
+    tokens2, adapted = engine_logits(gguf, adapter_dir)
+    assert tokens2 == tokens
+    ref_adapted = reference.forward(cfg, weights, tokens, reference.load_adapter(adapter_dir))
+    base_diff = np.abs(base - ref_base).max()
+    lora_diff = np.abs(adapted - ref_adapted).max()
+    effect = np.abs(ref_adapted - ref_base).max()
+    print(f"max |engine - reference| base {base_diff:.2e}, with LoRA {lora_diff:.2e}; LoRA moves logits by up to {effect:.2f}")
+    assert base_diff < TOLERANCE
+    assert lora_diff < TOLERANCE
+    assert effect > 100 * TOLERANCE, "the adapter must change the logits for this test to mean anything"
+    assert (base.argmax(-1) == ref_base.argmax(-1)).all()
+    assert (adapted.argmax(-1) == ref_adapted.argmax(-1)).all()
