@@ -3,6 +3,7 @@ base's is used) imported with --weights, deployed, and answering exactly as the 
 from. This exercises the safetensors loader, config.json parsing and the Q/K row order end to end."""
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -47,21 +48,51 @@ def export_hf(gguf, out):
     }, open(os.path.join(out, "config.json"), "w"))
 
 
+def export_tokenizer(gguf_path, out):
+    """SmolLM2's tokenizer.json and tokenizer_config.json as Hugging Face ships them, rebuilt from the
+    GGUF vocabulary: byte-level BPE, digits split one by one, ChatML specials."""
+    r = reference.GGUFReader(gguf_path)
+    strings = lambda key: [bytes(r.fields[key].parts[i]).decode("utf-8") for i in r.fields[key].data]
+    tokens, merges = strings("tokenizer.ggml.tokens"), strings("tokenizer.ggml.merges")
+    types = [int(r.fields["tokenizer.ggml.token_type"].parts[i][0]) for i in r.fields["tokenizer.ggml.token_type"].data]
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+             for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 3]
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges},
+    }
+    json.dump(tokenizer, open(os.path.join(out, "tokenizer.json"), "w"))
+    template = r.fields["tokenizer.chat_template"].contents()
+    json.dump({"add_bos_token": False, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": template},
+              open(os.path.join(out, "tokenizer_config.json"), "w"))
+    json.dump({"bos_token_id": 1, "eos_token_id": 2}, open(os.path.join(out, "generation_config.json"), "w"))
+
+
 def test_full_weights_fine_tune_answers_like_its_source(fresh_server, gguf, tmp_path):
+    """Once with its own tokenizer files, once falling back to the base's tokenizer."""
     s = fresh_server
-    export_hf(gguf, str(tmp_path / "full"))
-    imported = json.loads(s.cli("model", "import", "--base", "smollm2", "--weights", str(tmp_path / "full")).stdout)
-    assert imported["kind"] == "weights"
+    export_hf(gguf, str(tmp_path / "bare"))
+    shutil.copytree(tmp_path / "bare", tmp_path / "with-tokenizer")
+    export_tokenizer(gguf, str(tmp_path / "with-tokenizer"))
     assert s.deploy("base", "smollm2")["properties"]["provisioningState"] == "Succeeded"
-    d = s.deploy("full", imported["id"])
-    assert d["properties"]["provisioningState"] == "Succeeded", d
     client = AzureOpenAI(azure_endpoint=s.url, api_key=s.keys()["key1"], api_version="2024-10-21", max_retries=0)
-    q = [{"role": "user", "content": "Name three planets of the solar system."}]
+    q = [{"role": "user", "content": "Name three planets of the solar system, 1 to 3."}]
     a = client.chat.completions.create(model="base", messages=q, max_tokens=24, temperature=0)
-    b = client.chat.completions.create(model="full", messages=q, max_tokens=24, temperature=0)
-    assert b.model == imported["id"]
-    assert a.choices[0].message.content == b.choices[0].message.content
-    assert a.usage.prompt_tokens == b.usage.prompt_tokens
+    for variant in ("bare", "with-tokenizer"):
+        imported = json.loads(s.cli("model", "import", "--base", "smollm2", "--weights", str(tmp_path / variant)).stdout)
+        assert imported["kind"] == "weights"
+        d = s.deploy(variant, imported["id"])
+        assert d["properties"]["provisioningState"] == "Succeeded", d
+        b = client.chat.completions.create(model=variant, messages=q, max_tokens=24, temperature=0)
+        assert b.model == imported["id"]
+        assert (b.choices[0].message.content, b.usage.prompt_tokens) == (a.choices[0].message.content, a.usage.prompt_tokens), variant
 
 
 def test_weights_of_another_shape_are_refused(fresh_server, tmp_path):

@@ -127,3 +127,23 @@ fn tokenizer_round_trips_and_knows_chatml_specials() {
     let digits = text.encode("123").unwrap();
     assert_eq!(digits.len(), 3);
 }
+
+#[test]
+fn incremental_decoding_never_splits_a_character() {
+    let m = model();
+    let text = m.text();
+    let s = "café 東京 🚀 naïve — ok";
+    let ids = text.encode(s).unwrap();
+    let mut decoder = text.decoder();
+    let mut out = String::new();
+    let mut held_back = 0;
+    for &id in &ids {
+        let piece = decoder.push(text, id);
+        assert!(!piece.contains('\u{FFFD}'), "a split character leaked: {piece:?}");
+        held_back += usize::from(piece.is_empty());
+        out.push_str(&piece);
+    }
+    out.push_str(&decoder.flush(text));
+    assert_eq!(out, s);
+    assert!(held_back > 0, "some token must end inside a character for this test to mean anything");
+}
