@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 BERTH_TEST_GGUF="$(scripts/fetch-model.sh)"
-export BERTH_TEST_GGUF
+BERTH_TEST_VOCABS="$(scripts/fetch-vocabs.sh)"
+export BERTH_TEST_GGUF BERTH_TEST_VOCABS
 cargo build --release --locked
 cargo test --release --locked --workspace
 python3 -m pytest -q tests/integration

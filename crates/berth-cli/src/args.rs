@@ -179,6 +179,14 @@ pub struct ChatArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DebugCommand {
+    /// Tokenise (without BOS) each text of a llama.cpp tokenizer test file (`__ggml_vocab_test__`
+    /// separated) with a GGUF's vocabulary; prints a JSON list of id lists.
+    Tokenize {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        inp: PathBuf,
+    },
     /// Print the engine's logits at every position of a token sequence, as JSON.
     Logits {
         #[arg(long)]

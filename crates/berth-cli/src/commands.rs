@@ -14,6 +14,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Debug { command: DebugCommand::Logits { model, adapter, tokens, text } } => {
             crate::debug::logits(&model, adapter.as_deref(), tokens.as_deref(), text.as_deref())
         }
+        Command::Debug { command: DebugCommand::Tokenize { model, inp } } => crate::debug::tokenize(&model, &inp),
         Command::Account { command } => account(&client(), command),
         Command::Token => print(&client().send("POST", "/berth/v1/token", None)?.1),
         Command::BaseModel { command } => base_model(&client(), command),

@@ -1,4 +1,5 @@
-//! `berth debug logits`: the engine's logits for a token sequence, for reference checks from outside.
+//! `berth debug logits` and `berth debug tokenize`: the engine's logits and tokenizer, for reference
+//! checks from outside.
 
 use anyhow::{Context, Result};
 use berth_engine::load_model;
@@ -15,5 +16,16 @@ pub fn logits(model: &Path, adapter: Option<&Path>, tokens: Option<&str>, text: 
     let logits = m.logits(&ids, adapter.as_ref())?;
     let out = serde_json::json!({"tokens": ids, "vocab": m.config().vocab_size, "logits": logits});
     println!("{out}");
+    Ok(())
+}
+
+pub fn tokenize(model: &Path, inp: &Path) -> Result<()> {
+    let text = berth_engine::text_model_of_gguf(model).with_context(|| format!("loading {}", model.display()))?;
+    let raw = std::fs::read_to_string(inp).with_context(|| format!("reading {}", inp.display()))?;
+    let mut out = Vec::new();
+    for case in raw.split("\n__ggml_vocab_test__\n") {
+        out.push(text.encode_plain(case)?);
+    }
+    println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }

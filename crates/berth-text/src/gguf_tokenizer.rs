@@ -87,9 +87,11 @@ fn byte_level_bpe(ct: &Content, vocab: Vocab) -> Result<Tokenizer, TextError> {
                 .ok_or_else(|| bad("tokenizer.ggml.merges", format!("entry `{m}` is not `a b`")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(TextError::tokenizer)?;
-    let mut tokenizer = Tokenizer::new(bpe);
     let pre = meta_string(ct, "tokenizer.ggml.pre").unwrap_or_else(|| "default".into());
+    // Llama 3's tokenizer takes a whole word from the vocabulary before trying merges (llama.cpp does too).
+    let ignore_merges = matches!(pre.as_str(), "llama3" | "llama-bpe" | "smaug-bpe");
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).ignore_merges(ignore_merges).build().map_err(TextError::tokenizer)?;
+    let mut tokenizer = Tokenizer::new(bpe);
     // llama.cpp never adds a prefix space for byte-level BPE; neither do we.
     let byte_level_no_regex = ByteLevel::new(false, false, false);
     let pre_tokenizer: PreTokenizerWrapper = match pre.as_str() {

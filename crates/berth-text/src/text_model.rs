@@ -97,15 +97,18 @@ impl TextModel {
     /// Tokenises a prompt; special tokens written in the text (`<|im_start|>`) become their ids.
     /// Adds BOS when the model asks for it and the text does not start with it already.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TextError> {
-        let enc = self.tokenizer.encode_fast(text, false).map_err(TextError::tokenizer)?;
-        let mut ids = Vec::with_capacity(enc.get_ids().len() + 1);
-        if let Some((bos_id, _)) = &self.bos {
-            if self.add_bos && enc.get_ids().first() != Some(bos_id) {
-                ids.push(*bos_id);
+        let plain = self.encode_plain(text)?;
+        match &self.bos {
+            Some((bos_id, _)) if self.add_bos && plain.first() != Some(bos_id) => {
+                Ok(std::iter::once(*bos_id).chain(plain).collect())
             }
+            _ => Ok(plain),
         }
-        ids.extend_from_slice(enc.get_ids());
-        Ok(ids)
+    }
+
+    /// Tokenises text as it is, without BOS.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TextError> {
+        Ok(self.tokenizer.encode_fast(text, false).map_err(TextError::tokenizer)?.get_ids().to_vec())
     }
 
     /// Decodes ids to text, leaving out special tokens.

@@ -23,15 +23,11 @@ pub async fn create_or_update_deployment(
     state.authorize_subscription(&principal, &path.subscription)?;
     let model = body.properties.as_ref().and_then(|p| p.model.clone());
     let input = DeploymentPutInput {
-        sku_name: body.sku.as_ref().map(|s| s.name.clone()),
-        sku_capacity: body.sku.as_ref().and_then(|s| s.capacity),
         model_format: model.as_ref().and_then(|m| m.format.clone()),
         model_name: model.as_ref().and_then(|m| m.name.clone()),
         model_version: model.as_ref().and_then(|m| m.version.clone()),
         model_source: model.as_ref().and_then(|m| m.source.clone().or(m.source_account.clone())),
-        tags: body.tags,
-        api_version: api_version.clone(),
-        caller: principal.object_id.clone(),
+        ..base_input(body.sku.as_ref(), body.tags, &api_version, &principal.object_id)
     };
     let outcome = state.0.put_deployment(&path.key(), &path.deployment, input)?;
     let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -43,6 +39,18 @@ pub async fn create_or_update_deployment(
         }
     }
     Ok(resp)
+}
+
+/// What PUT and PATCH share: SKU, tags, api-version and caller.
+fn base_input(sku: Option<&Sku>, tags: Option<BTreeMap<String, String>>, api_version: &str, caller: &str) -> DeploymentPutInput {
+    DeploymentPutInput {
+        sku_name: sku.map(|s| s.name.clone()),
+        sku_capacity: sku.and_then(|s| s.capacity),
+        tags,
+        api_version: api_version.to_owned(),
+        caller: caller.to_owned(),
+        ..Default::default()
+    }
 }
 
 pub async fn get_deployment(
@@ -89,14 +97,7 @@ pub async fn update_deployment(
     let api_version = arm_api_version(&uri)?;
     state.authorize_subscription(&principal, &path.subscription)?;
     state.deployment(&path.key(), &path.deployment)?;
-    let input = DeploymentPutInput {
-        sku_name: body.sku.as_ref().map(|s| s.name.clone()),
-        sku_capacity: body.sku.as_ref().and_then(|s| s.capacity),
-        tags: body.tags,
-        api_version,
-        caller: principal.object_id.clone(),
-        ..Default::default()
-    };
+    let input = base_input(body.sku.as_ref(), body.tags, &api_version, &principal.object_id);
     let outcome = state.0.put_deployment(&path.key(), &path.deployment, input)?;
     Ok(Json(render::deployment(&state, &outcome.row)).into_response())
 }
