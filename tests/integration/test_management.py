@@ -141,3 +141,23 @@ def test_restart_reloads_succeeded_deployments(fresh_server):
         assert r.usage.completion_tokens >= 1
     finally:
         s2.stop()
+
+
+def test_a_crash_during_provisioning_resumes_it_on_restart(fresh_server):
+    s = fresh_server
+    created, headers = s.deploy("interrupted", "smollm2", wait=False)
+    assert created["properties"]["provisioningState"] in ("Accepted", "Creating")
+    s.proc.kill()  # SIGKILL: no shutdown path runs
+    s.proc.wait()
+    s2 = Server(s.data_dir)
+    s2.port, s2.url = s.port, s.url
+    s2.start()  # /healthz answers 200 only once interrupted provisioning has finished
+    try:
+        status, d, _ = s2.arm("GET", f"{s2.account_path}/deployments/interrupted")
+        assert d["properties"]["provisioningState"] == "Succeeded", d
+        import requests_shim as http
+
+        status, op, _ = http.request("GET", headers["azure-asyncoperation"], headers={"Authorization": f"Bearer {s2.token}"})
+        assert op["status"] == "Succeeded" and op["endTime"]
+    finally:
+        s2.stop()

@@ -10,6 +10,7 @@ use crate::{AdapterId, BatchContext, EngineError, FinishReason, GenerateEvent, G
 use berth_text::{IncrementalDecoder, StopMatcher, StopOutcome};
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -43,12 +44,45 @@ pub enum Command {
 
 pub struct Engine;
 
+/// Counters the engine thread publishes (for metrics and tests); read without stopping it.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    running: AtomicUsize,
+    waiting: AtomicUsize,
+    steps: AtomicU64,
+    generated_tokens: AtomicU64,
+}
+
+impl EngineStats {
+    /// Sequences in the running batch.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting for a slot in the batch.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Forward passes run so far.
+    pub fn steps(&self) -> u64 {
+        self.steps.load(Ordering::Relaxed)
+    }
+
+    /// Tokens sampled so far, over all requests.
+    pub fn generated_tokens(&self) -> u64 {
+        self.generated_tokens.load(Ordering::Relaxed)
+    }
+}
+
 impl Engine {
     /// Starts the engine thread for `model`.
     pub fn start(model: Arc<Model>, options: EngineOptions) -> Result<EngineHandle> {
         let (tx, rx) = sync_channel(options.queue_depth.max(1));
+        let stats = Arc::new(EngineStats::default());
         let worker = Worker {
             model: model.clone(),
+            stats: stats.clone(),
             rx,
             adapters: HashMap::new(),
             waiting: VecDeque::new(),
@@ -59,7 +93,7 @@ impl Engine {
             .name(options.name.clone())
             .spawn(move || worker.run())
             .map_err(|e| EngineError::Tensor(format!("cannot start engine thread: {e}")))?;
-        Ok(EngineHandle { tx, thread: Some(thread), model })
+        Ok(EngineHandle { tx, thread: Some(thread), model, stats })
     }
 }
 
@@ -68,6 +102,7 @@ pub struct EngineHandle {
     tx: SyncSender<Command>,
     thread: Option<JoinHandle<()>>,
     model: Arc<Model>,
+    stats: Arc<EngineStats>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -79,6 +114,10 @@ impl std::fmt::Debug for EngineHandle {
 impl EngineHandle {
     pub fn model(&self) -> &Arc<Model> {
         &self.model
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
     }
 
     /// Queues a request. Events arrive on `events`, which should hold `max_tokens + 2` events so that the
@@ -134,6 +173,7 @@ struct Running {
 
 struct Worker {
     model: Arc<Model>,
+    stats: Arc<EngineStats>,
     rx: Receiver<Command>,
     adapters: HashMap<AdapterId, Arc<LoraAdapter>>,
     waiting: VecDeque<(GenerateRequest, Sender<GenerateEvent>)>,
@@ -165,6 +205,7 @@ impl Worker {
                 break;
             }
             self.admit();
+            self.publish();
             if self.running.is_empty() {
                 continue;
             }
@@ -181,6 +222,7 @@ impl Worker {
                 }
             }
             self.running.retain(|r| !r.done);
+            self.publish();
         }
         for r in self.running.drain(..) {
             let _ = r.events.try_send(GenerateEvent::Failed("the engine is shutting down".into()));
@@ -188,6 +230,11 @@ impl Worker {
         for (_, events) in self.waiting.drain(..) {
             let _ = events.try_send(GenerateEvent::Failed("the engine is shutting down".into()));
         }
+    }
+
+    fn publish(&self) {
+        self.stats.running.store(self.running.len(), Ordering::Relaxed);
+        self.stats.waiting.store(self.waiting.len(), Ordering::Relaxed);
     }
 
     /// Returns false on shutdown.
@@ -254,6 +301,8 @@ impl Worker {
             segments.push(Segment { len: r.pending.len(), cache: &mut r.cache, adapter: r.adapter.as_deref() });
         }
         let logits = self.model.forward(&tokens, &mut BatchContext { segments, all_logits: false })?.to_vec2::<f32>()?;
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.stats.generated_tokens.fetch_add(logits.len() as u64, Ordering::Relaxed);
         let text = self.model.text().clone();
         let context_length = self.model.config().context_length;
         for (r, row) in self.running.iter_mut().zip(logits) {

@@ -27,7 +27,7 @@ mod weights;
 pub use batch::{BatchContext, Segment};
 pub use berth_text::{ChatMessage, TextModel};
 pub use config::{Architecture, ModelConfig};
-pub use engine::{Command, Engine, EngineHandle, EngineOptions};
+pub use engine::{Command, Engine, EngineHandle, EngineOptions, EngineStats};
 pub use error::EngineError;
 pub use kv_cache::SeqKvCache;
 pub use lora::{AdapterId, LoraAdapter};

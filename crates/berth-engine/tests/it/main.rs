@@ -147,3 +147,22 @@ fn incremental_decoding_never_splits_a_character() {
     assert_eq!(out, s);
     assert!(held_back > 0, "some token must end inside a character for this test to mean anything");
 }
+
+#[test]
+fn a_client_that_goes_away_frees_its_sequence() {
+    let m = model();
+    let engine = Engine::start(m.clone(), EngineOptions::default()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+    let request = GenerateRequest { prompt: chat_prompt(&m, "Tell me a very long story."), adapter: None, sampling: SamplingParams::greedy(), max_tokens: 4000, stop: vec![] };
+    engine.submit(request, tx).unwrap();
+    assert!(matches!(rx.blocking_recv(), Some(GenerateEvent::Text(_))));
+    assert_eq!(engine.stats().running(), 1);
+    let steps_when_dropped = engine.stats().steps();
+    drop(rx);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.stats().running() != 0 {
+        assert!(std::time::Instant::now() < deadline, "the sequence was not freed");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(engine.stats().steps() - steps_when_dropped < 10, "freed at the next step, not after 4000 tokens");
+}
