@@ -111,14 +111,20 @@ fn deployment(c: &Client, command: DeploymentCommand) -> Result<()> {
     }
 }
 
+/// The path and query of an absolute URL: operation URLs name the server's public URL, which may not
+/// be the address this client uses to reach it.
+pub(crate) fn path_and_query(url: &str) -> &str {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    after_scheme.find('/').map_or("/", |i| &after_scheme[i..])
+}
+
 /// Polls an `Azure-AsyncOperation` URL until it ends, showing the elapsed time on stderr.
 fn wait_for_operation(c: &Client, url: &str, started: Instant) -> Result<()> {
-    let path = url.strip_prefix(&c.endpoint).unwrap_or(url);
-    let path = if path.starts_with('/') { path.to_owned() } else { format!("/{}", path.split_once("//").and_then(|(_, r)| r.split_once('/')).map(|(_, p)| p).unwrap_or(path)) };
+    let path = path_and_query(url);
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut last_print = Duration::ZERO;
     loop {
-        let op = c.get(&path)?;
+        let op = c.get(path)?;
         let status = op.get("status").and_then(Value::as_str).unwrap_or("InProgress").to_owned();
         let elapsed = started.elapsed();
         if status != "InProgress" {

@@ -7,6 +7,9 @@ mod commands;
 mod debug;
 mod serve;
 
+#[cfg(test)]
+mod tests;
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
