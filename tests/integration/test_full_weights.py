@@ -103,3 +103,23 @@ def test_weights_of_another_shape_are_refused(fresh_server, tmp_path):
                "vocab_size": 100, "max_position_embeddings": 128}, open(d / "config.json", "w"))
     p = s.cli("model", "import", "--base", "smollm2", "--weights", str(d), check=False)
     assert p.returncode != 0 and "InvalidModel" in p.stderr and "2 layers" in p.stderr
+
+
+def test_lora_on_an_hf_base_answers_like_lora_on_the_gguf_base(fresh_server, gguf, adapter_dir, tmp_path):
+    """The same PEFT adapter on the same weights, once from GGUF (Q/K rows permuted by llama.cpp, undone
+    at load) and once from safetensors in Hugging Face's order: identical answers."""
+    s = fresh_server
+    export_hf(gguf, str(tmp_path / "hf"))
+    export_tokenizer(gguf, str(tmp_path / "hf"))
+    s.cli("base-model", "add", "smollm2-hf", "--path", str(tmp_path / "hf"))
+    on_gguf = json.loads(s.cli("model", "import", "--base", "smollm2", "--adapter", adapter_dir).stdout)["id"]
+    on_hf = json.loads(s.cli("model", "import", "--base", "smollm2-hf", "--adapter", adapter_dir).stdout)["id"]
+    assert on_hf.startswith("smollm2-hf.ft-")
+    for name, model in (("ft-gguf", on_gguf), ("ft-hf", on_hf), ("plain-hf", "smollm2-hf")):
+        assert s.deploy(name, model)["properties"]["provisioningState"] == "Succeeded", name
+    client = AzureOpenAI(azure_endpoint=s.url, api_key=s.keys()["key1"], api_version="2024-10-21", max_retries=0)
+    q = [{"role": "user", "content": "What is the capital of France?"}]
+    answer = lambda d: client.chat.completions.create(model=d, messages=q, max_tokens=16, temperature=0).choices[0].message.content
+    a, b, plain = answer("ft-gguf"), answer("ft-hf"), answer("plain-hf")
+    assert a == b
+    assert a != plain, "the adapter must change the answer for this test to mean anything"
