@@ -38,6 +38,8 @@ def main():
         cold = put_to_succeeded(s, "cold", "smollm2")
         warm = put_to_succeeded(s, "warm", "smollm2")
         lora = put_to_succeeded(s, "lora", ft)
+        rss = next(int(l.split()[1]) for l in open(f"/proc/{s.proc.pid}/status") if l.startswith("VmRSS:")) / 1024
+        print(f"server resident memory with SmolLM2 and one adapter loaded: {rss:.0f} MiB (the GGUF file is {os.path.getsize(gguf) / 2**20:.0f} MiB)")
         print(f"PUT -> Succeeded: cold (loads the base) {cold:.2f} s; second deployment of the base {warm:.3f} s; LoRA fine-tune on the loaded base {lora:.3f} s")
         client = AzureOpenAI(azure_endpoint=s.url, api_key=s.keys()["key1"], api_version="2024-10-21")
         prompt = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]

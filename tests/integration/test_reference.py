@@ -40,3 +40,18 @@ def test_logits_match_numpy_reference_with_and_without_lora(gguf, adapter_dir):
     assert effect > 100 * TOLERANCE, "the adapter must change the logits for this test to mean anything"
     assert (base.argmax(-1) == ref_base.argmax(-1)).all()
     assert (adapted.argmax(-1) == ref_adapted.argmax(-1)).all()
+
+
+def test_short_batches_take_the_block_kernels_and_still_match(gguf, adapter_dir):
+    """Up to 16 rows the quantised weights are multiplied block by block (the decode path); more rows
+    dequantise first. Both must agree with the reference."""
+    cfg, weights = reference.load(gguf)
+    for adapter in (None, adapter_dir):
+        args = [berth_bin(), "debug", "logits", "--model", gguf, "--tokens", "1,9690,198,19556,30,2"]
+        if adapter:
+            args += ["--adapter", adapter]
+        out = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
+        ref = reference.forward(cfg, weights, out["tokens"], reference.load_adapter(adapter) if adapter else None)
+        diff = np.abs(np.array(out["logits"]) - ref).max()
+        print(f"6-token batch, adapter={bool(adapter)}: max |engine - reference| {diff:.2e}")
+        assert diff < TOLERANCE

@@ -20,6 +20,7 @@ mod linear;
 mod lora;
 mod model;
 mod models;
+mod quant;
 mod request;
 mod sampling;
 mod weights;

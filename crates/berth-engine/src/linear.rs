@@ -4,24 +4,50 @@
 use crate::batch::SegmentView;
 use crate::error::Result;
 use crate::lora::Target;
+use crate::quant::QuantMatrix;
+use crate::weights::Weight;
 use candle_core::Tensor;
+use std::sync::Arc;
+
+/// A weight matrix `[out, in]` ready for `x W^T`.
+pub(crate) enum Matrix {
+    /// `[in, out]`, transposed once at load so that the matmul reads it contiguously.
+    Dense(Tensor),
+    Quant(Arc<QuantMatrix>),
+}
+
+impl Matrix {
+    pub(crate) fn new(weight: Weight) -> Result<Self> {
+        Ok(match weight {
+            Weight::Dense(t) => Matrix::Dense(t.t()?.contiguous()?),
+            Weight::Quant(q) => Matrix::Quant(Arc::new(q)),
+        })
+    }
+
+    /// `x`: `[tokens, in]` -> `[tokens, out]`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Matrix::Dense(w_t) => Ok(x.matmul(w_t)?),
+            Matrix::Quant(q) => q.matmul_t(x),
+        }
+    }
+}
 
 pub(crate) struct Linear {
-    /// `[in, out]`, transposed once at load so that the hot matmul reads it contiguously.
-    weight_t: Tensor,
+    weight: Matrix,
     bias: Option<Tensor>,
     layer: usize,
     target: Target,
 }
 
 impl Linear {
-    pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, layer: usize, target: Target) -> Result<Self> {
-        Ok(Linear { weight_t: weight.t()?.contiguous()?, bias, layer, target })
+    pub(crate) fn new(weight: Weight, bias: Option<Tensor>, layer: usize, target: Target) -> Result<Self> {
+        Ok(Linear { weight: Matrix::new(weight)?, bias, layer, target })
     }
 
     /// `x`: `[tokens, in]` -> `[tokens, out]`.
     pub(crate) fn forward(&self, x: &Tensor, segments: &[SegmentView<'_>]) -> Result<Tensor> {
-        let mut y = x.matmul(&self.weight_t)?;
+        let mut y = self.weight.forward(x)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

@@ -4,7 +4,7 @@ use crate::config::{Architecture, ModelConfig};
 use crate::error::{io_err, Result};
 use crate::models::decoder::Decoder;
 use crate::models::{spec_for, ArchSpec};
-use crate::weights::{load_gguf_tensors, load_safetensors_dir, read_gguf_content, unpermute_rope_rows, TensorMap};
+use crate::weights::{load_gguf_tensors, load_safetensors_dir, read_gguf_content, unpermute_weight, TensorMap};
 use crate::{BatchContext, EngineError, LoraAdapter, Segment, SeqKvCache};
 use berth_text::TextModel;
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -55,8 +55,8 @@ fn load_gguf(path: &Path) -> Result<Model> {
             for (module, heads) in [("q_proj", config.num_heads), ("k_proj", config.num_kv_heads)] {
                 for kind in ["weight", "bias"] {
                     let name = format!("model.layers.{i}.self_attn.{module}.{kind}");
-                    if let Some(t) = weights.remove(&name) {
-                        weights.insert(name, unpermute_rope_rows(&t, heads)?);
+                    if let Some(w) = weights.remove(&name) {
+                        weights.insert(name, unpermute_weight(w, heads)?);
                     }
                 }
             }

@@ -52,3 +52,58 @@ fn unpermute_inverts_llama_cpp_permutation() {
     let back = unpermute_rope_rows(&permuted, heads).unwrap();
     assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
 }
+
+mod quant_kernels {
+    use crate::quant::{BlockKind, QuantMatrix};
+    use candle_core::{Device, Tensor};
+    use half::f16;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Random blocks with small finite scales, in each block format.
+    fn random_matrix(kind: BlockKind, rows: usize, cols: usize, rng: &mut StdRng) -> QuantMatrix {
+        let (bytes, scales) = match kind {
+            BlockKind::Q8_0 => (34, 1),
+            BlockKind::Q4_0 => (18, 1),
+            BlockKind::Q4_1 => (20, 2),
+        };
+        let mut data = vec![0u8; rows * cols / 32 * bytes];
+        rng.fill(&mut data[..]);
+        for block in data.chunks_mut(bytes) {
+            for s in 0..scales {
+                let v = f16::from_f32(rng.random_range(-0.05f32..0.05)).to_bits().to_le_bytes();
+                block[2 * s..2 * s + 2].copy_from_slice(&v);
+            }
+        }
+        QuantMatrix::new(kind, rows, cols, data).unwrap()
+    }
+
+    #[test]
+    fn block_kernel_matches_dequantised_matmul() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for kind in [BlockKind::Q8_0, BlockKind::Q4_0, BlockKind::Q4_1] {
+            let q = random_matrix(kind, 200, 96, &mut rng);
+            let dense = q.dequantize().unwrap();
+            for m in [1usize, 3, 16, 17] {
+                let x: Vec<f32> = (0..m * 96).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                let x = Tensor::from_vec(x, (m, 96), &Device::Cpu).unwrap();
+                let got = q.matmul_t(&x).unwrap().to_vec2::<f32>().unwrap();
+                let want = x.matmul(&dense.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
+                let diff = got.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(diff < 1e-4, "{kind:?} m={m}: {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn permuted_and_gathered_rows_are_the_rows_asked_for() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let q = random_matrix(BlockKind::Q4_1, 8, 64, &mut rng);
+        let dense = q.dequantize().unwrap().to_vec2::<f32>().unwrap();
+        let reversed = q.permute_rows(|r| 7 - r).dequantize().unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(reversed[0], dense[7]);
+        let gathered = q.gather_rows(&[3, 3, 0]).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(gathered, vec![dense[3].clone(), dense[3].clone(), dense[0].clone()]);
+        assert!(q.gather_rows(&[8]).is_err());
+    }
+}

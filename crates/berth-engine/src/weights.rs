@@ -1,14 +1,37 @@
 //! Reading tensors from GGUF files and safetensors, under the Hugging Face names the models use.
 
 use crate::error::{io_err, Result};
+use crate::quant::{BlockKind, QuantMatrix};
 use crate::EngineError;
 use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Tensors by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`), in f32 on the CPU.
-pub(crate) type TensorMap = HashMap<String, Tensor>;
+/// A weight as held in memory: f32, or still in its quantisation blocks (matrices only).
+pub(crate) enum Weight {
+    Dense(Tensor),
+    Quant(QuantMatrix),
+}
+
+impl Weight {
+    pub(crate) fn dims(&self) -> Vec<usize> {
+        match self {
+            Weight::Dense(t) => t.dims().to_vec(),
+            Weight::Quant(q) => q.dims().to_vec(),
+        }
+    }
+
+    pub(crate) fn into_dense(self) -> Result<Tensor> {
+        match self {
+            Weight::Dense(t) => Ok(t),
+            Weight::Quant(q) => q.dequantize(),
+        }
+    }
+}
+
+/// Weights by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`), on the CPU.
+pub(crate) type TensorMap = HashMap<String, Weight>;
 
 pub(crate) fn read_gguf_content(path: &Path) -> Result<(Content, std::fs::File)> {
     let mut file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
@@ -16,7 +39,8 @@ pub(crate) fn read_gguf_content(path: &Path) -> Result<(Content, std::fs::File)>
     Ok((content, file))
 }
 
-/// Loads and dequantises every tensor of a GGUF file. GGUF's names are mapped to Hugging Face's.
+/// Loads every tensor of a GGUF file under Hugging Face's names. Matrices in a block format our
+/// kernels read (Q8_0, Q4_0, Q4_1) stay quantised; everything else is dequantised to f32.
 pub(crate) fn load_gguf_tensors(path: &Path, content: &Content, file: &mut std::fs::File) -> Result<TensorMap> {
     let mut map = TensorMap::new();
     for name in content.tensor_infos.keys() {
@@ -24,10 +48,16 @@ pub(crate) fn load_gguf_tensors(path: &Path, content: &Content, file: &mut std::
         let q = content
             .tensor(file, name, &Device::Cpu)
             .map_err(|e| EngineError::Malformed(format!("{}: tensor {name}: {e}", path.display())))?;
+        let dims = q.shape().dims().to_vec();
+        if let (Some(kind), [rows, cols]) = (BlockKind::from_ggml(q.dtype()), dims.as_slice()) {
+            let data = q.data().map_err(|e| EngineError::Malformed(format!("{}: tensor {name}: {e}", path.display())))?;
+            map.insert(hf, Weight::Quant(QuantMatrix::new(kind, *rows, *cols, data.into_owned())?));
+            continue;
+        }
         let t = q
             .dequantize(&Device::Cpu)
             .map_err(|e| EngineError::Malformed(format!("{}: cannot dequantise {name}: {e}", path.display())))?;
-        map.insert(hf, t.to_dtype(DType::F32)?);
+        map.insert(hf, Weight::Dense(t.to_dtype(DType::F32)?));
     }
     Ok(map)
 }
@@ -48,7 +78,7 @@ pub(crate) fn load_safetensors_dir(dir: &Path) -> Result<TensorMap> {
         let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
             .map_err(|e| EngineError::Malformed(format!("{}: {e}", file.display())))?;
         for (name, t) in tensors {
-            map.insert(name, t.to_dtype(DType::F32)?);
+            map.insert(name, Weight::Dense(t.to_dtype(DType::F32)?));
         }
     }
     Ok(map)
@@ -86,6 +116,24 @@ fn gguf_to_hf_name(name: &str) -> Option<String> {
 /// llama.cpp's converter permutes the rows of Q and K of Llama models so that RoPE rotates adjacent
 /// pairs; we rotate halves (as Hugging Face does) so that LoRA deltas, which are in Hugging Face's row
 /// order, add up. This undoes the permutation: rows (head, i, pair) -> (head, pair, i).
+pub(crate) fn unpermute_weight(w: Weight, n_heads: usize) -> Result<Weight> {
+    match w {
+        Weight::Dense(t) => Ok(Weight::Dense(unpermute_rope_rows(&t, n_heads)?)),
+        Weight::Quant(q) => {
+            let rows = q.dims()[0];
+            if rows % (n_heads * 2) != 0 {
+                return Err(EngineError::Malformed(format!("{rows} rows cannot be split into {n_heads} RoPE heads")));
+            }
+            let head_dim = rows / n_heads;
+            Ok(Weight::Quant(q.permute_rows(|r| {
+                let (head, rem) = (r / head_dim, r % head_dim);
+                let (pair, i) = (rem / (head_dim / 2), rem % (head_dim / 2));
+                head * head_dim + i * 2 + pair
+            })))
+        }
+    }
+}
+
 pub(crate) fn unpermute_rope_rows(t: &Tensor, n_heads: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];

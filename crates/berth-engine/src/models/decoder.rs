@@ -4,9 +4,11 @@
 
 use crate::batch::SegmentView;
 use crate::error::Result;
-use crate::linear::Linear;
+use crate::linear::{Linear, Matrix};
 use crate::lora::Target;
-use crate::weights::TensorMap;
+use crate::quant::QuantMatrix;
+use crate::weights::{TensorMap, Weight};
+use std::sync::Arc;
 use crate::{BatchContext, EngineError, ModelConfig};
 use candle_core::{DType, Device, Tensor, D};
 
@@ -22,20 +24,34 @@ struct Layer {
     down: Linear,
 }
 
+/// Token embeddings, looked up by row.
+enum Embedding {
+    Dense(Tensor),
+    Quant(Arc<QuantMatrix>),
+}
+
+impl Embedding {
+    fn lookup(&self, ids: &[u32]) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => Ok(t.index_select(&Tensor::new(ids, &Device::Cpu)?, 0)?),
+            Embedding::Quant(q) => q.gather_rows(ids),
+        }
+    }
+}
+
 pub(crate) struct Decoder {
     cfg: ModelConfig,
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
-    /// `[hidden, vocab]`.
-    lm_head_t: Tensor,
+    lm_head: Matrix,
     cos: Tensor,
     sin: Tensor,
 }
 
 impl Decoder {
     pub(crate) fn new(cfg: ModelConfig, mut w: TensorMap) -> Result<Self> {
-        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let mut take = |name: &str, shape: &[usize]| -> Result<Weight> {
             let t = w.remove(name).ok_or_else(|| EngineError::Malformed(format!("missing tensor {name}")))?;
             if t.dims() != shape {
                 return Err(EngineError::Malformed(format!("tensor {name} has shape {:?}, expected {shape:?}", t.dims())));
@@ -50,7 +66,7 @@ impl Decoder {
             let p = format!("model.layers.{i}");
             let mut lin = |module: &str, target: Target, out: usize, inp: usize, bias: bool| -> Result<Linear> {
                 let weight = take(&format!("{p}.{module}.weight"), &[out, inp])?;
-                let bias = if bias { Some(take(&format!("{p}.{module}.bias"), &[out])?) } else { None };
+                let bias = if bias { Some(take(&format!("{p}.{module}.bias"), &[out])?.into_dense()?) } else { None };
                 Linear::new(weight, bias, i, target)
             };
             let qb = cfg.qkv_bias;
@@ -61,18 +77,29 @@ impl Decoder {
             let gate = lin("mlp.gate_proj", Target::Gate, ffn, h, false)?;
             let up = lin("mlp.up_proj", Target::Up, ffn, h, false)?;
             let down = lin("mlp.down_proj", Target::Down, h, ffn, false)?;
-            let input_norm = take(&format!("{p}.input_layernorm.weight"), &[h])?;
-            let post_norm = take(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
+            let input_norm = take(&format!("{p}.input_layernorm.weight"), &[h])?.into_dense()?;
+            let post_norm = take(&format!("{p}.post_attention_layernorm.weight"), &[h])?.into_dense()?;
             layers.push(Layer { input_norm, q, k, v, o, post_norm, gate, up, down });
         }
-        let norm = take("model.norm.weight", &[h])?;
-        let lm_head = match w.remove("lm_head.weight") {
-            Some(t) if t.dims() == [cfg.vocab_size, h] => t,
-            Some(t) => return Err(EngineError::Malformed(format!("lm_head.weight has shape {:?}", t.dims()))),
-            None => embed.clone(),
+        let norm = take("model.norm.weight", &[h])?.into_dense()?;
+        let head = w.remove("lm_head.weight");
+        if let Some(t) = &head {
+            if t.dims() != [cfg.vocab_size, h] {
+                return Err(EngineError::Malformed(format!("lm_head.weight has shape {:?}", t.dims())));
+            }
+        }
+        // Tied embeddings share one copy between the lookup and the output projection.
+        let (embed, lm_head) = match (embed, head) {
+            (Weight::Quant(e), None) => {
+                let e = Arc::new(e);
+                (Embedding::Quant(e.clone()), Matrix::Quant(e))
+            }
+            (Weight::Dense(e), None) => (Embedding::Dense(e.clone()), Matrix::new(Weight::Dense(e))?),
+            (Weight::Quant(e), Some(head)) => (Embedding::Quant(Arc::new(e)), Matrix::new(head)?),
+            (Weight::Dense(e), Some(head)) => (Embedding::Dense(e), Matrix::new(head)?),
         };
         let (cos, sin) = rope_tables(&cfg)?;
-        Ok(Decoder { lm_head_t: lm_head.t()?.contiguous()?, cfg, embed, layers, norm, cos, sin })
+        Ok(Decoder { lm_head, cfg, embed, layers, norm, cos, sin })
     }
 
     /// Runs the batch; returns logits `[segments, vocab]`, or `[tokens, vocab]` with `all_logits`.
@@ -94,11 +121,10 @@ impl Decoder {
             views.push(SegmentView { start, len: s.len, past, adapter: s.adapter });
             start += s.len;
         }
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
         let pos = Tensor::new(positions.as_slice(), &Device::Cpu)?;
         let cos = self.cos.index_select(&pos, 0)?.unsqueeze(1)?;
         let sin = self.sin.index_select(&pos, 0)?.unsqueeze(1)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        let mut x = self.embed.lookup(tokens)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
             let q = layer.q.forward(&h, &views)?.reshape((total, cfg.num_heads, cfg.head_dim))?;
@@ -131,7 +157,7 @@ impl Decoder {
             x.index_select(&Tensor::new(last.as_slice(), &Device::Cpu)?, 0)?
         };
         let x = rms_norm(&x, &self.norm, cfg.rms_norm_eps)?;
-        Ok(x.matmul(&self.lm_head_t)?)
+        self.lm_head.forward(&x)
     }
 
     /// `q`: `[new, heads, head_dim]`; `keys`/`values`: `[kv_heads, past + new, head_dim]`.
