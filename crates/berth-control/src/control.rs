@@ -70,30 +70,7 @@ impl Control {
                 continue;
             }
             let control = self.clone();
-            pending.push(tokio::spawn(async move {
-                let key = crate::DeploymentKey::new(&row.account, &row.name);
-                let plan = control.load_plan(&row.account, &row.model_name, &row.model_format, &row.model_version);
-                let host = control.host.clone();
-                let result = match plan {
-                    Ok(plan) => tokio::task::spawn_blocking(move || host.provision(key, plan))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string())),
-                    Err(e) => Err(e.to_string()),
-                };
-                let error = result.err().map(|e| format!("The model '{}' could not be loaded: {e}", row.model_name));
-                if let Some(e) = &error {
-                    tracing::warn!(deployment = %row.name, error = %e, "deployment failed to load at start");
-                }
-                let state = if error.is_none() { "Succeeded" } else { "Failed" };
-                let _ = control.store.finish_provisioning(
-                    &row.account,
-                    &row.name,
-                    &row.operation_id,
-                    state,
-                    error.as_deref().map(|m| ("ModelLoadFailed", m)),
-                    &crate::now_rfc3339(),
-                );
-            }));
+            pending.push(tokio::spawn(async move { control.provision(row).await }));
         }
         for p in pending {
             let _ = p.await;

@@ -205,50 +205,47 @@ impl Control {
         Err(not_supported())
     }
 
-    /// Loads the deployment's model on a blocking thread, then records `Succeeded` or `Failed`.
+    /// Provisions in the background (see [`Control::provision`]).
     pub(crate) fn spawn_provisioning(self: &Arc<Self>, row: DeploymentRow) {
         let control = self.clone();
-        let task = async move {
-            let key = DeploymentKey::new(&row.account, &row.name);
-            let plan = control.load_plan(&row.account, &row.model_name, &row.model_format, &row.model_version);
-            let started = std::time::Instant::now();
-            let result = match plan {
-                Err(e) => Err(e.to_string()),
-                Ok(plan) => {
-                    let host = control.host.clone();
-                    let key = key.clone();
-                    match tokio::task::spawn_blocking(move || host.provision(key, plan)).await {
-                        Ok(r) => r,
-                        Err(e) => Err(format!("provisioning crashed: {e}")),
-                    }
-                }
-            };
-            let error = result.as_ref().err().map(|e| {
-                ("ModelLoadFailed", format!("The model '{}' could not be loaded: {e}", row.model_name))
-            });
-            let state = if error.is_none() { "Succeeded" } else { "Failed" };
-            let applied = control.store.finish_provisioning(
-                &row.account,
-                &row.name,
-                &row.operation_id,
-                state,
-                error.as_ref().map(|(c, m)| (*c, m.as_str())),
-                &now_rfc3339(),
-            );
-            match (&applied, &error) {
-                (Ok(true), None) => tracing::info!(deployment = %row.name, ms = started.elapsed().as_millis() as u64, "deployment succeeded"),
-                (Ok(true), Some((_, m))) => tracing::warn!(deployment = %row.name, error = %m, "deployment failed"),
-                _ => {}
-            }
-            // Deleted or replaced while we were loading: the newer operation owns the route now.
-            if !matches!(applied, Ok(true)) && result.is_ok() {
-                let host = control.host.clone();
-                let current = control.store.deployment(&row.account, &row.name).ok().flatten();
-                if current.is_none() {
-                    let _ = tokio::task::spawn_blocking(move || host.unprovision(&key)).await;
-                }
+        self.spawn(async move { control.provision(row).await });
+    }
+
+    /// Loads the deployment's model on a blocking thread, then records `Succeeded` or `Failed` with the
+    /// reason, unless a later PUT or a DELETE took the deployment over meanwhile.
+    pub(crate) async fn provision(self: &Arc<Self>, row: DeploymentRow) {
+        let key = DeploymentKey::new(&row.account, &row.name);
+        let started = std::time::Instant::now();
+        let result = match self.load_plan(&row.account, &row.model_name, &row.model_format, &row.model_version) {
+            Err(e) => Err(e.to_string()),
+            Ok(plan) => {
+                let host = self.host.clone();
+                let key = key.clone();
+                tokio::task::spawn_blocking(move || host.provision(key, plan))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("provisioning crashed: {e}")))
             }
         };
-        self.spawn(task);
+        let error = result.as_ref().err().map(|e| format!("The model '{}' could not be loaded: {e}", row.model_name));
+        let state = if error.is_none() { "Succeeded" } else { "Failed" };
+        let applied = self.store.finish_provisioning(
+            &row.account,
+            &row.name,
+            &row.operation_id,
+            state,
+            error.as_deref().map(|m| ("ModelLoadFailed", m)),
+            &now_rfc3339(),
+        );
+        match (&applied, &error) {
+            (Ok(true), None) => tracing::info!(deployment = %row.name, ms = started.elapsed().as_millis() as u64, "deployment succeeded"),
+            (Ok(true), Some(m)) => tracing::warn!(deployment = %row.name, error = %m, "deployment failed"),
+            (Ok(false), _) => {}
+            (Err(e), _) => tracing::error!(deployment = %row.name, error = %e, "cannot record the provisioning result"),
+        }
+        // Deleted while we were loading: drop what we loaded for it.
+        if !matches!(applied, Ok(true)) && result.is_ok() && matches!(self.store.deployment(&row.account, &row.name), Ok(None)) {
+            let host = self.host.clone();
+            let _ = tokio::task::spawn_blocking(move || host.unprovision(&key)).await;
+        }
     }
 }

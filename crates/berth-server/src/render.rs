@@ -87,15 +87,20 @@ pub fn deployment(control: &Control, d: &DeploymentRow) -> Deployment {
             current_capacity: d.sku_capacity,
             rai_policy_name: "Microsoft.DefaultV2".into(),
             version_upgrade_option: "NoAutoUpgrade".into(),
-            error: d.error_code.as_ref().map(|code| ArmErrorBody {
-                code: code.clone(),
-                message: d.error_message.clone().unwrap_or_default(),
-                target: None,
-                details: vec![],
-                additional_info: vec![],
-            }),
+            error: error_body(&d.error_code, &d.error_message),
         },
     }
+}
+
+/// A stored failure (code and message columns) as ARM's error body.
+fn error_body(code: &Option<String>, message: &Option<String>) -> Option<ArmErrorBody> {
+    code.as_ref().map(|code| ArmErrorBody {
+        code: code.clone(),
+        message: message.clone().unwrap_or_default(),
+        target: None,
+        details: vec![],
+        additional_info: vec![],
+    })
 }
 
 pub fn operation_url(control: &Control, op: &OperationRow, api_version: &str) -> String {
@@ -115,13 +120,7 @@ pub fn operation(op: &OperationRow) -> OperationStatus {
         status: op.status.clone(),
         start_time: op.start_time.clone(),
         end_time: op.end_time.clone(),
-        error: op.error_code.as_ref().map(|code| ArmErrorBody {
-            code: code.clone(),
-            message: op.error_message.clone().unwrap_or_default(),
-            target: None,
-            details: vec![],
-            additional_info: vec![],
-        }),
+        error: error_body(&op.error_code, &op.error_message),
     }
 }
 
