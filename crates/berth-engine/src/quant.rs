@@ -1,4 +1,4 @@
-//! Weight matrices kept as GGUF quantisation blocks (Q8_0, Q4_0, Q4_1), multiplied by f32 activations
+//! Weight matrices kept as GGUF quantisation blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K), multiplied by f32 activations
 //! without expanding the weights in memory. Decoding reads every weight once per token, so bytes per
 //! weight set the speed: each block is decoded once per batch and applied to every row of it.
 //!
@@ -14,7 +14,10 @@ use rayon::prelude::*;
 
 /// Up to this many rows, the block kernel; above, dequantise and use a dense matmul.
 pub(crate) const SMALL_BATCH: usize = 16;
+/// Columns per lane group; every block holds a whole number of them.
 const BLOCK: usize = 32;
+/// The largest block (K-quant super-blocks).
+const MAX_BLOCK: usize = 256;
 /// Output rows handled by one parallel task.
 const ROWS_PER_TASK: usize = 64;
 
@@ -22,7 +25,10 @@ const ROWS_PER_TASK: usize = 64;
 pub(crate) enum BlockKind {
     Q4_0,
     Q4_1,
+    Q5_0,
     Q8_0,
+    Q4K,
+    Q6K,
 }
 
 impl BlockKind {
@@ -31,17 +37,31 @@ impl BlockKind {
         match dtype {
             G::Q4_0 => Some(BlockKind::Q4_0),
             G::Q4_1 => Some(BlockKind::Q4_1),
+            G::Q5_0 => Some(BlockKind::Q5_0),
             G::Q8_0 => Some(BlockKind::Q8_0),
+            G::Q4K => Some(BlockKind::Q4K),
+            G::Q6K => Some(BlockKind::Q6K),
             _ => None,
         }
     }
 
-    /// Bytes of one block of 32 weights.
+    /// Bytes of one block.
     const fn bytes(self) -> usize {
         match self {
             BlockKind::Q4_0 => 18,
             BlockKind::Q4_1 => 20,
+            BlockKind::Q5_0 => 22,
             BlockKind::Q8_0 => 34,
+            BlockKind::Q4K => 144,
+            BlockKind::Q6K => 210,
+        }
+    }
+
+    /// Weights in one block.
+    const fn elems(self) -> usize {
+        match self {
+            BlockKind::Q4K | BlockKind::Q6K => 256,
+            _ => 32,
         }
     }
 }
@@ -60,13 +80,23 @@ fn half_at(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
-/// Decodes one block into 32 weights.
+/// Q4_K packs 8 six-bit (scale, min) pairs into 12 bytes (llama.cpp's `get_scale_min_k4`).
 #[inline(always)]
-fn decode_block(kind: BlockKind, b: &[u8], out: &mut [f32; BLOCK]) {
+fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+    if j < 4 {
+        ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
+    } else {
+        (((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4)) as f32, ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as f32)
+    }
+}
+
+/// Decodes one block into `kind.elems()` weights, as llama.cpp's `dequantize_row_*` does.
+#[inline(always)]
+fn decode_block(kind: BlockKind, b: &[u8], out: &mut [f32]) {
     match kind {
         BlockKind::Q8_0 => {
             let d = half_at(b, 0);
-            for (o, &q) in out.iter_mut().zip(&b[2..34]) {
+            for (o, &q) in out[..32].iter_mut().zip(&b[2..34]) {
                 *o = d * (q as i8) as f32;
             }
         }
@@ -87,6 +117,56 @@ fn decode_block(kind: BlockKind, b: &[u8], out: &mut [f32; BLOCK]) {
                 out[j + 16] = d * (qs[j] >> 4) as f32 + m;
             }
         }
+        BlockKind::Q5_0 => {
+            let d = half_at(b, 0);
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let qs = &b[6..22];
+            for j in 0..16 {
+                let h0 = ((qh >> j) << 4) & 0x10;
+                let h1 = (qh >> (j + 12)) & 0x10;
+                out[j] = d * (((qs[j] & 0x0F) as u32 | h0) as i32 - 16) as f32;
+                out[j + 16] = d * (((qs[j] >> 4) as u32 | h1) as i32 - 16) as f32;
+            }
+        }
+        BlockKind::Q4K => {
+            let d = half_at(b, 0);
+            let dmin = half_at(b, 2);
+            let scales = &b[4..16];
+            let qs = &b[16..144];
+            for group in 0..4 {
+                let (s1, m1) = scale_min_k4(2 * group, scales);
+                let (s2, m2) = scale_min_k4(2 * group + 1, scales);
+                let (d1, min1, d2, min2) = (d * s1, dmin * m1, d * s2, dmin * m2);
+                let q = &qs[32 * group..32 * group + 32];
+                let o = &mut out[64 * group..64 * group + 64];
+                for l in 0..32 {
+                    o[l] = d1 * (q[l] & 0x0F) as f32 - min1;
+                    o[l + 32] = d2 * (q[l] >> 4) as f32 - min2;
+                }
+            }
+        }
+        BlockKind::Q6K => {
+            let ql_all = &b[0..128];
+            let qh_all = &b[128..192];
+            let sc_all = &b[192..208];
+            let d = half_at(b, 208);
+            for half in 0..2 {
+                let (ql, qh) = (&ql_all[64 * half..], &qh_all[32 * half..]);
+                let sc = &sc_all[8 * half..];
+                let o = &mut out[128 * half..128 * half + 128];
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
+                    let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    o[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+                    o[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+                    o[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+                    o[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+                }
+            }
+        }
     }
 }
 
@@ -96,11 +176,11 @@ fn decode_block(kind: BlockKind, b: &[u8], out: &mut [f32; BLOCK]) {
 /// per output.
 #[inline(always)]
 fn rows_kernel(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m: usize) {
-    let blocks = q.cols / BLOCK;
+    let elems = q.kind.elems();
     let block_bytes = q.kind.bytes();
-    let row_bytes = blocks * block_bytes;
+    let row_bytes = q.cols / elems * block_bytes;
     let n = out.len() / m;
-    let mut w = [0f32; BLOCK];
+    let mut w = [0f32; MAX_BLOCK];
     let mut lanes = [[0f32; BLOCK]; SMALL_BATCH];
     for local in 0..n {
         let row = &q.data[(first_row + local) * row_bytes..][..row_bytes];
@@ -108,11 +188,15 @@ fn rows_kernel(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m:
             *l = [0.0; BLOCK];
         }
         for (b, block) in row.chunks_exact(block_bytes).enumerate() {
-            decode_block(q.kind, block, &mut w);
+            decode_block(q.kind, block, &mut w[..elems]);
             for (i, l) in lanes[..m].iter_mut().enumerate() {
-                let xs: &[f32; BLOCK] = x[i * q.cols + b * BLOCK..][..BLOCK].try_into().expect("32 columns");
-                for k in 0..BLOCK {
-                    l[k] += w[k] * xs[k];
+                let xb = &x[i * q.cols + b * elems..][..elems];
+                for (wc, xc) in w[..elems].chunks_exact(BLOCK).zip(xb.chunks_exact(BLOCK)) {
+                    let wc: &[f32; BLOCK] = wc.try_into().expect("32 weights");
+                    let xc: &[f32; BLOCK] = xc.try_into().expect("32 columns");
+                    for k in 0..BLOCK {
+                        l[k] += wc[k] * xc[k];
+                    }
                 }
             }
         }
@@ -162,10 +246,10 @@ fn isa() -> Isa {
 
 impl QuantMatrix {
     pub(crate) fn new(kind: BlockKind, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
-        if cols % BLOCK != 0 || data.len() != rows * cols / BLOCK * kind.bytes() {
+        if cols % kind.elems() != 0 || data.len() != rows * cols / kind.elems() * kind.bytes() {
             return Err(EngineError::Malformed(format!(
                 "{kind:?} matrix [{rows}, {cols}] needs {} bytes, has {}",
-                rows * cols / BLOCK * kind.bytes(),
+                rows * (cols / kind.elems()) * kind.bytes(),
                 data.len()
             )));
         }
@@ -177,7 +261,7 @@ impl QuantMatrix {
     }
 
     fn row_bytes(&self) -> usize {
-        self.cols / BLOCK * self.kind.bytes()
+        self.cols / self.kind.elems() * self.kind.bytes()
     }
 
     /// The matrix with row `r` taken from row `source(r)`: blocks run along columns, so rows move whole.
@@ -193,12 +277,12 @@ impl QuantMatrix {
 
     fn dequantize_rows_into(&self, rows: impl Iterator<Item = usize>, out: &mut Vec<f32>) {
         let rb = self.row_bytes();
-        let mut w = [0f32; BLOCK];
+        let elems = self.kind.elems();
+        let mut w = [0f32; MAX_BLOCK];
         for r in rows {
-            let row = &self.data[r * rb..(r + 1) * rb];
-            for b in 0..self.cols / BLOCK {
-                decode_block(self.kind, &row[b * self.kind.bytes()..], &mut w);
-                out.extend_from_slice(&w);
+            for block in self.data[r * rb..(r + 1) * rb].chunks_exact(self.kind.bytes()) {
+                decode_block(self.kind, block, &mut w[..elems]);
+                out.extend_from_slice(&w[..elems]);
             }
         }
     }

@@ -62,17 +62,21 @@ mod quant_kernels {
 
     /// Random blocks with small finite scales, in each block format.
     fn random_matrix(kind: BlockKind, rows: usize, cols: usize, rng: &mut StdRng) -> QuantMatrix {
-        let (bytes, scales) = match kind {
-            BlockKind::Q8_0 => (34, 1),
-            BlockKind::Q4_0 => (18, 1),
-            BlockKind::Q4_1 => (20, 2),
+        // (bytes per block, weights per block, byte offsets of f16 scales)
+        let (bytes, elems, scales): (usize, usize, &[usize]) = match kind {
+            BlockKind::Q8_0 => (34, 32, &[0]),
+            BlockKind::Q4_0 => (18, 32, &[0]),
+            BlockKind::Q4_1 => (20, 32, &[0, 2]),
+            BlockKind::Q5_0 => (22, 32, &[0]),
+            BlockKind::Q4K => (144, 256, &[0, 2]),
+            BlockKind::Q6K => (210, 256, &[208]),
         };
-        let mut data = vec![0u8; rows * cols / 32 * bytes];
+        let mut data = vec![0u8; rows * cols / elems * bytes];
         rng.fill(&mut data[..]);
         for block in data.chunks_mut(bytes) {
-            for s in 0..scales {
-                let v = f16::from_f32(rng.random_range(-0.05f32..0.05)).to_bits().to_le_bytes();
-                block[2 * s..2 * s + 2].copy_from_slice(&v);
+            for &at in scales {
+                let v = f16::from_f32(rng.random_range(-0.01f32..0.01)).to_bits().to_le_bytes();
+                block[at..at + 2].copy_from_slice(&v);
             }
         }
         QuantMatrix::new(kind, rows, cols, data).unwrap()
@@ -81,16 +85,17 @@ mod quant_kernels {
     #[test]
     fn block_kernel_matches_dequantised_matmul() {
         let mut rng = StdRng::seed_from_u64(5);
-        for kind in [BlockKind::Q8_0, BlockKind::Q4_0, BlockKind::Q4_1] {
-            let q = random_matrix(kind, 200, 96, &mut rng);
+        for kind in [BlockKind::Q8_0, BlockKind::Q4_0, BlockKind::Q4_1, BlockKind::Q5_0, BlockKind::Q4K, BlockKind::Q6K] {
+            let q = random_matrix(kind, 200, 512, &mut rng);
             let dense = q.dequantize().unwrap();
             for m in [1usize, 3, 16, 17] {
-                let x: Vec<f32> = (0..m * 96).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-                let x = Tensor::from_vec(x, (m, 96), &Device::Cpu).unwrap();
+                let x: Vec<f32> = (0..m * 512).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                let x = Tensor::from_vec(x, (m, 512), &Device::Cpu).unwrap();
                 let got = q.matmul_t(&x).unwrap().to_vec2::<f32>().unwrap();
                 let want = x.matmul(&dense.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
                 let diff = got.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(diff < 1e-4, "{kind:?} m={m}: {diff}");
+                let scale = want.iter().flatten().map(|v| v.abs()).fold(1f32, f32::max);
+                assert!(diff / scale < 1e-5, "{kind:?} m={m}: {diff} of {scale}");
             }
         }
     }
