@@ -170,8 +170,10 @@ pub struct ChatArgs {
     pub system: Option<String>,
     #[arg(long)]
     pub max_tokens: Option<u32>,
-    #[arg(long)]
-    pub temperature: Option<f32>,
+    /// Sampling temperature; 0 is greedy. The CLI's default is 0.7: the API's own default (1.0, no
+    /// top_p) lets small models wander.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
     /// Account to use [default: the bootstrap account].
     #[arg(short = 'n', long = "name")]
     pub account: Option<String>,

@@ -156,9 +156,7 @@ fn chat(c: &Client, args: ChatArgs) -> Result<()> {
     if let Some(m) = args.max_tokens {
         body["max_tokens"] = json!(m);
     }
-    if let Some(t) = args.temperature {
-        body["temperature"] = json!(t);
-    }
+    body["temperature"] = json!(args.temperature);
     let path = format!("{prefix}/openai/deployments/{}/chat/completions?api-version={OPENAI_API_VERSION}", args.deployment);
     let started = Instant::now();
     let mut first_token = None;
