@@ -4,7 +4,7 @@
 use crate::batch::SegmentView;
 use crate::error::Result;
 use crate::lora::Target;
-use crate::quant::QuantMatrix;
+use crate::quant::{QuantMatrix, SMALL_BATCH};
 use crate::weights::Weight;
 use candle_core::Tensor;
 use std::sync::Arc;
@@ -54,6 +54,20 @@ impl Linear {
         let adapted = segments.iter().any(|s| s.adapter.and_then(|a| a.pair(self.layer, self.target)).is_some());
         if !adapted {
             return Ok(y);
+        }
+        let rows = x.dim(0)?;
+        if rows <= SMALL_BATCH {
+            // Few rows (decode): a rank-r update is a few thousand multiply-adds, less than the cost
+            // of the tensor ops it would take; do it on plain rows.
+            let (inp, out) = (x.dim(1)?, y.dim(1)?);
+            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let mut ys: Vec<f32> = y.flatten_all()?.to_vec1()?;
+            for s in segments {
+                if let Some(p) = s.adapter.and_then(|a| a.pair(self.layer, self.target)) {
+                    p.add_delta(&xs[s.start * inp..(s.start + s.len) * inp], &mut ys[s.start * out..(s.start + s.len) * out], s.len);
+                }
+            }
+            return Ok(Tensor::from_vec(ys, (rows, out), x.device())?);
         }
         let mut pieces = Vec::with_capacity(segments.len());
         for s in segments {

@@ -64,9 +64,39 @@ impl Target {
 /// `x -> scale * (x A^T) B^T` for one module.
 #[derive(Debug)]
 pub(crate) struct LoraPair {
+    /// `[rank, in]`.
     pub a: Tensor,
+    /// `[out, rank]`.
     pub b: Tensor,
     pub scale: f64,
+    /// The same factors as plain rows, for the few-row path that skips tensor-op overhead.
+    pub a_rows: Vec<f32>,
+    pub b_rows: Vec<f32>,
+    pub rank: usize,
+}
+
+impl LoraPair {
+    fn new(a: Tensor, b: Tensor, scale: f64) -> crate::error::Result<Self> {
+        let rank = a.dim(0)?;
+        let a_rows = a.flatten_all()?.to_vec1()?;
+        let b_rows = b.flatten_all()?.to_vec1()?;
+        Ok(LoraPair { a, b, scale, a_rows, b_rows, rank })
+    }
+
+    /// Adds `scale * (x A^T) B^T` to `y` for `rows` rows: `x` is `[rows, in]`, `y` is `[rows, out]`.
+    pub(crate) fn add_delta(&self, x: &[f32], y: &mut [f32], rows: usize) {
+        let inp = x.len() / rows;
+        let out = y.len() / rows;
+        let mut t = vec![0f32; self.rank];
+        for (xr, yr) in x.chunks_exact(inp).zip(y.chunks_exact_mut(out)) {
+            for (tk, ak) in t.iter_mut().zip(self.a_rows.chunks_exact(inp)) {
+                *tk = xr.iter().zip(ak).map(|(a, b)| a * b).sum::<f32>() * self.scale as f32;
+            }
+            for (yo, bo) in yr.iter_mut().zip(self.b_rows.chunks_exact(self.rank)) {
+                *yo += bo.iter().zip(&t).map(|(a, b)| a * b).sum::<f32>();
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,7 +172,7 @@ impl LoraAdapter {
                 let scale = if cfg.use_rslora { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 };
                 pairs.insert(
                     (layer, target),
-                    LoraPair { a: a.to_dtype(DType::F32)?, b: b.to_dtype(DType::F32)?, scale },
+                    LoraPair::new(a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?, scale)?,
                 );
             }
         }
