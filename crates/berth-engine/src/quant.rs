@@ -209,7 +209,102 @@ fn rows_kernel(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m:
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 fn rows_kernel_avx512(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m: usize) {
-    rows_kernel(q, first_row, out, x, m)
+    match q.kind {
+        BlockKind::Q4_0 | BlockKind::Q4_1 | BlockKind::Q8_0 => avx512::rows_32(q, first_row, out, x, m),
+        _ => rows_kernel(q, first_row, out, x, m),
+    }
+}
+
+/// Hand-written AVX-512 for the 32-weight block formats: a block is decoded straight into two
+/// registers and multiplied into per-row accumulators, with no trip through memory.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512 {
+    use super::{BlockKind, QuantMatrix, BLOCK, SMALL_BATCH};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    fn half_at(b: &[u8], at: usize) -> f32 {
+        super::half_at(b, at)
+    }
+
+    /// The 32 weights of one block as two vectors of 16.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,fma")]
+    fn decode(kind: BlockKind, b: &[u8]) -> (__m512, __m512) {
+        let d = _mm512_set1_ps(half_at(b, 0));
+        match kind {
+            BlockKind::Q8_0 => {
+                let q: &[u8; 32] = b[2..34].try_into().expect("Q8_0 block");
+                // SAFETY: `q` is 32 readable bytes; each load reads 16 of them.
+                let (q0, q1) = unsafe { (_mm_loadu_si128(q.as_ptr().cast()), _mm_loadu_si128(q.as_ptr().add(16).cast())) };
+                (_mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0))), _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1))))
+            }
+            BlockKind::Q4_0 => {
+                let q: &[u8; 16] = b[2..18].try_into().expect("Q4_0 block");
+                // SAFETY: `q` is 16 readable bytes.
+                let v = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(q.as_ptr().cast()) });
+                let eight = _mm512_set1_epi32(8);
+                let lo = _mm512_sub_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0x0F)), eight);
+                let hi = _mm512_sub_epi32(_mm512_srli_epi32::<4>(v), eight);
+                (_mm512_mul_ps(d, _mm512_cvtepi32_ps(lo)), _mm512_mul_ps(d, _mm512_cvtepi32_ps(hi)))
+            }
+            BlockKind::Q4_1 => {
+                let m = _mm512_set1_ps(half_at(b, 2));
+                let q: &[u8; 16] = b[4..20].try_into().expect("Q4_1 block");
+                // SAFETY: `q` is 16 readable bytes.
+                let v = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(q.as_ptr().cast()) });
+                let lo = _mm512_and_si512(v, _mm512_set1_epi32(0x0F));
+                let hi = _mm512_srli_epi32::<4>(v);
+                (_mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), d, m), _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), d, m))
+            }
+            _ => unreachable!("only 32-weight block formats come here"),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load16(x: &[f32]) -> __m512 {
+        let x: &[f32; 16] = x[..16].try_into().expect("16 floats");
+        // SAFETY: `x` is 16 readable floats.
+        unsafe { _mm512_loadu_ps(x.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    pub(super) fn rows_32(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m: usize) {
+        let bytes = q.kind.bytes();
+        let row_bytes = q.cols / BLOCK * bytes;
+        let n = out.len() / m;
+        let mut acc = [_mm512_setzero_ps(); SMALL_BATCH];
+        for local in 0..n {
+            let row = &q.data[(first_row + local) * row_bytes..][..row_bytes];
+            if m == 1 {
+                // One stream: two accumulators in registers.
+                let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+                for (b, block) in row.chunks_exact(bytes).enumerate() {
+                    let (w0, w1) = decode(q.kind, block);
+                    let xb = &x[b * BLOCK..][..BLOCK];
+                    a0 = _mm512_fmadd_ps(w0, load16(xb), a0);
+                    a1 = _mm512_fmadd_ps(w1, load16(&xb[16..]), a1);
+                }
+                out[local] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+                continue;
+            }
+            for a in acc[..m].iter_mut() {
+                *a = _mm512_setzero_ps();
+            }
+            for (b, block) in row.chunks_exact(bytes).enumerate() {
+                let (w0, w1) = decode(q.kind, block);
+                for (i, a) in acc[..m].iter_mut().enumerate() {
+                    let xb = &x[i * q.cols + b * BLOCK..][..BLOCK];
+                    *a = _mm512_fmadd_ps(w1, load16(&xb[16..]), _mm512_fmadd_ps(w0, load16(xb), *a));
+                }
+            }
+            for (o, a) in out[local * m..(local + 1) * m].iter_mut().zip(&acc[..m]) {
+                *o = _mm512_reduce_add_ps(*a);
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -306,7 +401,10 @@ impl QuantMatrix {
 
     /// `x W^T` for `x`: `[m, cols]` -> `[m, rows]`.
     pub(crate) fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
-        let m = x.dim(0)?;
+        let (m, cols) = x.dims2()?;
+        if cols != self.cols {
+            return Err(EngineError::Tensor(format!("x has {cols} columns, the matrix {}", self.cols)));
+        }
         if m > SMALL_BATCH {
             return Ok(x.matmul(&self.dequantize()?.t()?)?);
         }
