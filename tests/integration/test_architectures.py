@@ -119,8 +119,10 @@ def test_architecture_and_quant_types_match_reference(mix, gguf, tmp_path):
     path = str(tmp_path / f"{mix}.gguf")
     write_model(path, arch, gguf, types)
     cfg, weights = reference.load(path)
-    # Six tokens go through the block kernels (up to 16 rows), forty through dequantise-and-matmul.
-    for text in ("Hello there, how are you?", "<|im_start|>user\nHello there, how are you today? Tell me about the weather, the sea and the mountains.<|im_end|>\n<|im_start|>assistant\n"):
+    # Up to 16 rows take one pass of the block kernels, up to 48 several passes, more than that
+    # dequantise-and-matmul: one input for each path.
+    long = "<|im_start|>user\nHello there, how are you today? Tell me about the weather, the sea and the mountains.<|im_end|>\n<|im_start|>assistant\n"
+    for text in ("Hello there, how are you?", long, long + "The sea is calm, the mountains are white with snow, and the wind comes from the west today."):
         out = subprocess.run([berth_bin(), "debug", "logits", "--model", path, "--text", text], check=True, capture_output=True, text=True)
         result = json.loads(out.stdout)
         engine = np.array(result["logits"])

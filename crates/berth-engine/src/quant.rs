@@ -4,7 +4,7 @@
 //!
 //! Activations stay f32 (llama.cpp quantises them to 8 bits; we keep the engine's results equal to
 //! an f32 computation on the dequantised weights, which the reference tests check). Batches of more
-//! than [`SMALL_BATCH`] rows (prefill) dequantise the matrix and use candle's f32 matmul instead.
+//! than [`CHUNKED_BATCH`] rows (long prefills) dequantise the matrix and use candle's f32 matmul instead.
 
 use crate::error::Result;
 use crate::EngineError;
@@ -12,8 +12,10 @@ use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
-/// Up to this many rows, the block kernel; above, dequantise and use a dense matmul.
+/// Rows the block kernel takes in one pass.
 pub(crate) const SMALL_BATCH: usize = 16;
+/// Up to this many rows, passes of the block kernel; above, dequantise and use a dense matmul.
+const CHUNKED_BATCH: usize = 48;
 /// Columns per lane group; every block holds a whole number of them.
 const BLOCK: usize = 32;
 /// The largest block (K-quant super-blocks).
@@ -405,8 +407,16 @@ impl QuantMatrix {
         if cols != self.cols {
             return Err(EngineError::Tensor(format!("x has {cols} columns, the matrix {}", self.cols)));
         }
-        if m > SMALL_BATCH {
+        if m > CHUNKED_BATCH {
             return Ok(x.matmul(&self.dequantize()?.t()?)?);
+        }
+        if m > SMALL_BATCH {
+            // A short prompt: a few passes of the block kernel beat expanding the whole matrix to f32.
+            let mut parts = Vec::with_capacity(m.div_ceil(SMALL_BATCH));
+            for start in (0..m).step_by(SMALL_BATCH) {
+                parts.push(self.matmul_t(&x.narrow(0, start, SMALL_BATCH.min(m - start))?)?);
+            }
+            return Ok(Tensor::cat(&parts, 0)?);
         }
         let xs: Vec<f32> = x.contiguous()?.flatten_all()?.to_vec1()?;
         let mut transposed = vec![0f32; self.rows * m];
