@@ -129,6 +129,9 @@ def test_errors_in_the_contract_shape(server, client):
             client.chat.completions.create(model="smol", messages=QUESTION, **kwargs)
         assert e.value.body["param"] == param and e.value.body["type"] == "invalid_request_error", (kwargs, e.value.body)
     with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="smol", prompt=[1, 49152], max_tokens=2)
+    assert e.value.body["param"] == "prompt" and "49152" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="smol", messages=[])
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="smol", messages=[{"role": "wizard", "content": "hi"}])

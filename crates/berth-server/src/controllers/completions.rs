@@ -40,7 +40,8 @@ pub async fn completions(
         }
     }
     let prompt = req.prompt.clone().ok_or_else(|| OpenAiApiError::invalid("prompt", "missing_required_parameter", "'prompt' is required."))?;
-    let vocab = text.vocab_size();
+    // A token the embedding has no row for would fail the whole batch in the engine: refuse it here.
+    let vocab = text.vocab_size().min(route.engine.model().config().vocab_size);
     let prompts: Vec<Vec<u32>> = blocking(move || match prompt {
         Prompt::Text(s) => Ok(vec![text.encode(&s).map_err(OpenAiApiError::internal)?]),
         Prompt::Texts(v) => v.iter().map(|s| text.encode(s).map_err(OpenAiApiError::internal)).collect(),
