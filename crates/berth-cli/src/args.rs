@@ -63,11 +63,20 @@ pub struct ServeArgs {
     #[arg(long, env = "BERTH_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Sequences each engine steps together.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16, env = "BERTH_MAX_BATCH")]
     pub max_batch: usize,
+    /// Tokens one engine step computes at most; longer prompts are prefilled in chunks of this size.
+    #[arg(long, default_value_t = 256, env = "BERTH_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: usize,
     /// Requests each engine queues before answering 429.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, env = "BERTH_QUEUE_DEPTH")]
     pub queue_depth: usize,
+    /// Memory for each engine's paged KV cache, in MiB.
+    #[arg(long, default_value_t = 512, env = "BERTH_KV_CACHE_MIB")]
+    pub kv_cache_mib: usize,
+    /// Do not keep computed prompt prefixes for reuse.
+    #[arg(long, env = "BERTH_NO_PREFIX_CACHE")]
+    pub no_prefix_cache: bool,
 }
 
 /// `-g/--resource-group` and `-n/--name`, as in `az cognitiveservices`; default: the bootstrap account.

@@ -4,6 +4,7 @@ use crate::args::ServeArgs;
 use crate::client::default_data_dir;
 use anyhow::{Context, Result};
 use berth_control::{Control, ControlConfig};
+use berth_engine::EngineOptions;
 use std::path::PathBuf;
 
 pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
@@ -18,8 +19,14 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
         let local = listener.local_addr()?;
         let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
         let mut config = ControlConfig::new(data_dir.clone(), public_url.clone());
-        config.max_batch = args.max_batch;
-        config.queue_depth = args.queue_depth;
+        config.engine = EngineOptions {
+            name: "berth-engine".into(),
+            max_batch: args.max_batch,
+            max_batch_tokens: args.max_batch_tokens,
+            queue_depth: args.queue_depth,
+            kv_cache_bytes: args.kv_cache_mib << 20,
+            prefix_cache: !args.no_prefix_cache,
+        };
         let control = tokio::task::spawn_blocking(move || Control::open(config)).await??;
         tracing::info!(data_dir = %data_dir.display(), endpoint = %public_url, "berth is listening; loading deployments");
         let restoring = {

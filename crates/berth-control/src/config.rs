@@ -1,3 +1,4 @@
+use berth_engine::EngineOptions;
 use std::path::PathBuf;
 
 /// Settings of the control plane, parsed once by the binary.
@@ -11,14 +12,12 @@ pub struct ControlConfig {
     pub location: String,
     /// Lifetime of access tokens minted by `berth token`.
     pub token_ttl_seconds: i64,
-    /// Sequences an engine steps together.
-    pub max_batch: usize,
-    /// Requests an engine queues before refusing more.
-    pub queue_depth: usize,
+    /// Batch, queue and KV-cache sizes of every engine (one per loaded base model).
+    pub engine: EngineOptions,
 }
 
 impl ControlConfig {
     pub fn new(data_dir: PathBuf, public_url: String) -> Self {
-        ControlConfig { data_dir, public_url, location: "local".into(), token_ttl_seconds: 3600, max_batch: 8, queue_depth: 64 }
+        ControlConfig { data_dir, public_url, location: "local".into(), token_ttl_seconds: 3600, engine: EngineOptions::default() }
     }
 }

@@ -2,7 +2,6 @@ use crate::bootstrap::{ensure_bootstrapped, Credentials};
 use crate::error::Result;
 use crate::host::ModelHost;
 use crate::{ControlConfig, ControlError, Principal};
-use berth_engine::EngineOptions;
 use berth_store::{AccountKey, AccountRow, Store, SubscriptionRow};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,11 +33,7 @@ impl Control {
             .map_err(|e| ControlError::Internal(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
         let store = Store::open(&config.data_dir.join("berth.db"))?;
         let credentials = ensure_bootstrapped(&store, &config)?;
-        let host = Arc::new(ModelHost::new(EngineOptions {
-            name: "berth-engine".into(),
-            max_batch: config.max_batch,
-            queue_depth: config.queue_depth,
-        }));
+        let host = Arc::new(ModelHost::new(config.engine.clone()));
         Ok(Arc::new(Control { store, host, config, credentials, tasks: Mutex::new(JoinSet::new()), ready: AtomicBool::new(false) }))
     }
 

@@ -1,66 +1,77 @@
-//! The KV cache of one sequence, owned by whoever owns the sequence and lent to `forward` through a
-//! [`crate::BatchContext`]. Per layer one K and one V buffer of shape `[kv_heads, capacity, head_dim]`,
-//! grown by doubling.
+//! The paged KV cache: keys and values of every sequence live in fixed-size blocks of one pool per
+//! engine, so memory is bounded by configuration and blocks of a shared prompt prefix can be used by
+//! several sequences. A sequence names its blocks in a block table (`&[u32]`, position `p` in block
+//! `table[p / BLOCK_TOKENS]`); which blocks are free, shared or cached is [`crate::block_manager`]'s
+//! business, not the pool's.
 
-use crate::error::Result;
-use candle_core::{DType, Device, Tensor};
+/// Positions per block.
+pub const BLOCK_TOKENS: usize = 16;
 
-const INITIAL_CAPACITY: usize = 256;
-
-#[derive(Debug)]
-pub struct SeqKvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
+/// Per layer and block, in f32: keys `[kv_head][head_dim][slot]` (a block's keys of one head are a
+/// `head_dim x 16` matrix, so sixteen scores come out of one pass with no horizontal sums) and values
+/// `[kv_head][slot][head_dim]` (each position's value row is contiguous for the weighted sum).
+pub struct KvPool {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    blocks: usize,
     kv_heads: usize,
     head_dim: usize,
 }
 
-impl SeqKvCache {
-    pub fn new(num_layers: usize, kv_heads: usize, head_dim: usize) -> Self {
-        SeqKvCache { layers: (0..num_layers).map(|_| None).collect(), len: 0, kv_heads, head_dim }
+impl std::fmt::Debug for KvPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvPool").field("blocks", &self.blocks).field("kv_heads", &self.kv_heads).finish_non_exhaustive()
     }
+}
 
-    /// Number of positions already computed.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Writes `k`, `v` (`[new, kv_heads, head_dim]`) after the committed positions of `layer` and returns
-    /// the whole keys and values so far (`[kv_heads, len + new, head_dim]`).
-    pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let new = k.dim(0)?;
-        let need = self.len + new;
-        let k = k.transpose(0, 1)?.contiguous()?;
-        let v = v.transpose(0, 1)?.contiguous()?;
-        let (kv_heads, head_dim, len) = (self.kv_heads, self.head_dim, self.len);
-        let slot = &mut self.layers[layer];
-        let capacity = slot.as_ref().map(|(k, _)| k.dim(1)).transpose()?.unwrap_or(0);
-        if capacity < need {
-            let new_cap = need.max(capacity * 2).max(INITIAL_CAPACITY);
-            let grow = |old: Option<&Tensor>| -> Result<Tensor> {
-                let buf = Tensor::zeros((kv_heads, new_cap, head_dim), DType::F32, &Device::Cpu)?;
-                if let Some(old) = old {
-                    if len > 0 {
-                        buf.slice_set(&old.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
-                    }
-                }
-                Ok(buf)
-            };
-            let (nk, nv) = (grow(slot.as_ref().map(|s| &s.0))?, grow(slot.as_ref().map(|s| &s.1))?);
-            *slot = Some((nk, nv));
+impl KvPool {
+    /// A pool of `blocks` blocks. The memory is zero-initialised by the allocator, so pages are only
+    /// resident once a block is written.
+    pub fn new(layers: usize, kv_heads: usize, head_dim: usize, blocks: usize) -> Self {
+        let per_layer = blocks * BLOCK_TOKENS * kv_heads * head_dim;
+        KvPool {
+            k: (0..layers).map(|_| vec![0f32; per_layer]).collect(),
+            v: (0..layers).map(|_| vec![0f32; per_layer]).collect(),
+            blocks,
+            kv_heads,
+            head_dim,
         }
-        let Some((kb, vb)) = slot.as_ref() else { unreachable!("buffer allocated above") };
-        kb.slice_set(&k, 1, len)?;
-        vb.slice_set(&v, 1, len)?;
-        Ok((kb.narrow(1, 0, need)?.contiguous()?, vb.narrow(1, 0, need)?.contiguous()?))
     }
 
-    /// Marks `n` more positions as computed, after every layer has appended them.
-    pub(crate) fn commit(&mut self, n: usize) {
-        self.len += n;
+    /// Bytes one position takes over all layers (K and V).
+    pub fn bytes_per_token(layers: usize, kv_heads: usize, head_dim: usize) -> usize {
+        layers * 2 * kv_heads * head_dim * std::mem::size_of::<f32>()
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    /// Floats of one head's block (keys or values).
+    pub(crate) const fn head_block(head_dim: usize) -> usize {
+        head_dim * BLOCK_TOKENS
+    }
+
+    /// Writes the keys and values of positions `first..first + n` (`k`, `v`: `[n, kv_heads, head_dim]`).
+    pub(crate) fn write(&mut self, layer: usize, table: &[u32], first: usize, k: &[f32], v: &[f32]) {
+        let (hd, kvh) = (self.head_dim, self.kv_heads);
+        let hb = Self::head_block(hd);
+        for (i, (kr, vr)) in k.chunks_exact(kvh * hd).zip(v.chunks_exact(kvh * hd)).enumerate() {
+            let pos = first + i;
+            let (block, slot) = (table[pos / BLOCK_TOKENS] as usize, pos % BLOCK_TOKENS);
+            for h in 0..kvh {
+                let base = (block * kvh + h) * hb;
+                let keys = &mut self.k[layer][base..base + hb];
+                for (d, &x) in kr[h * hd..(h + 1) * hd].iter().enumerate() {
+                    keys[d * BLOCK_TOKENS + slot] = x;
+                }
+                self.v[layer][base + slot * hd..base + (slot + 1) * hd].copy_from_slice(&vr[h * hd..(h + 1) * hd]);
+            }
+        }
+    }
+
+    /// The keys and values of one layer, for [`crate::attention`] to read through block tables.
+    pub(crate) fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+        (&self.k[layer], &self.v[layer])
     }
 }

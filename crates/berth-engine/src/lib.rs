@@ -4,14 +4,16 @@
 //! - [`Model`]: a decoder of the Llama family (Llama, Mistral, Qwen2; one file per architecture under
 //!   `models/`) loaded from a GGUF file or a Hugging Face directory ([`load_model`]), with its [`TextModel`].
 //! - [`LoraAdapter`]: a PEFT LoRA adapter, applied inside the linear layers per row of a batch.
-//! - [`BatchContext`] and [`SeqKvCache`]: what `forward` needs besides weights; the KV cache lives outside
-//!   the model, one per sequence.
+//! - [`BatchContext`] and [`KvPool`]: what `forward` needs besides weights; the paged KV cache lives
+//!   outside the model, in fixed-size blocks that sequences name through block tables.
 //! - [`Engine`] / [`EngineHandle`]: one named OS thread per loaded model that owns the running sequences,
 //!   fed by a bounded channel of [`Command`]s, answering each request with [`GenerateEvent`]s.
 //!
 //! The engine knows nothing of HTTP, SQL, tenants or auth.
 
+mod attention;
 mod batch;
+mod block_manager;
 mod config;
 mod engine;
 mod error;
@@ -20,9 +22,11 @@ mod linear;
 mod lora;
 mod model;
 mod models;
+mod ops;
 mod quant;
 mod request;
 mod sampling;
+mod scheduler;
 mod weights;
 
 pub use batch::{BatchContext, Segment};
@@ -30,7 +34,7 @@ pub use berth_text::{ChatMessage, TextModel};
 pub use config::{Architecture, ModelConfig};
 pub use engine::{Command, Engine, EngineHandle, EngineOptions, EngineStats};
 pub use error::EngineError;
-pub use kv_cache::SeqKvCache;
+pub use kv_cache::{KvPool, BLOCK_TOKENS};
 pub use lora::{AdapterId, LoraAdapter};
 pub use model::{load_model, probe_config, text_model_of_gguf, Logits, Model};
 pub use request::{FinishReason, GenerateEvent, GenerateRequest, SamplingParams};

@@ -3,10 +3,10 @@
 
 use crate::batch::SegmentView;
 use crate::error::Result;
-use crate::lora::Target;
+use crate::lora::{LoraPair, Target};
 use crate::quant::{QuantMatrix, SMALL_BATCH};
 use crate::weights::Weight;
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
 /// A weight matrix `[out, in]` ready for `x W^T`.
@@ -24,63 +24,76 @@ impl Matrix {
         })
     }
 
-    /// `x`: `[tokens, in]` -> `[tokens, out]`.
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x`: `m` rows of `in` -> `m` rows of `out`.
+    pub(crate) fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         match self {
-            Matrix::Dense(w_t) => Ok(x.matmul(w_t)?),
-            Matrix::Quant(q) => q.matmul_t(x),
+            Matrix::Dense(w_t) => {
+                let xt = Tensor::from_slice(x, (m, x.len() / m.max(1)), w_t.device())?;
+                Ok(xt.matmul(w_t)?.flatten_all()?.to_vec1()?)
+            }
+            Matrix::Quant(q) => q.matmul_rows(x, m),
         }
     }
 }
 
 pub(crate) struct Linear {
     weight: Matrix,
-    bias: Option<Tensor>,
+    bias: Option<Vec<f32>>,
     layer: usize,
     target: Target,
 }
 
 impl Linear {
     pub(crate) fn new(weight: Weight, bias: Option<Tensor>, layer: usize, target: Target) -> Result<Self> {
+        let bias = bias.map(|b| b.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()).transpose()?;
         Ok(Linear { weight: Matrix::new(weight)?, bias, layer, target })
     }
 
-    /// `x`: `[tokens, in]` -> `[tokens, out]`.
-    pub(crate) fn forward(&self, x: &Tensor, segments: &[SegmentView<'_>]) -> Result<Tensor> {
-        let mut y = self.weight.forward(x)?;
+    /// `x`: `rows` rows of `in` -> `rows` rows of `out`.
+    pub(crate) fn forward(&self, x: &[f32], rows: usize, segments: &[SegmentView<'_>]) -> Result<Vec<f32>> {
+        let mut y = self.weight.forward(x, rows)?;
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
-        let adapted = segments.iter().any(|s| s.adapter.and_then(|a| a.pair(self.layer, self.target)).is_some());
-        if !adapted {
-            return Ok(y);
-        }
-        let rows = x.dim(0)?;
-        if rows <= SMALL_BATCH {
-            // Few rows (decode): a rank-r update is a few thousand multiply-adds, less than the cost
-            // of the tensor ops it would take; do it on plain rows.
-            let (inp, out) = (x.dim(1)?, y.dim(1)?);
-            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let mut ys: Vec<f32> = y.flatten_all()?.to_vec1()?;
-            for s in segments {
-                if let Some(p) = s.adapter.and_then(|a| a.pair(self.layer, self.target)) {
-                    p.add_delta(&xs[s.start * inp..(s.start + s.len) * inp], &mut ys[s.start * out..(s.start + s.len) * out], s.len);
-                }
-            }
-            return Ok(Tensor::from_vec(ys, (rows, out), x.device())?);
-        }
-        let mut pieces = Vec::with_capacity(segments.len());
-        for s in segments {
-            let ys = y.narrow(0, s.start, s.len)?;
-            match s.adapter.and_then(|a| a.pair(self.layer, self.target)) {
-                Some(p) => {
-                    let xs = x.narrow(0, s.start, s.len)?;
-                    let delta = xs.matmul(&p.a.t()?)?.matmul(&p.b.t()?)?.affine(p.scale, 0.0)?;
-                    pieces.push((ys + delta)?);
-                }
-                None => pieces.push(ys),
+            let out = b.len();
+            for row in y.chunks_exact_mut(out) {
+                crate::ops::add_assign(row, b);
             }
         }
-        Ok(Tensor::cat(&pieces, 0)?)
+        let inp = x.len() / rows.max(1);
+        let out = y.len() / rows.max(1);
+        // Rows of the same adapter form one group: each factor is read once for the whole group.
+        let mut groups: Vec<(&LoraPair, Vec<usize>)> = Vec::new();
+        for (si, s) in segments.iter().enumerate() {
+            let Some(p) = s.adapter.and_then(|a| a.pair(self.layer, self.target)) else { continue };
+            match groups.iter_mut().find(|(q, _)| std::ptr::eq(*q, p)) {
+                Some((_, members)) => members.push(si),
+                None => groups.push((p, vec![si])),
+            }
+        }
+        for (p, members) in groups {
+            let n: usize = members.iter().map(|&si| segments[si].len).sum();
+            let mut xs = Vec::with_capacity(n * inp);
+            for &si in &members {
+                let s = &segments[si];
+                xs.extend_from_slice(&x[s.start * inp..(s.start + s.len) * inp]);
+            }
+            let mut delta = vec![0f32; n * out];
+            if n <= SMALL_BATCH {
+                // Few rows (decode): a rank-r update is a few thousand multiply-adds, less than the
+                // cost of the tensor ops it would take; do it on plain rows.
+                p.add_delta(&xs, &mut delta, n);
+            } else {
+                let a = Tensor::from_slice(&p.a, (p.rank, inp), &Device::Cpu)?;
+                let b = Tensor::from_slice(&p.b, (out, p.rank), &Device::Cpu)?;
+                let xt = Tensor::from_vec(xs, (n, inp), &Device::Cpu)?;
+                delta = xt.matmul(&a.t()?)?.matmul(&b.t()?)?.affine(p.scale as f64, 0.0)?.flatten_all()?.to_vec1()?;
+            }
+            let mut at = 0;
+            for &si in &members {
+                let s = &segments[si];
+                crate::ops::add_assign(&mut y[s.start * out..(s.start + s.len) * out], &delta[at * out..(at + s.len) * out]);
+                at += s.len;
+            }
+        }
+        Ok(y)
     }
 }

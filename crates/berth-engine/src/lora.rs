@@ -61,42 +61,58 @@ impl Target {
     }
 }
 
-/// `x -> scale * (x A^T) B^T` for one module.
+/// `x -> scale * (x A^T) B^T` for one module, the factors kept as plain f32 rows (the only copy).
 #[derive(Debug)]
 pub(crate) struct LoraPair {
     /// `[rank, in]`.
-    pub a: Tensor,
+    pub a: Vec<f32>,
     /// `[out, rank]`.
-    pub b: Tensor,
-    pub scale: f64,
-    /// The same factors as plain rows, for the few-row path that skips tensor-op overhead.
-    pub a_rows: Vec<f32>,
-    pub b_rows: Vec<f32>,
+    pub b: Vec<f32>,
+    pub scale: f32,
     pub rank: usize,
 }
 
 impl LoraPair {
     fn new(a: Tensor, b: Tensor, scale: f64) -> crate::error::Result<Self> {
         let rank = a.dim(0)?;
-        let a_rows = a.flatten_all()?.to_vec1()?;
-        let b_rows = b.flatten_all()?.to_vec1()?;
-        Ok(LoraPair { a, b, scale, a_rows, b_rows, rank })
+        Ok(LoraPair { a: a.flatten_all()?.to_vec1()?, b: b.flatten_all()?.to_vec1()?, scale: scale as f32, rank })
     }
 
-    /// Adds `scale * (x A^T) B^T` to `y` for `rows` rows: `x` is `[rows, in]`, `y` is `[rows, out]`.
+    pub(crate) fn bytes(&self) -> usize {
+        (self.a.len() + self.b.len()) * std::mem::size_of::<f32>()
+    }
+
+    /// Adds `scale * (x A^T) B^T` to `y` for `rows` rows (`x`: `[rows, in]`, `y`: `[rows, out]`). Each
+    /// factor row is read once for all rows: the rows of one adapter are computed as a group.
     pub(crate) fn add_delta(&self, x: &[f32], y: &mut [f32], rows: usize) {
         let inp = x.len() / rows;
         let out = y.len() / rows;
-        let mut t = vec![0f32; self.rank];
-        for (xr, yr) in x.chunks_exact(inp).zip(y.chunks_exact_mut(out)) {
-            for (tk, ak) in t.iter_mut().zip(self.a_rows.chunks_exact(inp)) {
-                *tk = xr.iter().zip(ak).map(|(a, b)| a * b).sum::<f32>() * self.scale as f32;
+        let r = self.rank;
+        let mut t = vec![0f32; rows * r];
+        for (k, ak) in self.a.chunks_exact(inp).enumerate() {
+            for (i, xr) in x.chunks_exact(inp).enumerate() {
+                t[i * r + k] = dot(xr, ak) * self.scale;
             }
-            for (yo, bo) in yr.iter_mut().zip(self.b_rows.chunks_exact(self.rank)) {
-                *yo += bo.iter().zip(&t).map(|(a, b)| a * b).sum::<f32>();
+        }
+        for (o, bo) in self.b.chunks_exact(r).enumerate() {
+            for (i, ti) in t.chunks_exact(r).enumerate() {
+                y[i * out + o] += dot(bo, ti);
             }
         }
     }
+}
+
+/// A dot product with independent lanes, so that it vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for k in 0..8 {
+            lanes[k] += x[k] * y[k];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +223,11 @@ impl LoraAdapter {
     /// Number of adapted modules.
     pub fn num_modules(&self) -> usize {
         self.pairs.len()
+    }
+
+    /// Bytes the adapter's factors take in memory (f32).
+    pub fn bytes(&self) -> usize {
+        self.pairs.values().map(LoraPair::bytes).sum()
     }
 }
 

@@ -5,10 +5,10 @@ use crate::error::{io_err, Result};
 use crate::models::decoder::Decoder;
 use crate::models::{spec_for, ArchSpec};
 use crate::weights::{load_gguf_tensors, load_safetensors_dir, read_gguf_content, unpermute_weight, TensorMap};
-use crate::{BatchContext, EngineError, LoraAdapter, Segment, SeqKvCache};
+use crate::kv_cache::BLOCK_TOKENS;
+use crate::{BatchContext, EngineError, KvPool, LoraAdapter, Segment};
 use berth_text::TextModel;
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::Tensor;
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -99,13 +99,21 @@ impl Model {
         &self.source
     }
 
-    pub fn new_cache(&self) -> SeqKvCache {
-        SeqKvCache::new(self.config.num_layers, self.config.num_kv_heads, self.config.head_dim)
+    /// A paged KV pool of `blocks` blocks of [`BLOCK_TOKENS`] positions for this model's shape.
+    pub fn new_kv_pool(&self, blocks: usize) -> KvPool {
+        KvPool::new(self.config.num_layers, self.config.num_kv_heads, self.config.head_dim, blocks)
+    }
+
+    /// Bytes of KV cache one position takes.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        KvPool::bytes_per_token(self.config.num_layers, self.config.num_kv_heads, self.config.head_dim)
     }
 
     /// One forward pass over a batch; see [`BatchContext`].
-    pub fn forward(&self, tokens: &[u32], ctx: &mut BatchContext<'_>) -> Result<Tensor> {
-        self.decoder.forward(tokens, ctx)
+    pub fn forward(&self, tokens: &[u32], ctx: &mut BatchContext<'_>) -> Result<Logits> {
+        // The caller's thread joins the compute pool for the pass instead of sleeping on each of the
+        // few hundred parallel loops in it.
+        compute_pool().install(|| self.decoder.forward(tokens, ctx))
     }
 
     /// Loads a PEFT adapter and checks it against this model's shapes.
@@ -115,10 +123,24 @@ impl Model {
 
     /// Logits at every position of `tokens`, from an empty cache: for reference checks.
     pub fn logits(&self, tokens: &[u32], adapter: Option<&LoraAdapter>) -> Result<Logits> {
-        let mut cache = self.new_cache();
-        let mut ctx = BatchContext { segments: vec![Segment { len: tokens.len(), cache: &mut cache, adapter }], all_logits: true };
-        Ok(self.forward(tokens, &mut ctx)?.to_vec2::<f32>()?)
+        let blocks = tokens.len().div_ceil(BLOCK_TOKENS).max(1);
+        let mut pool = self.new_kv_pool(blocks);
+        let table: Vec<u32> = (0..blocks as u32).collect();
+        let segment = Segment { len: tokens.len(), past: 0, table: &table, adapter };
+        self.forward(tokens, &mut BatchContext { kv: &mut pool, segments: vec![segment], all_logits: true })
     }
+}
+
+/// The threads every engine computes on: one per core, shared by all loaded models.
+fn compute_pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("berth-compute-{i}"))
+            .build()
+            .or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
+            .expect("a one-thread pool can always be built")
+    })
 }
 
 fn gguf_str(ct: &Content, key: &str) -> Result<String> {

@@ -225,14 +225,18 @@ mod avx512 {
     use super::{BlockKind, QuantMatrix, BLOCK, SMALL_BATCH};
     use std::arch::x86_64::*;
 
-    #[inline(always)]
-    fn half_at(b: &[u8], at: usize) -> f32 {
-        super::half_at(b, at)
+    /// The f16 at `b[at..at + 2]`, converted by the F16C instruction (the `half` crate checks the
+    /// CPU's features on every call).
+    #[inline]
+    #[target_feature(enable = "avx512f,f16c")]
+    pub(super) fn half_at(b: &[u8], at: usize) -> f32 {
+        let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
 
     /// The 32 weights of one block as two vectors of 16.
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
     fn decode(kind: BlockKind, b: &[u8]) -> (__m512, __m512) {
         let d = _mm512_set1_ps(half_at(b, 0));
         match kind {
@@ -316,7 +320,7 @@ fn rows_kernel_avx2(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32
 }
 
 #[derive(Clone, Copy)]
-enum Isa {
+pub(crate) enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx512,
     #[cfg(target_arch = "x86_64")]
@@ -324,7 +328,7 @@ enum Isa {
     Portable,
 }
 
-fn isa() -> Isa {
+pub(crate) fn isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -384,14 +388,14 @@ impl QuantMatrix {
         }
     }
 
-    /// Rows `ids` as an f32 tensor `[ids.len(), cols]` (embedding lookup).
-    pub(crate) fn gather_rows(&self, ids: &[u32]) -> Result<Tensor> {
+    /// Rows `ids` as f32, `[ids.len() * cols]` (embedding lookup).
+    pub(crate) fn gather_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(ids.len() * self.cols);
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.rows) {
             return Err(EngineError::Tensor(format!("token id {bad} is outside the vocabulary of {}", self.rows)));
         }
         self.dequantize_rows_into(ids.iter().map(|&i| i as usize), &mut out);
-        Ok(Tensor::from_vec(out, (ids.len(), self.cols), &Device::Cpu)?)
+        Ok(out)
     }
 
     /// The whole matrix in f32, `[rows, cols]`.
@@ -401,45 +405,66 @@ impl QuantMatrix {
         Ok(Tensor::from_vec(out, (self.rows, self.cols), &Device::Cpu)?)
     }
 
-    /// `x W^T` for `x`: `[m, cols]` -> `[m, rows]`.
+    /// `x W^T` for a tensor `x`: `[m, cols]` -> `[m, rows]`.
+    #[cfg(test)]
     pub(crate) fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (m, cols) = x.dims2()?;
         if cols != self.cols {
             return Err(EngineError::Tensor(format!("x has {cols} columns, the matrix {}", self.cols)));
         }
-        if m > CHUNKED_BATCH {
-            return Ok(x.matmul(&self.dequantize()?.t()?)?);
-        }
-        if m > SMALL_BATCH {
-            // A short prompt: a few passes of the block kernel beat expanding the whole matrix to f32.
-            let mut parts = Vec::with_capacity(m.div_ceil(SMALL_BATCH));
-            for start in (0..m).step_by(SMALL_BATCH) {
-                parts.push(self.matmul_t(&x.narrow(0, start, SMALL_BATCH.min(m - start))?)?);
-            }
-            return Ok(Tensor::cat(&parts, 0)?);
-        }
         let xs: Vec<f32> = x.contiguous()?.flatten_all()?.to_vec1()?;
-        let mut transposed = vec![0f32; self.rows * m];
+        Ok(Tensor::from_vec(self.matmul_f32(&xs, m)?, (m, self.rows), &Device::Cpu)?)
+    }
+
+    /// `x W^T` for `x`: `m` rows of `cols` -> `m` rows of `rows`.
+    pub(crate) fn matmul_rows(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        if x.len() != m * self.cols {
+            return Err(EngineError::Tensor(format!("{} inputs for {m} rows of {} columns", x.len(), self.cols)));
+        }
+        self.matmul_f32(x, m)
+    }
+
+    /// `x W^T` on f32 activations as given.
+    fn matmul_f32(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        if m > CHUNKED_BATCH {
+            let xt = Tensor::from_slice(x, (m, self.cols), &Device::Cpu)?;
+            return Ok(xt.matmul(&self.dequantize()?.t()?)?.flatten_all()?.to_vec1()?);
+        }
+        let mut y = vec![0f32; m * self.rows];
+        // Above one pass, a short prompt goes through several: still cheaper than expanding the matrix.
+        for start in (0..m).step_by(SMALL_BATCH) {
+            let n = SMALL_BATCH.min(m - start);
+            self.pass(&x[start * self.cols..(start + n) * self.cols], n, &mut y[start * self.rows..(start + n) * self.rows]);
+        }
+        Ok(y)
+    }
+
+    /// One pass of the block kernel over every weight row, for `m <= SMALL_BATCH` rows of `x`.
+    fn pass(&self, xs: &[f32], m: usize, y: &mut [f32]) {
         let isa = isa();
-        transposed.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| {
-            let first = task * ROWS_PER_TASK;
+        self.pass_with(m, y, |first, out| {
             match isa {
                 // SAFETY: `isa()` checked at run time that the CPU has these features.
                 #[cfg(target_arch = "x86_64")]
                 #[allow(unsafe_code)]
-                Isa::Avx512 => unsafe { rows_kernel_avx512(self, first, out, &xs, m) },
+                Isa::Avx512 => unsafe { rows_kernel_avx512(self, first, out, xs, m) },
                 #[cfg(target_arch = "x86_64")]
                 #[allow(unsafe_code)]
-                Isa::Avx2 => unsafe { rows_kernel_avx2(self, first, out, &xs, m) },
-                Isa::Portable => rows_kernel(self, first, out, &xs, m),
+                Isa::Avx2 => unsafe { rows_kernel_avx2(self, first, out, xs, m) },
+                Isa::Portable => rows_kernel(self, first, out, xs, m),
             }
         });
-        let mut y = vec![0f32; m * self.rows];
+    }
+
+    /// Runs `kernel(first_row, out)` over all weight rows in parallel tasks (`out`: `[rows, m]`), then
+    /// transposes into `y`: `[m, rows]`.
+    fn pass_with(&self, m: usize, y: &mut [f32], kernel: impl Fn(usize, &mut [f32]) + Sync) {
+        let mut transposed = vec![0f32; self.rows * m];
+        transposed.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| kernel(task * ROWS_PER_TASK, out));
         for r in 0..self.rows {
             for i in 0..m {
                 y[i * self.rows + r] = transposed[r * m + i];
             }
         }
-        Ok(Tensor::from_vec(y, (m, self.rows), &Device::Cpu)?)
     }
 }

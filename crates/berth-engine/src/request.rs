@@ -35,6 +35,11 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     pub max_tokens: usize,
     pub stop: Vec<String>,
+    /// Requests share cached prompt prefixes only within one scope (with the same adapter): the
+    /// caller puts there whatever must never see another's cache entries, e.g. a tenant's subscription.
+    pub cache_scope: String,
+    /// Keep generating past end-of-sequence tokens until `max_tokens` (benchmarks; vLLM's `ignore_eos`).
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +63,6 @@ impl FinishReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenerateEvent {
     Text(String),
-    Finished { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    Finished { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize },
     Failed(String),
 }

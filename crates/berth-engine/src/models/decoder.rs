@@ -1,8 +1,11 @@
 //! The decoder-only transformer shared by the Llama family. Tokens of all sequences of a batch are
-//! concatenated (`[tokens, hidden]`): matmuls run once for the whole batch, attention per sequence
-//! against that sequence's KV cache.
+//! concatenated (`[tokens, hidden]` as plain rows): matmuls run once for the whole batch, attention per
+//! sequence against that sequence's blocks of the paged KV pool.
 
+use crate::attention::{paged_attention, AttentionShape};
 use crate::batch::SegmentView;
+use crate::kv_cache::BLOCK_TOKENS;
+use crate::ops;
 use crate::error::Result;
 use crate::linear::{Linear, Matrix};
 use crate::lora::Target;
@@ -10,15 +13,15 @@ use crate::quant::QuantMatrix;
 use crate::weights::{TensorMap, Weight};
 use std::sync::Arc;
 use crate::{BatchContext, EngineError, ModelConfig};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 struct Layer {
-    input_norm: Tensor,
+    input_norm: Vec<f32>,
     q: Linear,
     k: Linear,
     v: Linear,
     o: Linear,
-    post_norm: Tensor,
+    post_norm: Vec<f32>,
     gate: Linear,
     up: Linear,
     down: Linear,
@@ -31,9 +34,14 @@ enum Embedding {
 }
 
 impl Embedding {
-    fn lookup(&self, ids: &[u32]) -> Result<Tensor> {
+    fn lookup(&self, ids: &[u32]) -> Result<Vec<f32>> {
         match self {
-            Embedding::Dense(t) => Ok(t.index_select(&Tensor::new(ids, &Device::Cpu)?, 0)?),
+            Embedding::Dense(t) => {
+                if let Some(bad) = ids.iter().find(|&&i| i as usize >= t.dim(0).unwrap_or(0)) {
+                    return Err(EngineError::Tensor(format!("token id {bad} is outside the vocabulary")));
+                }
+                Ok(t.index_select(&Tensor::new(ids, &Device::Cpu)?, 0)?.flatten_all()?.to_vec1()?)
+            }
             Embedding::Quant(q) => q.gather_rows(ids),
         }
     }
@@ -43,10 +51,11 @@ pub(crate) struct Decoder {
     cfg: ModelConfig,
     embed: Embedding,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Vec<f32>,
     lm_head: Matrix,
-    cos: Tensor,
-    sin: Tensor,
+    /// `[context_length, head_dim / 2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 impl Decoder {
@@ -77,11 +86,11 @@ impl Decoder {
             let gate = lin("mlp.gate_proj", Target::Gate, ffn, h, false)?;
             let up = lin("mlp.up_proj", Target::Up, ffn, h, false)?;
             let down = lin("mlp.down_proj", Target::Down, h, ffn, false)?;
-            let input_norm = take(&format!("{p}.input_layernorm.weight"), &[h])?.into_dense()?;
-            let post_norm = take(&format!("{p}.post_attention_layernorm.weight"), &[h])?.into_dense()?;
+            let input_norm = vector(take(&format!("{p}.input_layernorm.weight"), &[h])?)?;
+            let post_norm = vector(take(&format!("{p}.post_attention_layernorm.weight"), &[h])?)?;
             layers.push(Layer { input_norm, q, k, v, o, post_norm, gate, up, down });
         }
-        let norm = take("model.norm.weight", &[h])?.into_dense()?;
+        let norm = vector(take("model.norm.weight", &[h])?)?;
         let head = w.remove("lm_head.weight");
         if let Some(t) = &head {
             if t.dims() != [cfg.vocab_size, h] {
@@ -98,12 +107,12 @@ impl Decoder {
             (Weight::Quant(e), Some(head)) => (Embedding::Quant(Arc::new(e)), Matrix::new(head)?),
             (Weight::Dense(e), Some(head)) => (Embedding::Dense(e), Matrix::new(head)?),
         };
-        let (cos, sin) = rope_tables(&cfg)?;
+        let (cos, sin) = rope_tables(&cfg);
         Ok(Decoder { lm_head, cfg, embed, layers, norm, cos, sin })
     }
 
     /// Runs the batch; returns logits `[segments, vocab]`, or `[tokens, vocab]` with `all_logits`.
-    pub(crate) fn forward(&self, tokens: &[u32], ctx: &mut BatchContext<'_>) -> Result<Tensor> {
+    pub(crate) fn forward(&self, tokens: &[u32], ctx: &mut BatchContext<'_>) -> Result<Vec<Vec<f32>>> {
         let cfg = &self.cfg;
         let total: usize = ctx.segments.iter().map(|s| s.len).sum();
         if total != tokens.len() || total == 0 {
@@ -113,116 +122,68 @@ impl Decoder {
         let mut positions = Vec::with_capacity(total);
         let mut start = 0;
         for s in &ctx.segments {
-            let past = s.cache.len();
-            if past + s.len > cfg.context_length {
-                return Err(EngineError::Tensor(format!("{} positions exceed the context length {}", past + s.len, cfg.context_length)));
+            if s.past + s.len > cfg.context_length {
+                return Err(EngineError::Tensor(format!("{} positions exceed the context length {}", s.past + s.len, cfg.context_length)));
             }
-            positions.extend((past..past + s.len).map(|p| p as u32));
-            views.push(SegmentView { start, len: s.len, past, adapter: s.adapter });
+            if s.table.len() * BLOCK_TOKENS < s.past + s.len || s.table.iter().any(|&b| b as usize >= ctx.kv.blocks()) {
+                return Err(EngineError::Tensor(format!("the block table does not cover {} positions", s.past + s.len)));
+            }
+            positions.extend((s.past..s.past + s.len).map(|p| p as u32));
+            views.push(SegmentView { start, len: s.len, past: s.past, table: s.table, adapter: s.adapter });
             start += s.len;
         }
-        let pos = Tensor::new(positions.as_slice(), &Device::Cpu)?;
-        let cos = self.cos.index_select(&pos, 0)?.unsqueeze(1)?;
-        let sin = self.sin.index_select(&pos, 0)?.unsqueeze(1)?;
+        let shape = AttentionShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim, window: cfg.sliding_window };
+        let (q_dim, kv_dim) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
         let mut x = self.embed.lookup(tokens)?;
+        let mut h = Vec::new();
+        let mut attn = vec![0f32; total * q_dim];
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
-            let q = layer.q.forward(&h, &views)?.reshape((total, cfg.num_heads, cfg.head_dim))?;
-            let k = layer.k.forward(&h, &views)?.reshape((total, cfg.num_kv_heads, cfg.head_dim))?;
-            let v = layer.v.forward(&h, &views)?.reshape((total, cfg.num_kv_heads, cfg.head_dim))?;
-            let q = rope(&q, &cos, &sin)?;
-            let k = rope(&k, &cos, &sin)?;
-            let mut outs = Vec::with_capacity(views.len());
-            for (seg, view) in ctx.segments.iter_mut().zip(&views) {
-                let (keys, values) = seg.cache.append(
-                    li,
-                    &k.narrow(0, view.start, view.len)?,
-                    &v.narrow(0, view.start, view.len)?,
-                )?;
-                outs.push(self.attention(&q.narrow(0, view.start, view.len)?, &keys, &values, view.past)?);
+            ops::rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps, &mut h);
+            let mut q = layer.q.forward(&h, total, &views)?;
+            let mut k = layer.k.forward(&h, total, &views)?;
+            let v = layer.v.forward(&h, total, &views)?;
+            ops::rope(&mut q, cfg.num_heads, cfg.head_dim, &positions, &self.cos, &self.sin);
+            ops::rope(&mut k, cfg.num_kv_heads, cfg.head_dim, &positions, &self.cos, &self.sin);
+            for view in &views {
+                let rows = view.start * kv_dim..(view.start + view.len) * kv_dim;
+                ctx.kv.write(li, view.table, view.past, &k[rows.clone()], &v[rows]);
             }
-            let attn = if outs.len() == 1 { outs.pop().expect("one segment") } else { Tensor::cat(&outs, 0)? };
-            x = (x + layer.o.forward(&attn, &views)?)?;
-            let h = rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps)?;
-            let act = (layer.gate.forward(&h, &views)?.silu()? * layer.up.forward(&h, &views)?)?;
-            x = (x + layer.down.forward(&act, &views)?)?;
+            paged_attention(&q, &mut attn, ctx.kv, li, &views, shape);
+            ops::add_assign(&mut x, &layer.o.forward(&attn, total, &views)?);
+            ops::rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps, &mut h);
+            let mut act = layer.gate.forward(&h, total, &views)?;
+            ops::silu_mul(&mut act, &layer.up.forward(&h, total, &views)?);
+            ops::add_assign(&mut x, &layer.down.forward(&act, total, &views)?);
         }
-        for (seg, view) in ctx.segments.iter_mut().zip(&views) {
-            seg.cache.commit(view.len);
-        }
+        let hs = cfg.hidden_size;
         let x = if ctx.all_logits {
             x
         } else {
-            let last: Vec<u32> = views.iter().map(|v| (v.start + v.len - 1) as u32).collect();
-            x.index_select(&Tensor::new(last.as_slice(), &Device::Cpu)?, 0)?
+            views.iter().flat_map(|v| x[(v.start + v.len - 1) * hs..(v.start + v.len) * hs].iter().copied()).collect()
         };
-        let x = rms_norm(&x, &self.norm, cfg.rms_norm_eps)?;
-        self.lm_head.forward(&x)
-    }
-
-    /// `q`: `[new, heads, head_dim]`; `keys`/`values`: `[kv_heads, past + new, head_dim]`.
-    fn attention(&self, q: &Tensor, keys: &Tensor, values: &Tensor, past: usize) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let new = q.dim(0)?;
-        let total = keys.dim(1)?;
-        let group = cfg.num_heads / cfg.num_kv_heads;
-        // Heads h = kv * group + g share KV head `kv`: fold the group into the query rows.
-        let q = q.transpose(0, 1)?.contiguous()?.reshape((cfg.num_kv_heads, group * new, cfg.head_dim))?;
-        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-        let mut scores = q.matmul(&keys.t()?)?.affine(scale, 0.0)?;
-        if new > 1 || cfg.sliding_window.is_some_and(|w| total > w) {
-            let mask = causal_mask(group, new, past, total, cfg.sliding_window)?;
-            scores = scores.broadcast_add(&mask)?;
-        }
-        let probs = softmax_last(&scores)?;
-        let out = probs.matmul(values)?; // [kv, group * new, head_dim]
-        Ok(out
-            .reshape((cfg.num_heads, new, cfg.head_dim))?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((new, cfg.num_heads * cfg.head_dim))?)
+        let rows = x.len() / hs;
+        ops::rms_norm(&x, &self.norm, cfg.rms_norm_eps, &mut h);
+        let logits = self.lm_head.forward(&h, rows)?;
+        Ok(logits.chunks_exact(cfg.vocab_size).map(<[f32]>::to_vec).collect())
     }
 }
 
-fn causal_mask(group: usize, new: usize, past: usize, total: usize, window: Option<usize>) -> Result<Tensor> {
-    let mut data = Vec::with_capacity(group * new * total);
-    for _ in 0..group {
-        for i in 0..new {
-            let pos = past + i;
-            for j in 0..total {
-                let visible = j <= pos && window.is_none_or(|w| pos - j < w);
-                data.push(if visible { 0f32 } else { f32::NEG_INFINITY });
-            }
-        }
-    }
-    Ok(Tensor::from_vec(data, (group * new, total), &Device::Cpu)?)
+/// A norm weight as plain floats.
+fn vector(w: Weight) -> Result<Vec<f32>> {
+    Ok(w.into_dense()?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
 }
 
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(weight)?)
-}
-
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-/// Rotate-half RoPE on `[tokens, heads, head_dim]` with `cos`/`sin` `[tokens, 1, head_dim / 2]`.
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
-    let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
-    Ok(Tensor::cat(&[r1, r2], D::Minus1)?)
-}
-
-fn rope_tables(cfg: &ModelConfig) -> Result<(Tensor, Tensor)> {
+fn rope_tables(cfg: &ModelConfig) -> (Vec<f32>, Vec<f32>) {
     let half = cfg.head_dim / 2;
     let inv: Vec<f32> = (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32).collect();
-    let inv = Tensor::from_vec(inv, (1, half), &Device::Cpu)?;
-    let t = Tensor::arange(0u32, cfg.context_length as u32, &Device::Cpu)?.to_dtype(DType::F32)?.reshape((cfg.context_length, 1))?;
-    let freqs = t.broadcast_mul(&inv)?;
-    Ok((freqs.cos()?, freqs.sin()?))
+    let mut cos = Vec::with_capacity(cfg.context_length * half);
+    let mut sin = Vec::with_capacity(cfg.context_length * half);
+    for t in 0..cfg.context_length {
+        for f in &inv {
+            let a = t as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    (cos, sin)
 }

@@ -23,7 +23,7 @@ fn generate(engine: &berth_engine::EngineHandle, request: GenerateRequest) -> (S
     loop {
         match rx.blocking_recv().expect("engine answered") {
             GenerateEvent::Text(t) => text.push_str(&t),
-            GenerateEvent::Finished { reason, prompt_tokens, completion_tokens } => {
+            GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, .. } => {
                 return (text, reason, prompt_tokens, completion_tokens)
             }
             GenerateEvent::Failed(e) => panic!("generation failed: {e}"),
@@ -49,6 +49,8 @@ fn smollm2_answers_a_factual_question_greedily() {
             sampling: SamplingParams::greedy(),
             max_tokens: 40,
             stop: vec![],
+            cache_scope: String::new(),
+        ignore_eos: false,
         },
     );
     assert!(text.contains("Paris"), "{text:?}");
@@ -68,6 +70,8 @@ fn batched_sequences_match_sequences_run_alone() {
         sampling: SamplingParams::greedy(),
         max_tokens: 12,
         stop: vec![],
+        cache_scope: String::new(),
+        ignore_eos: false,
     };
     let alone: Vec<String> = questions.iter().map(|q| generate(&engine, req(q)).0).collect();
     // Submit all at once: they run in one batch.
@@ -104,6 +108,8 @@ fn stop_sequences_and_max_tokens_end_generation() {
         sampling: SamplingParams::greedy(),
         max_tokens: 60,
         stop: vec![],
+        cache_scope: String::new(),
+        ignore_eos: false,
     };
     let (full, _, _, _) = generate(&engine, base.clone());
     assert!(full.contains('5'), "{full:?}");
@@ -153,7 +159,7 @@ fn a_client_that_goes_away_frees_its_sequence() {
     let m = model();
     let engine = Engine::start(m.clone(), EngineOptions::default()).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
-    let request = GenerateRequest { prompt: chat_prompt(&m, "Tell me a very long story."), adapter: None, sampling: SamplingParams::greedy(), max_tokens: 4000, stop: vec![] };
+    let request = GenerateRequest { prompt: chat_prompt(&m, "Tell me a very long story."), adapter: None, sampling: SamplingParams::greedy(), max_tokens: 4000, stop: vec![], cache_scope: String::new(), ignore_eos: false };
     engine.submit(request, tx).unwrap();
     assert!(matches!(rx.blocking_recv(), Some(GenerateEvent::Text(_))));
     assert_eq!(engine.stats().running(), 1);

@@ -101,7 +101,7 @@ pub async fn chat_completions(
         text.encode(&rendered).map_err(OpenAiApiError::internal)
     })
     .await?;
-    let running = generation::submit(&route, &[prompt], &sampling, "messages", None)?;
+    let running = generation::submit(&route, &account.key.subscription_id, &[prompt], &sampling, "messages", None)?;
     let id = generation::completion_id("chatcmpl");
     let created = berth_control::unix_now();
     let fingerprint = generation::fingerprint(&route);

@@ -61,7 +61,7 @@ pub async fn completions(
     } else {
         vec![String::new(); prompts.len()]
     };
-    let running = generation::submit(&route, &prompts, &sampling, "prompt", Some(DEFAULT_MAX_TOKENS))?;
+    let running = generation::submit(&route, &account.key.subscription_id, &prompts, &sampling, "prompt", Some(DEFAULT_MAX_TOKENS))?;
     let id = generation::completion_id("cmpl");
     let created = berth_control::unix_now();
     let format = CompletionFormat { id, created, model: route.model_name.clone(), fingerprint: generation::fingerprint(&route), echo, n: sampling.n };

@@ -164,7 +164,16 @@ pub struct Running {
 }
 
 /// Submits `n` choices for each prompt. Tokens beyond the context are refused with the model's limit.
-pub fn submit(route: &Route, prompts: &[Vec<u32>], sampling: &Sampling, param: &str, default_max: Option<usize>) -> Result<Vec<Running>, OpenAiApiError> {
+/// Queues every choice of every prompt. `cache_scope` partitions the prefix cache (callers of different
+/// subscriptions never share cached prompts).
+pub fn submit(
+    route: &Route,
+    cache_scope: &str,
+    prompts: &[Vec<u32>],
+    sampling: &Sampling,
+    param: &str,
+    default_max: Option<usize>,
+) -> Result<Vec<Running>, OpenAiApiError> {
     let context = route.engine.model().config().context_length;
     let mut out = Vec::new();
     for (p, prompt) in prompts.iter().enumerate() {
@@ -188,7 +197,15 @@ pub fn submit(route: &Route, prompts: &[Vec<u32>], sampling: &Sampling, param: &
             let mut params = sampling.params.clone();
             params.seed = params.seed.map(|s| s.wrapping_add(j as u64));
             let (tx, rx) = tokio::sync::mpsc::channel(max_tokens + 4);
-            let request = GenerateRequest { prompt: prompt.clone(), adapter: route.adapter.clone(), sampling: params, max_tokens, stop: sampling.stop.clone() };
+            let request = GenerateRequest {
+                prompt: prompt.clone(),
+                adapter: route.adapter.clone(),
+                sampling: params,
+                max_tokens,
+                stop: sampling.stop.clone(),
+                cache_scope: cache_scope.to_owned(),
+                ignore_eos: false,
+            };
             route.engine.submit(request, tx).map_err(|e| match e {
                 EngineError::Busy(m) => OpenAiApiError::overloaded(format!("The deployment is at capacity ({m}). Please retry after 1 second.")),
                 other => OpenAiApiError::internal(other),
@@ -212,13 +229,15 @@ pub async fn collect(running: Vec<Running>) -> Result<(Vec<Choice>, Usage), Open
     let mut choices = Vec::with_capacity(running.len());
     let mut prompt_tokens = std::collections::BTreeMap::new();
     let mut completion_tokens = 0;
+    let mut cached = std::collections::BTreeMap::new();
     for mut r in running {
         let mut text = String::new();
         loop {
             match r.events.recv().await {
                 Some(GenerateEvent::Text(t)) => text.push_str(&t),
-                Some(GenerateEvent::Finished { reason, prompt_tokens: p, completion_tokens: c }) => {
+                Some(GenerateEvent::Finished { reason, prompt_tokens: p, completion_tokens: c, cached_tokens }) => {
                     prompt_tokens.insert(r.prompt_index, p as u64);
+                    cached.entry(r.prompt_index).or_insert(cached_tokens as u64);
                     completion_tokens += c as u64;
                     choices.push(Choice { index: r.index, prompt_index: r.prompt_index, text, finish_reason: reason });
                     break;
@@ -228,7 +247,7 @@ pub async fn collect(running: Vec<Running>) -> Result<(Vec<Choice>, Usage), Open
             }
         }
     }
-    Ok((choices, Usage::new(prompt_tokens.values().sum(), completion_tokens, 0)))
+    Ok((choices, Usage::new(prompt_tokens.values().sum(), completion_tokens, cached.values().sum())))
 }
 
 fn failed(e: String) -> OpenAiApiError {
@@ -253,6 +272,7 @@ struct StreamState<F> {
     format: F,
     include_usage: bool,
     prompt_tokens: std::collections::BTreeMap<usize, u64>,
+    cached_tokens: std::collections::BTreeMap<usize, u64>,
     completion_tokens: u64,
     opening: Vec<String>,
     done: bool,
@@ -278,6 +298,7 @@ pub fn sse<F: ChunkFormat>(running: Vec<Running>, format: F, include_usage: bool
         include_usage,
         prompt_tokens: Default::default(),
         completion_tokens: 0,
+        cached_tokens: Default::default(),
         opening,
         done: false,
     };
@@ -292,8 +313,9 @@ pub fn sse<F: ChunkFormat>(running: Vec<Running>, format: F, include_usage: bool
         loop {
             match st.events.next().await {
                 Some((index, _, GenerateEvent::Text(t))) => return Some((Ok(frame(st.format.text(index, t))), st)),
-                Some((index, prompt, GenerateEvent::Finished { reason, prompt_tokens, completion_tokens })) => {
+                Some((index, prompt, GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens })) => {
                     st.prompt_tokens.insert(prompt, prompt_tokens as u64);
+                    st.cached_tokens.entry(prompt).or_insert(cached_tokens as u64);
                     st.completion_tokens += completion_tokens as u64;
                     return Some((Ok(frame(st.format.finish(index, reason))), st));
                 }
@@ -307,7 +329,7 @@ pub fn sse<F: ChunkFormat>(running: Vec<Running>, format: F, include_usage: bool
                     st.done = true;
                     let mut tail = String::new();
                     if st.include_usage {
-                        let usage = Usage::new(st.prompt_tokens.values().sum(), st.completion_tokens, 0);
+                        let usage = Usage::new(st.prompt_tokens.values().sum(), st.completion_tokens, st.cached_tokens.values().sum());
                         tail.push_str(&format!("data: {}\n\n", st.format.usage(usage)));
                     }
                     tail.push_str("data: [DONE]\n\n");

@@ -1,0 +1,442 @@
+//! What each step of the engine thread computes (continuous batching):
+//!
+//! - Every running sequence that is decoding contributes its next token; sequences still prefilling
+//!   their prompt contribute chunks from what is left of the step's token budget. Requests join the
+//!   batch as soon as a slot and KV blocks are free, and leave it the step they finish.
+//! - A joining request first takes the blocks of its prompt that are already in the prefix cache
+//!   (same scope, same adapter, same tokens before and in the block), and only computes the rest.
+//! - When the KV pool runs out, the newest sequence is preempted: its blocks are released and it goes
+//!   back to the front of the queue with its prompt and the tokens it generated, to be recomputed
+//!   (mostly from the prefix cache) when blocks are free again. Its sampler state travels with it, so
+//!   its output is the same as if it had never been interrupted.
+
+use crate::block_manager::{chain_key, scope_key, BlockManager};
+use crate::engine::{Command, EngineOptions, EngineStats};
+use crate::error::Result;
+use crate::kv_cache::BLOCK_TOKENS;
+use crate::sampling::Sampler;
+use crate::{AdapterId, BatchContext, FinishReason, GenerateEvent, GenerateRequest, KvPool, LoraAdapter, Model, Segment};
+use berth_text::{IncrementalDecoder, StopMatcher, StopOutcome};
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::Sender;
+
+struct Sequence {
+    request: GenerateRequest,
+    adapter: Option<Arc<LoraAdapter>>,
+    events: Sender<GenerateEvent>,
+    /// The prompt, then every generated token; the last one is not computed yet while decoding.
+    tokens: Vec<u32>,
+    /// Positions whose keys and values are in the pool.
+    computed: usize,
+    /// The block table.
+    blocks: Vec<u32>,
+    /// Prefix-cache keys of the full blocks computed so far.
+    keys: Vec<u64>,
+    scope: u64,
+    /// Prompt tokens found in the prefix cache when the request was first admitted.
+    cached_tokens: Option<usize>,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    stop: StopMatcher,
+    generated: usize,
+    done: bool,
+}
+
+pub(crate) struct Worker {
+    model: Arc<Model>,
+    pool: KvPool,
+    blocks: BlockManager,
+    stats: Arc<EngineStats>,
+    rx: Receiver<Command>,
+    adapters: HashMap<AdapterId, Arc<LoraAdapter>>,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+    options: EngineOptions,
+}
+
+impl Worker {
+    pub(crate) fn new(model: Arc<Model>, pool: KvPool, stats: Arc<EngineStats>, rx: Receiver<Command>, options: EngineOptions) -> Self {
+        let blocks = BlockManager::new(pool.blocks());
+        Worker { model, pool, blocks, stats, rx, adapters: HashMap::new(), waiting: VecDeque::new(), running: Vec::new(), options }
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                self.publish();
+                match self.rx.recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut alive = true;
+            while let Ok(cmd) = self.rx.try_recv() {
+                if !self.handle(cmd) {
+                    alive = false;
+                    break;
+                }
+            }
+            if !alive {
+                break;
+            }
+            self.drop_abandoned();
+            self.admit();
+            self.publish();
+            if self.running.is_empty() {
+                continue;
+            }
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.step()));
+            let failure = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(panic) => Some(panic_message(&panic)),
+            };
+            if let Some(reason) = failure {
+                tracing::error!(engine = %self.options.name, %reason, "engine step failed; failing its sequences");
+                for r in self.running.iter_mut() {
+                    let _ = r.events.try_send(GenerateEvent::Failed(format!("inference failed: {reason}")));
+                    r.done = true;
+                }
+            }
+            self.retire();
+        }
+        for r in self.running.iter_mut().chain(self.waiting.iter_mut()) {
+            let _ = r.events.try_send(GenerateEvent::Failed("the engine is shutting down".into()));
+        }
+    }
+
+    fn publish(&self) {
+        let s = &self.stats;
+        s.running.store(self.running.len(), Ordering::Relaxed);
+        s.waiting.store(self.waiting.len(), Ordering::Relaxed);
+        s.kv_blocks.store(self.blocks.total(), Ordering::Relaxed);
+        s.kv_blocks_available.store(self.blocks.available(), Ordering::Relaxed);
+        s.kv_blocks_cached.store(self.blocks.cached(), Ordering::Relaxed);
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Generate { request, events } => self.enqueue(request, events),
+            Command::AddAdapter { id, adapter } => {
+                self.adapters.insert(id, adapter);
+            }
+            Command::RemoveAdapter { id } => {
+                self.adapters.remove(&id);
+            }
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn enqueue(&mut self, request: GenerateRequest, events: Sender<GenerateEvent>) {
+        self.stats.queued.fetch_sub(1, Ordering::AcqRel);
+        let adapter = match &request.adapter {
+            None => None,
+            Some(id) => match self.adapters.get(id) {
+                Some(a) => Some(a.clone()),
+                None => {
+                    let _ = events.try_send(GenerateEvent::Failed(format!("adapter {} is not loaded", id.0)));
+                    return;
+                }
+            },
+        };
+        if request.prompt.is_empty() {
+            let _ = events.try_send(GenerateEvent::Failed("the prompt is empty".into()));
+            return;
+        }
+        let need = request.prompt.len().div_ceil(BLOCK_TOKENS);
+        if need > self.blocks.total() {
+            let _ = events.try_send(GenerateEvent::Failed(format!(
+                "the prompt needs {need} KV cache blocks of {BLOCK_TOKENS} tokens; the cache holds {}",
+                self.blocks.total()
+            )));
+            return;
+        }
+        let scope = scope_key(request.adapter.as_ref().map(|a| a.0.as_str()), &request.cache_scope);
+        self.waiting.push_back(Sequence {
+            tokens: request.prompt.clone(),
+            computed: 0,
+            blocks: Vec::new(),
+            keys: Vec::new(),
+            scope,
+            cached_tokens: None,
+            sampler: Sampler::new(request.sampling.clone()),
+            decoder: IncrementalDecoder::new(),
+            stop: StopMatcher::new(request.stop.clone()),
+            adapter,
+            events,
+            request,
+            generated: 0,
+            done: false,
+        });
+    }
+
+    /// Clients that went away free their sequence before the next step.
+    fn drop_abandoned(&mut self) {
+        for r in self.running.iter_mut() {
+            if r.events.is_closed() {
+                r.done = true;
+            }
+        }
+        self.retire();
+        self.waiting.retain(|r| !r.events.is_closed());
+    }
+
+    /// Moves waiting sequences into the batch while there are slots and blocks for their prompts (with
+    /// a block of headroom per running sequence, so that admitting does not force a preemption).
+    fn admit(&mut self) {
+        while self.running.len() < self.options.max_batch {
+            let Some(mut seq) = self.waiting.pop_front() else { break };
+            if self.options.prefix_cache {
+                self.take_cached_prefix(&mut seq);
+            }
+            let need = seq.tokens.len().div_ceil(BLOCK_TOKENS) - seq.blocks.len();
+            if self.blocks.available() < need + self.running.len() && !self.running.is_empty() {
+                self.release(&mut seq);
+                self.waiting.push_front(seq);
+                break;
+            }
+            if seq.cached_tokens.is_none() {
+                seq.cached_tokens = Some(seq.computed);
+                self.stats.prompt_tokens.fetch_add(seq.tokens.len() as u64, Ordering::Relaxed);
+                self.stats.cached_prompt_tokens.fetch_add(seq.computed as u64, Ordering::Relaxed);
+            }
+            self.running.push(seq);
+        }
+    }
+
+    /// Takes the cached blocks of the sequence's longest cached prefix, leaving at least one token to
+    /// compute (its logits give the next token).
+    fn take_cached_prefix(&mut self, seq: &mut Sequence) {
+        let full = (seq.tokens.len() - 1) / BLOCK_TOKENS;
+        let mut key = seq.scope;
+        for b in 0..full {
+            key = chain_key(key, &seq.tokens[b * BLOCK_TOKENS..(b + 1) * BLOCK_TOKENS]);
+            match self.blocks.lookup(key) {
+                Some(block) => {
+                    seq.blocks.push(block);
+                    seq.keys.push(key);
+                }
+                None => break,
+            }
+        }
+        seq.computed = seq.blocks.len() * BLOCK_TOKENS;
+    }
+
+    fn release(&mut self, seq: &mut Sequence) {
+        for b in seq.blocks.drain(..) {
+            self.blocks.release(b);
+        }
+        seq.keys.clear();
+        seq.computed = 0;
+    }
+
+    /// Finished sequences leave the batch and give their blocks back.
+    fn retire(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].done {
+                let mut seq = self.running.remove(i);
+                self.release(&mut seq);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Which sequences compute how many tokens this step: decodes first, then prefill chunks.
+    fn plan(&self) -> Vec<(usize, usize)> {
+        let mut budget = self.options.max_batch_tokens;
+        let mut plan = Vec::with_capacity(self.running.len());
+        for (i, r) in self.running.iter().enumerate() {
+            if r.tokens.len() - r.computed == 1 && budget > 0 {
+                plan.push((i, 1));
+                budget -= 1;
+            }
+        }
+        for (i, r) in self.running.iter().enumerate() {
+            let pending = r.tokens.len() - r.computed;
+            if pending > 1 && budget > 0 {
+                let n = pending.min(budget);
+                plan.push((i, n));
+                budget -= n;
+            }
+        }
+        plan
+    }
+
+    /// Gives every planned sequence the blocks its new tokens need, preempting the newest sequences
+    /// when the pool is empty. Returns the plan without the preempted sequences, and which were.
+    fn reserve(&mut self, plan: Vec<(usize, usize)>) -> (Vec<(usize, usize)>, Vec<bool>) {
+        let mut out = vec![false; self.running.len()];
+        for &(i, n) in &plan {
+            while !out[i] && self.running[i].blocks.len() * BLOCK_TOKENS < self.running[i].computed + n {
+                if let Some(b) = self.blocks.allocate() {
+                    self.running[i].blocks.push(b);
+                    continue;
+                }
+                let victim = (0..self.running.len()).rev().find(|&j| !out[j]).expect("sequence i is still in");
+                out[victim] = true;
+                if victim == i && (0..self.running.len()).all(|j| j == i || out[j]) {
+                    // Alone in the batch and still out of blocks: the pool cannot hold this sequence.
+                    let r = &mut self.running[i];
+                    let _ = r.events.try_send(GenerateEvent::Failed(format!(
+                        "the sequence outgrew the KV cache ({} blocks of {BLOCK_TOKENS} tokens)",
+                        self.blocks.total()
+                    )));
+                    r.done = true;
+                } else {
+                    self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut seq = std::mem::take(&mut self.running[victim].blocks);
+                for b in seq.drain(..) {
+                    self.blocks.release(b);
+                }
+                let r = &mut self.running[victim];
+                r.keys.clear();
+                r.computed = 0;
+            }
+        }
+        (plan.into_iter().filter(|&(i, _)| !out[i]).collect(), out)
+    }
+
+    /// Preempted sequences go back to the front of the queue, oldest first.
+    fn requeue(&mut self, preempted: &[bool]) {
+        for j in (0..preempted.len()).rev() {
+            if preempted[j] && !self.running[j].done {
+                let seq = self.running.remove(j);
+                self.waiting.push_front(seq);
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<()> {
+        let plan = self.plan();
+        let (plan, preempted) = self.reserve(plan);
+        if plan.is_empty() {
+            self.requeue(&preempted);
+            return Ok(());
+        }
+        let mut tokens = Vec::new();
+        let mut segments = Vec::with_capacity(plan.len());
+        for &(i, n) in &plan {
+            let r = &self.running[i];
+            tokens.extend_from_slice(&r.tokens[r.computed..r.computed + n]);
+            segments.push(Segment { len: n, past: r.computed, table: &r.blocks, adapter: r.adapter.as_deref() });
+        }
+        let logits = self.model.forward(&tokens, &mut BatchContext { kv: &mut self.pool, segments, all_logits: false })?;
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        let text = self.model.text().clone();
+        let context_length = self.model.config().context_length;
+        for (&(i, n), row) in plan.iter().zip(logits) {
+            self.running[i].computed += n;
+            self.register_full_blocks(i);
+            let r = &mut self.running[i];
+            if r.computed < r.tokens.len() {
+                continue; // mid-prompt chunk: nothing to sample yet
+            }
+            self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+            let token = r.sampler.sample(&row);
+            r.generated += 1;
+            if !r.request.ignore_eos && text.end_of_generation().contains(&token) {
+                let tail = r.decoder.flush(&text);
+                finish_with(r, &tail, FinishReason::Stop);
+                continue;
+            }
+            let delta = r.decoder.push(&text, token);
+            match r.stop.push(&delta) {
+                StopOutcome::Stopped(before) => {
+                    send(r, GenerateEvent::Text(before));
+                    r.finish(FinishReason::Stop);
+                    continue;
+                }
+                StopOutcome::Continue(out) => send(r, GenerateEvent::Text(out)),
+            }
+            if r.generated >= r.request.max_tokens || r.tokens.len() + 1 >= context_length {
+                let tail = r.decoder.flush(&text);
+                finish_with(r, &tail, FinishReason::Length);
+                continue;
+            }
+            r.tokens.push(token);
+        }
+        self.requeue(&preempted);
+        Ok(())
+    }
+
+    /// Offers the sequence's newly completed blocks to the prefix cache.
+    fn register_full_blocks(&mut self, i: usize) {
+        if !self.options.prefix_cache {
+            return;
+        }
+        let r = &mut self.running[i];
+        while r.keys.len() < r.computed / BLOCK_TOKENS {
+            let b = r.keys.len();
+            let previous = r.keys.last().copied().unwrap_or(r.scope);
+            let key = chain_key(previous, &r.tokens[b * BLOCK_TOKENS..(b + 1) * BLOCK_TOKENS]);
+            r.keys.push(key);
+            self.blocks.register(r.blocks[b], key);
+        }
+    }
+}
+
+/// Emits what the decoder and stop matcher still hold, then finishes (unless a stop sequence shows up
+/// in that tail, which finishes with `stop`).
+fn finish_with(r: &mut Sequence, tail: &str, reason: FinishReason) {
+    match r.stop.push(tail) {
+        StopOutcome::Stopped(before) => {
+            send(r, GenerateEvent::Text(before));
+            r.finish(FinishReason::Stop);
+        }
+        StopOutcome::Continue(out) => {
+            let rest = r.stop.finish();
+            send(r, GenerateEvent::Text(out + &rest));
+            r.finish(reason);
+        }
+    }
+}
+
+fn send(r: &mut Sequence, event: GenerateEvent) {
+    if matches!(&event, GenerateEvent::Text(t) if t.is_empty()) || r.done {
+        return;
+    }
+    match r.events.try_send(event) {
+        Ok(()) => {}
+        // The client went away (or stopped reading): free the sequence at this step.
+        Err(TrySendError::Closed(_)) | Err(TrySendError::Full(_)) => r.done = true,
+    }
+}
+
+impl Sequence {
+    fn finish(&mut self, reason: FinishReason) {
+        if self.done {
+            return;
+        }
+        let _ = self.events.try_send(GenerateEvent::Finished {
+            reason,
+            prompt_tokens: self.request.prompt.len(),
+            completion_tokens: self.generated,
+            cached_tokens: self.cached_tokens.unwrap_or(0),
+        });
+        self.done = true;
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("panic: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("panic: {s}")
+    } else {
+        "panic".into()
+    }
+}
