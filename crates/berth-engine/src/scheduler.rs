@@ -138,29 +138,26 @@ impl Worker {
         true
     }
 
+    /// A request counts against the queue depth from `submit` until it first joins the batch.
     fn enqueue(&mut self, request: GenerateRequest, events: Sender<GenerateEvent>) {
-        self.stats.queued.fetch_sub(1, Ordering::AcqRel);
+        let refuse = |events: &Sender<GenerateEvent>, stats: &EngineStats, why: String| {
+            stats.queued.fetch_sub(1, Ordering::AcqRel);
+            let _ = events.try_send(GenerateEvent::Failed(why));
+        };
         let adapter = match &request.adapter {
             None => None,
             Some(id) => match self.adapters.get(id) {
                 Some(a) => Some(a.clone()),
-                None => {
-                    let _ = events.try_send(GenerateEvent::Failed(format!("adapter {} is not loaded", id.0)));
-                    return;
-                }
+                None => return refuse(&events, &self.stats, format!("adapter {} is not loaded", id.0)),
             },
         };
         if request.prompt.is_empty() {
-            let _ = events.try_send(GenerateEvent::Failed("the prompt is empty".into()));
-            return;
+            return refuse(&events, &self.stats, "the prompt is empty".into());
         }
         let need = request.prompt.len().div_ceil(BLOCK_TOKENS);
         if need > self.blocks.total() {
-            let _ = events.try_send(GenerateEvent::Failed(format!(
-                "the prompt needs {need} KV cache blocks of {BLOCK_TOKENS} tokens; the cache holds {}",
-                self.blocks.total()
-            )));
-            return;
+            let why = format!("the prompt needs {need} KV cache blocks of {BLOCK_TOKENS} tokens; the cache holds {}", self.blocks.total());
+            return refuse(&events, &self.stats, why);
         }
         let scope = scope_key(request.adapter.as_ref().map(|a| a.0.as_str()), &request.cache_scope);
         self.waiting.push_back(Sequence {
@@ -189,7 +186,14 @@ impl Worker {
             }
         }
         self.retire();
-        self.waiting.retain(|r| !r.events.is_closed());
+        let stats = &self.stats;
+        self.waiting.retain(|r| {
+            let keep = !r.events.is_closed();
+            if !keep && r.cached_tokens.is_none() {
+                stats.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+            keep
+        });
     }
 
     /// Moves waiting sequences into the batch while there are slots and blocks for their prompts (with
@@ -207,6 +211,7 @@ impl Worker {
                 break;
             }
             if seq.cached_tokens.is_none() {
+                self.stats.queued.fetch_sub(1, Ordering::AcqRel);
                 seq.cached_tokens = Some(seq.computed);
                 self.stats.prompt_tokens.fetch_add(seq.tokens.len() as u64, Ordering::Relaxed);
                 self.stats.cached_prompt_tokens.fetch_add(seq.computed as u64, Ordering::Relaxed);

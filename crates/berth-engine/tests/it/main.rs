@@ -5,7 +5,9 @@ use berth_engine::{load_model, ChatMessage, Engine, EngineOptions, FinishReason,
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-fn model() -> Arc<Model> {
+mod scheduling;
+
+pub(crate) fn model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
@@ -31,7 +33,7 @@ fn generate(engine: &berth_engine::EngineHandle, request: GenerateRequest) -> (S
     }
 }
 
-fn chat_prompt(m: &Model, question: &str) -> Vec<u32> {
+pub(crate) fn chat_prompt(m: &Model, question: &str) -> Vec<u32> {
     let text = m.text().render_chat(&[ChatMessage::new("user", question)]).unwrap();
     m.text().encode(&text).unwrap()
 }
