@@ -47,10 +47,10 @@ class Server:
         self.proc = None
         self.log = open(os.path.join(data_dir, "server.log"), "ab")
 
-    def start(self, wait_ready=True):
+    def start(self, wait_ready=True, args=()):
         env = dict(os.environ, BERTH_DATA_DIR=self.data_dir, BERTH_LOG="info")
         self.proc = subprocess.Popen(
-            [berth_bin(), "serve", "--listen", f"127.0.0.1:{self.port}"], env=env, stdout=self.log, stderr=self.log
+            [berth_bin(), "serve", "--listen", f"127.0.0.1:{self.port}", *args], env=env, stdout=self.log, stderr=self.log
         )
         deadline = time.time() + 120
         while time.time() < deadline:

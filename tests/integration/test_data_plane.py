@@ -1,6 +1,8 @@
 """The Azure OpenAI data plane through the real `openai` SDK (AzureOpenAI), plus raw HTTP for what the
 SDK cannot send (malformed JSON)."""
+import concurrent.futures
 import json
+import uuid
 
 import openai
 import pytest
@@ -25,7 +27,45 @@ def test_chat_completion_answers_with_usage(client):
     u = r.usage
     assert u.prompt_tokens > 10 and 1 <= u.completion_tokens <= 30
     assert u.total_tokens == u.prompt_tokens + u.completion_tokens
-    assert u.prompt_tokens_details.cached_tokens == 0
+    # Other tests may have asked the same question: whole 16-token blocks of it can come from the cache.
+    assert u.prompt_tokens_details.cached_tokens % 16 == 0 and u.prompt_tokens_details.cached_tokens < u.prompt_tokens
+
+
+def test_a_repeated_prompt_prefix_comes_from_the_cache(client):
+    nonce = uuid.uuid4().hex
+    system = {"role": "system", "content": f"[{nonce}] You are the berth planner of a busy container port. " * 4}
+    messages = [system, {"role": "user", "content": "Which berth is free?"}]
+    first = client.chat.completions.create(model="smol", messages=messages, max_tokens=8, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    second = client.chat.completions.create(model="smol", messages=messages, max_tokens=8, temperature=0)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached % 16 == 0 and first.usage.prompt_tokens - 16 <= cached < first.usage.prompt_tokens, cached
+    assert second.choices[0].message.content == first.choices[0].message.content
+    # Streaming reports the cached tokens in its usage chunk too; another question shares the system prompt.
+    other = messages[:1] + [{"role": "user", "content": "Which ship comes next?"}]
+    stream = client.chat.completions.create(model="smol", messages=other, max_tokens=4, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    usage = [c.usage for c in stream if c.usage][0]
+    assert usage.prompt_tokens_details.cached_tokens >= 48
+    # The fine-tuned deployment on the same base never reuses the base deployment's blocks.
+    ft = client.chat.completions.create(model="smol-ft", messages=messages, max_tokens=2, temperature=0)
+    assert ft.usage.prompt_tokens_details.cached_tokens == 0
+
+
+def test_a_full_queue_answers_429_with_retry_after(fresh_server):
+    fresh_server.stop()
+    fresh_server.start(args=["--max-batch", "1", "--queue-depth", "1"])
+    assert fresh_server.deploy("smol", "smollm2")["properties"]["provisioningState"] == "Succeeded"
+    url = f"{fresh_server.url}/openai/deployments/smol/chat/completions?api-version={VERSION}"
+    body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 64}
+    key = fresh_server.keys()["key1"]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: http.request("POST", url, body=body, headers={"api-key": key}), range(8)))
+    statuses = sorted(a[0] for a in answers)
+    assert statuses.count(200) >= 1 and statuses.count(429) >= 1 and set(statuses) == {200, 429}, statuses
+    status, err, headers = next(a for a in answers if a[0] == 429)
+    assert err["error"]["code"] == "429" and "retry" in err["error"]["message"].lower()
+    assert int(headers["retry-after"]) >= 1 and int(headers["retry-after-ms"]) >= 1
 
 
 def test_streaming_matches_the_non_streamed_answer(client):
