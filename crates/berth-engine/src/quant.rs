@@ -278,14 +278,30 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
     pub(super) fn rows_32(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m: usize) {
+        // One instance per batch size, so that the accumulators live in registers (with a runtime
+        // count they go through the stack, and the store of every partial sum is the bottleneck).
+        macro_rules! dispatch {
+            ($($n:literal)*) => {
+                match m {
+                    $($n => rows_m::<$n>(q, first_row, out, x),)*
+                    _ => unreachable!("at most SMALL_BATCH rows per pass"),
+                }
+            };
+        }
+        const _: () = assert!(SMALL_BATCH == 16);
+        dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    fn rows_m<const M: usize>(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32]) {
         let bytes = q.kind.bytes();
         let row_bytes = q.cols / BLOCK * bytes;
-        let n = out.len() / m;
-        let mut acc = [_mm512_setzero_ps(); SMALL_BATCH];
+        let n = out.len() / M;
         for local in 0..n {
             let row = &q.data[(first_row + local) * row_bytes..][..row_bytes];
-            if m == 1 {
-                // One stream: two accumulators in registers.
+            if M == 1 {
+                // One stream: two accumulators, so that consecutive blocks do not wait on each other.
                 let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
                 for (b, block) in row.chunks_exact(bytes).enumerate() {
                     let (w0, w1) = decode(q.kind, block);
@@ -296,17 +312,15 @@ mod avx512 {
                 out[local] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
                 continue;
             }
-            for a in acc[..m].iter_mut() {
-                *a = _mm512_setzero_ps();
-            }
+            let mut acc = [_mm512_setzero_ps(); M];
             for (b, block) in row.chunks_exact(bytes).enumerate() {
                 let (w0, w1) = decode(q.kind, block);
-                for (i, a) in acc[..m].iter_mut().enumerate() {
+                for (i, a) in acc.iter_mut().enumerate() {
                     let xb = &x[i * q.cols + b * BLOCK..][..BLOCK];
                     *a = _mm512_fmadd_ps(w1, load16(&xb[16..]), _mm512_fmadd_ps(w0, load16(xb), *a));
                 }
             }
-            for (o, a) in out[local * m..(local + 1) * m].iter_mut().zip(&acc[..m]) {
+            for (o, a) in out[local * M..(local + 1) * M].iter_mut().zip(&acc) {
                 *o = _mm512_reduce_add_ps(*a);
             }
         }
