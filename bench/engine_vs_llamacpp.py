@@ -113,9 +113,9 @@ class LlamaCpp:
 
     def set_adapter(self, adapter):
         lc = self.lc
-        arr = (ctypes.c_void_p * 1)(adapter)
+        arr = (lc.llama_adapter_lora_p_ctypes * 1)(adapter)
         scales = (ctypes.c_float * 1)(1.0)
-        rc = lc.llama_set_adapters_lora(self.ctx, ctypes.cast(arr, ctypes.POINTER(ctypes.c_void_p)), 1, scales)
+        rc = lc.llama_set_adapters_lora(self.ctx, arr, 1, scales)
         assert rc == 0, "llama_set_adapters_lora failed"
 
 

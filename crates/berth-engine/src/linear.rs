@@ -51,7 +51,34 @@ impl Linear {
 
     /// `x`: `rows` rows of `in` -> `rows` rows of `out`.
     pub(crate) fn forward(&self, x: &[f32], rows: usize, segments: &[SegmentView<'_>]) -> Result<Vec<f32>> {
-        let mut y = self.weight.forward(x, rows)?;
+        let y = self.weight.forward(x, rows)?;
+        self.finish(x, rows, segments, y)
+    }
+
+    /// Several layers applied to the same input (Q, K, V; gate, up), with the base matmuls of
+    /// quantised weights run as one group.
+    pub(crate) fn forward_group<const N: usize>(layers: [&Linear; N], x: &[f32], rows: usize, segments: &[SegmentView<'_>]) -> Result<[Vec<f32>; N]> {
+        let quant: Vec<&QuantMatrix> = layers
+            .iter()
+            .filter_map(|l| match &l.weight {
+                Matrix::Quant(q) => Some(q.as_ref()),
+                Matrix::Dense(_) => None,
+            })
+            .collect();
+        let bases = if quant.len() == N {
+            QuantMatrix::matmul_group(&quant, x, rows)?
+        } else {
+            layers.iter().map(|l| l.weight.forward(x, rows)).collect::<Result<Vec<_>>>()?
+        };
+        let mut out = Vec::with_capacity(N);
+        for (l, y) in layers.iter().zip(bases) {
+            out.push(l.finish(x, rows, segments, y)?);
+        }
+        Ok(out.try_into().unwrap_or_else(|_| unreachable!("one output per layer")))
+    }
+
+    /// Adds the bias and each segment's low-rank update to the base product `y`.
+    fn finish(&self, x: &[f32], rows: usize, segments: &[SegmentView<'_>], mut y: Vec<f32>) -> Result<Vec<f32>> {
         if let Some(b) = &self.bias {
             let out = b.len();
             for row in y.chunks_exact_mut(out) {

@@ -155,24 +155,31 @@ impl LoraAdapter {
         if !weights_path.exists() {
             return Err(io_err(&weights_path, "not found (only safetensors adapters are supported)"));
         }
-        let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)
-            .map_err(|e| EngineError::Malformed(format!("{}: {e}", weights_path.display())))?;
-        Self::from_tensors(&cfg, tensors, config)
+        let malformed = |e: candle_core::Error| EngineError::Malformed(format!("{}: {e}", weights_path.display()));
+        // Mapped, and read one tensor at a time straight into the adapter's own rows: loading costs no
+        // more resident memory than the factors themselves.
+        // SAFETY: the file is only read; an adapter file changed while loading gives wrong weights
+        // (caught by the shape checks at worst), not memory unsafety in practice.
+        #[allow(unsafe_code)]
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&weights_path) }.map_err(malformed)?;
+        let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+        Self::from_tensors(&cfg, &names, |name| st.load(name, &Device::Cpu).map_err(malformed), config)
     }
 
-    fn from_tensors(cfg: &AdapterConfig, tensors: HashMap<String, Tensor>, config: &ModelConfig) -> Result<Self> {
+    fn from_tensors(
+        cfg: &AdapterConfig,
+        names: &[String],
+        load: impl Fn(&str) -> Result<Tensor>,
+        config: &ModelConfig,
+    ) -> Result<Self> {
         let mut pairs = HashMap::new();
         let mut used = 0;
         for layer in 0..config.num_layers {
             for target in Target::ALL {
                 let stem = format!("model.layers.{layer}.{}.{}", target.parent(), target.module_name());
-                let find = |kind: &str| {
-                    tensors
-                        .iter()
-                        .find(|(name, _)| name.ends_with(&format!("{stem}.{kind}.weight")) && name.contains(&stem))
-                        .map(|(_, t)| t)
-                };
+                let find = |kind: &str| names.iter().find(|name| name.ends_with(&format!("{stem}.{kind}.weight")));
                 let (Some(a), Some(b)) = (find("lora_A"), find("lora_B")) else { continue };
+                let (a, b) = (load(a)?, load(b)?);
                 used += 2;
                 let (out_dim, in_dim) = target.shape(config);
                 let r = a.dim(0)?;
@@ -192,10 +199,10 @@ impl LoraAdapter {
                 );
             }
         }
-        let lora_tensors = tensors.keys().filter(|k| k.contains("lora_")).count();
+        let lora_tensors = names.iter().filter(|k| k.contains("lora_")).count();
         if lora_tensors > used {
-            let stray: Vec<_> = tensors
-                .keys()
+            let stray: Vec<_> = names
+                .iter()
                 .filter(|k| k.contains("lora_") && !Target::ALL.iter().any(|t| k.contains(t.module_name())))
                 .take(3)
                 .cloned()

@@ -453,21 +453,55 @@ impl QuantMatrix {
         Ok(y)
     }
 
+    /// `x W^T` for each of several matrices over the same `m <= SMALL_BATCH` rows (Q, K and V; gate
+    /// and up): one parallel loop over the rows of all of them, so a decode step waits for the
+    /// threads once per group instead of once per matrix.
+    pub(crate) fn matmul_group(mats: &[&QuantMatrix], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+        if m > SMALL_BATCH || mats.iter().any(|q| q.cols * m != x.len()) {
+            return mats.iter().map(|q| q.matmul_rows(x, m)).collect();
+        }
+        let mut transposed: Vec<Vec<f32>> = mats.iter().map(|q| vec![0f32; q.rows * m]).collect();
+        let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new();
+        for (mi, buf) in transposed.iter_mut().enumerate() {
+            for (task, out) in buf.chunks_mut(ROWS_PER_TASK * m).enumerate() {
+                tasks.push((mi, task * ROWS_PER_TASK, out));
+            }
+        }
+        let isa = isa();
+        tasks.into_par_iter().for_each(|(mi, first, out)| mats[mi].kernel(isa, first, out, x, m));
+        Ok(mats
+            .iter()
+            .zip(&transposed)
+            .map(|(q, t)| {
+                let mut y = vec![0f32; m * q.rows];
+                for r in 0..q.rows {
+                    for i in 0..m {
+                        y[i * q.rows + r] = t[r * m + i];
+                    }
+                }
+                y
+            })
+            .collect())
+    }
+
+    /// The block kernel for the instruction set `isa` (see [`rows_kernel`]).
+    fn kernel(&self, isa: Isa, first: usize, out: &mut [f32], xs: &[f32], m: usize) {
+        match isa {
+            // SAFETY: `isa()` checked at run time that the CPU has these features.
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            Isa::Avx512 => unsafe { rows_kernel_avx512(self, first, out, xs, m) },
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            Isa::Avx2 => unsafe { rows_kernel_avx2(self, first, out, xs, m) },
+            Isa::Portable => rows_kernel(self, first, out, xs, m),
+        }
+    }
+
     /// One pass of the block kernel over every weight row, for `m <= SMALL_BATCH` rows of `x`.
     fn pass(&self, xs: &[f32], m: usize, y: &mut [f32]) {
         let isa = isa();
-        self.pass_with(m, y, |first, out| {
-            match isa {
-                // SAFETY: `isa()` checked at run time that the CPU has these features.
-                #[cfg(target_arch = "x86_64")]
-                #[allow(unsafe_code)]
-                Isa::Avx512 => unsafe { rows_kernel_avx512(self, first, out, xs, m) },
-                #[cfg(target_arch = "x86_64")]
-                #[allow(unsafe_code)]
-                Isa::Avx2 => unsafe { rows_kernel_avx2(self, first, out, xs, m) },
-                Isa::Portable => rows_kernel(self, first, out, xs, m),
-            }
-        });
+        self.pass_with(m, y, |first, out| self.kernel(isa, first, out, xs, m));
     }
 
     /// Runs `kernel(first_row, out)` over all weight rows in parallel tasks (`out`: `[rows, m]`), then

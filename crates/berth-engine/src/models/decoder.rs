@@ -139,9 +139,7 @@ impl Decoder {
         let mut attn = vec![0f32; total * q_dim];
         for (li, layer) in self.layers.iter().enumerate() {
             ops::rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps, &mut h);
-            let mut q = layer.q.forward(&h, total, &views)?;
-            let mut k = layer.k.forward(&h, total, &views)?;
-            let v = layer.v.forward(&h, total, &views)?;
+            let [mut q, mut k, v] = Linear::forward_group([&layer.q, &layer.k, &layer.v], &h, total, &views)?;
             ops::rope(&mut q, cfg.num_heads, cfg.head_dim, &positions, &self.cos, &self.sin);
             ops::rope(&mut k, cfg.num_kv_heads, cfg.head_dim, &positions, &self.cos, &self.sin);
             for view in &views {
@@ -151,8 +149,8 @@ impl Decoder {
             paged_attention(&q, &mut attn, ctx.kv, li, &views, shape);
             ops::add_assign(&mut x, &layer.o.forward(&attn, total, &views)?);
             ops::rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps, &mut h);
-            let mut act = layer.gate.forward(&h, total, &views)?;
-            ops::silu_mul(&mut act, &layer.up.forward(&h, total, &views)?);
+            let [mut act, up] = Linear::forward_group([&layer.gate, &layer.up], &h, total, &views)?;
+            ops::silu_mul(&mut act, &up);
             ops::add_assign(&mut x, &layer.down.forward(&act, total, &views)?);
         }
         let hs = cfg.hidden_size;
