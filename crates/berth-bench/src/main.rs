@@ -80,6 +80,7 @@ fn options(model: &Model, max_batch: usize, prefix_cache: bool) -> EngineOptions
         queue_depth: 256,
         kv_cache_bytes: (model.kv_bytes_per_token() * 48 * 1024).max(64 << 20),
         prefix_cache,
+        adapter_cache_bytes: 1 << 30,
     }
 }
 

@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// Memory for each engine's paged KV cache, in MiB.
     #[arg(long, default_value_t = 512, env = "BERTH_KV_CACHE_MIB")]
     pub kv_cache_mib: usize,
+    /// Memory for each engine's loaded LoRA adapters, in MiB (least recently used ones are dropped
+    /// and reloaded on demand).
+    #[arg(long, default_value_t = 1024, env = "BERTH_ADAPTER_CACHE_MIB")]
+    pub adapter_cache_mib: usize,
     /// Do not keep computed prompt prefixes for reuse.
     #[arg(long, env = "BERTH_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,

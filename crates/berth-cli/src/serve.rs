@@ -26,6 +26,7 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             queue_depth: args.queue_depth,
             kv_cache_bytes: args.kv_cache_mib << 20,
             prefix_cache: !args.no_prefix_cache,
+            adapter_cache_bytes: args.adapter_cache_mib << 20,
         };
         let control = tokio::task::spawn_blocking(move || Control::open(config)).await??;
         tracing::info!(data_dir = %data_dir.display(), endpoint = %public_url, "berth is listening; loading deployments");

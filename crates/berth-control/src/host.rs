@@ -123,7 +123,9 @@ impl ModelHost {
                         return Err(e);
                     }
                 };
-                handle.add_adapter(id.clone(), Arc::new(adapter)).map_err(|e| e.to_string())?;
+                // Checked against the model now; the engine's adapter pool may drop it later and
+                // reload it from `dir` when a request needs it again.
+                handle.register_adapter(id.clone(), dir.into(), Some(Arc::new(adapter))).map_err(|e| e.to_string())?;
             }
         }
         let mut state = self.state();

@@ -8,6 +8,7 @@ use crate::scheduler::Worker;
 use crate::{AdapterId, EngineError, GenerateEvent, GenerateRequest, KvPool, LoraAdapter, Model, BLOCK_TOKENS};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use tokio::sync::mpsc::Sender;
@@ -28,6 +29,9 @@ pub struct EngineOptions {
     pub kv_cache_bytes: usize,
     /// Keep computed prompt blocks for reuse by later requests of the same scope.
     pub prefix_cache: bool,
+    /// Memory for loaded adapters; beyond it the least recently used adapter that can be reloaded from
+    /// its directory is dropped (requests running with it keep their reference until they finish).
+    pub adapter_cache_bytes: usize,
 }
 
 impl Default for EngineOptions {
@@ -39,6 +43,7 @@ impl Default for EngineOptions {
             queue_depth: 64,
             kv_cache_bytes: 512 << 20,
             prefix_cache: true,
+            adapter_cache_bytes: 1 << 30,
         }
     }
 }
@@ -46,7 +51,9 @@ impl Default for EngineOptions {
 /// What the engine thread is told.
 pub enum Command {
     Generate { request: GenerateRequest, events: Sender<GenerateEvent> },
-    AddAdapter { id: AdapterId, adapter: Arc<LoraAdapter> },
+    /// An adapter requests may name: already loaded, or loaded from `dir` on first use (and again
+    /// after the adapter pool evicted it), or both.
+    AddAdapter { id: AdapterId, adapter: Option<Arc<LoraAdapter>>, dir: Option<PathBuf> },
     RemoveAdapter { id: AdapterId },
     Shutdown,
 }
@@ -67,6 +74,9 @@ pub struct EngineStats {
     pub(crate) kv_blocks: AtomicUsize,
     pub(crate) kv_blocks_available: AtomicUsize,
     pub(crate) kv_blocks_cached: AtomicUsize,
+    pub(crate) adapters_loaded: AtomicUsize,
+    pub(crate) adapter_bytes: AtomicUsize,
+    pub(crate) adapter_loads: AtomicU64,
 }
 
 impl EngineStats {
@@ -98,6 +108,15 @@ impl EngineStats {
     /// Sequences sent back to the queue to free KV blocks.
     pub fn preemptions(&self) -> u64 {
         self.preemptions.load(Ordering::Relaxed)
+    }
+
+    /// Adapters loaded in the pool now, their bytes, and how many loads from disk happened so far.
+    pub fn adapters(&self) -> (usize, usize, u64) {
+        (
+            self.adapters_loaded.load(Ordering::Relaxed),
+            self.adapter_bytes.load(Ordering::Relaxed),
+            self.adapter_loads.load(Ordering::Relaxed),
+        )
     }
 
     /// KV blocks in the pool, blocks a new sequence could take now, and blocks holding cached prefixes.
@@ -177,9 +196,16 @@ impl EngineHandle {
         }
     }
 
-    /// Registers an adapter; requests sent after this call may use it. Blocks while the queue is full.
+    /// Registers a loaded adapter that stays loaded; requests sent after this call may use it.
     pub fn add_adapter(&self, id: AdapterId, adapter: Arc<LoraAdapter>) -> Result<()> {
-        self.tx.send(Command::AddAdapter { id, adapter }).map_err(|_| EngineError::Stopped)
+        self.tx.send(Command::AddAdapter { id, adapter: Some(adapter), dir: None }).map_err(|_| EngineError::Stopped)
+    }
+
+    /// Registers an adapter the engine loads from `dir` when a request first needs it, and may evict
+    /// and reload later. `loaded` (already checked against the model, e.g. when it was deployed) saves
+    /// the first load.
+    pub fn register_adapter(&self, id: AdapterId, dir: PathBuf, loaded: Option<Arc<LoraAdapter>>) -> Result<()> {
+        self.tx.send(Command::AddAdapter { id, adapter: loaded, dir: Some(dir) }).map_err(|_| EngineError::Stopped)
     }
 
     pub fn remove_adapter(&self, id: AdapterId) -> Result<()> {

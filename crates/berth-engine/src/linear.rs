@@ -110,9 +110,9 @@ impl Linear {
                 p.add_delta(&xs, &mut delta, n);
             } else {
                 let a = Tensor::from_slice(&p.a, (p.rank, inp), &Device::Cpu)?;
-                let b = Tensor::from_slice(&p.b, (out, p.rank), &Device::Cpu)?;
+                let b_t = Tensor::from_slice(&p.b_t, (p.rank, out), &Device::Cpu)?;
                 let xt = Tensor::from_vec(xs, (n, inp), &Device::Cpu)?;
-                delta = xt.matmul(&a.t()?)?.matmul(&b.t()?)?.affine(p.scale as f64, 0.0)?.flatten_all()?.to_vec1()?;
+                delta = xt.matmul(&a.t()?)?.matmul(&b_t)?.affine(p.scale as f64, 0.0)?.flatten_all()?.to_vec1()?;
             }
             let mut at = 0;
             for &si in &members {

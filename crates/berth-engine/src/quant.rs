@@ -210,10 +210,39 @@ fn rows_kernel(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m:
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-fn rows_kernel_avx512(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m: usize) {
+fn rows_kernel_avx512(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &XRows<'_>, m: usize) {
     match q.kind {
-        BlockKind::Q4_0 | BlockKind::Q4_1 | BlockKind::Q8_0 => avx512::rows_32(q, first_row, out, x, m),
-        _ => rows_kernel(q, first_row, out, x, m),
+        BlockKind::Q4_0 | BlockKind::Q4_1 | BlockKind::Q8_0 => avx512::rows_32(q, first_row, out, &x.by_block, m),
+        _ => rows_kernel(q, first_row, out, x.by_row, m),
+    }
+}
+
+/// The activations of one pass in two layouts: row by row, and block-major (the 32 columns of block `b`
+/// of every row together, `[blocks, m, 32]`), so that the AVX-512 kernel's walk over the rows for one
+/// weight block reads one contiguous run instead of `m` lines far apart.
+struct XRows<'a> {
+    by_row: &'a [f32],
+    by_block: std::borrow::Cow<'a, [f32]>,
+}
+
+impl<'a> XRows<'a> {
+    fn new(x: &'a [f32], m: usize, isa: Isa) -> Self {
+        let by_block = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if m > 1 => {
+                let cols = x.len() / m;
+                let mut v = Vec::with_capacity(x.len());
+                for b in 0..cols / BLOCK {
+                    for i in 0..m {
+                        v.extend_from_slice(&x[i * cols + b * BLOCK..][..BLOCK]);
+                    }
+                }
+                std::borrow::Cow::Owned(v)
+            }
+            // One row is already block-major.
+            _ => std::borrow::Cow::Borrowed(x),
+        };
+        XRows { by_row: x, by_block }
     }
 }
 
@@ -315,8 +344,8 @@ mod avx512 {
             let mut acc = [_mm512_setzero_ps(); M];
             for (b, block) in row.chunks_exact(bytes).enumerate() {
                 let (w0, w1) = decode(q.kind, block);
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let xb = &x[i * q.cols + b * BLOCK..][..BLOCK];
+                let xs = &x[b * M * BLOCK..][..M * BLOCK];
+                for (a, xb) in acc.iter_mut().zip(xs.chunks_exact(BLOCK)) {
                     *a = _mm512_fmadd_ps(w1, load16(&xb[16..]), _mm512_fmadd_ps(w0, load16(xb), *a));
                 }
             }
@@ -468,7 +497,8 @@ impl QuantMatrix {
             }
         }
         let isa = isa();
-        tasks.into_par_iter().for_each(|(mi, first, out)| mats[mi].kernel(isa, first, out, x, m));
+        let xs = XRows::new(x, m, isa);
+        tasks.into_par_iter().for_each(|(mi, first, out)| mats[mi].kernel(isa, first, out, &xs, m));
         Ok(mats
             .iter()
             .zip(&transposed)
@@ -485,7 +515,7 @@ impl QuantMatrix {
     }
 
     /// The block kernel for the instruction set `isa` (see [`rows_kernel`]).
-    fn kernel(&self, isa: Isa, first: usize, out: &mut [f32], xs: &[f32], m: usize) {
+    fn kernel(&self, isa: Isa, first: usize, out: &mut [f32], xs: &XRows<'_>, m: usize) {
         match isa {
             // SAFETY: `isa()` checked at run time that the CPU has these features.
             #[cfg(target_arch = "x86_64")]
@@ -493,15 +523,16 @@ impl QuantMatrix {
             Isa::Avx512 => unsafe { rows_kernel_avx512(self, first, out, xs, m) },
             #[cfg(target_arch = "x86_64")]
             #[allow(unsafe_code)]
-            Isa::Avx2 => unsafe { rows_kernel_avx2(self, first, out, xs, m) },
-            Isa::Portable => rows_kernel(self, first, out, xs, m),
+            Isa::Avx2 => unsafe { rows_kernel_avx2(self, first, out, xs.by_row, m) },
+            Isa::Portable => rows_kernel(self, first, out, xs.by_row, m),
         }
     }
 
     /// One pass of the block kernel over every weight row, for `m <= SMALL_BATCH` rows of `x`.
     fn pass(&self, xs: &[f32], m: usize, y: &mut [f32]) {
         let isa = isa();
-        self.pass_with(m, y, |first, out| self.kernel(isa, first, out, xs, m));
+        let xs = XRows::new(xs, m, isa);
+        self.pass_with(m, y, |first, out| self.kernel(isa, first, out, &xs, m));
     }
 
     /// Runs `kernel(first_row, out)` over all weight rows in parallel tasks (`out`: `[rows, m]`), then

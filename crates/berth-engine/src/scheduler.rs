@@ -19,6 +19,7 @@ use crate::{AdapterId, BatchContext, FinishReason, GenerateEvent, GenerateReques
 use berth_text::{IncrementalDecoder, StopMatcher, StopOutcome};
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -47,13 +48,21 @@ struct Sequence {
     done: bool,
 }
 
+/// An adapter requests may name. `dir` makes it reloadable, and so evictable.
+struct AdapterSlot {
+    loaded: Option<Arc<LoraAdapter>>,
+    dir: Option<PathBuf>,
+    last_use: u64,
+}
+
 pub(crate) struct Worker {
     model: Arc<Model>,
     pool: KvPool,
     blocks: BlockManager,
     stats: Arc<EngineStats>,
     rx: Receiver<Command>,
-    adapters: HashMap<AdapterId, Arc<LoraAdapter>>,
+    adapters: HashMap<AdapterId, AdapterSlot>,
+    adapter_clock: u64,
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
     options: EngineOptions,
@@ -62,7 +71,18 @@ pub(crate) struct Worker {
 impl Worker {
     pub(crate) fn new(model: Arc<Model>, pool: KvPool, stats: Arc<EngineStats>, rx: Receiver<Command>, options: EngineOptions) -> Self {
         let blocks = BlockManager::new(pool.blocks());
-        Worker { model, pool, blocks, stats, rx, adapters: HashMap::new(), waiting: VecDeque::new(), running: Vec::new(), options }
+        Worker {
+            model,
+            pool,
+            blocks,
+            stats,
+            rx,
+            adapters: HashMap::new(),
+            adapter_clock: 0,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            options,
+        }
     }
 
     pub(crate) fn run(mut self) {
@@ -127,11 +147,14 @@ impl Worker {
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Generate { request, events } => self.enqueue(request, events),
-            Command::AddAdapter { id, adapter } => {
-                self.adapters.insert(id, adapter);
+            Command::AddAdapter { id, adapter, dir } => {
+                self.adapter_clock += 1;
+                self.adapters.insert(id.clone(), AdapterSlot { loaded: adapter, dir, last_use: self.adapter_clock });
+                self.evict_adapters(&id);
             }
             Command::RemoveAdapter { id } => {
                 self.adapters.remove(&id);
+                self.publish_adapters();
             }
             Command::Shutdown => return false,
         }
@@ -144,13 +167,9 @@ impl Worker {
             stats.queued.fetch_sub(1, Ordering::AcqRel);
             let _ = events.try_send(GenerateEvent::Failed(why));
         };
-        let adapter = match &request.adapter {
-            None => None,
-            Some(id) => match self.adapters.get(id) {
-                Some(a) => Some(a.clone()),
-                None => return refuse(&events, &self.stats, format!("adapter {} is not loaded", id.0)),
-            },
-        };
+        if let Some(id) = request.adapter.as_ref().filter(|id| !self.adapters.contains_key(*id)) {
+            return refuse(&events, &self.stats, format!("adapter {} is not registered with this engine", id.0));
+        }
         if request.prompt.is_empty() {
             return refuse(&events, &self.stats, "the prompt is empty".into());
         }
@@ -170,7 +189,7 @@ impl Worker {
             sampler: Sampler::new(request.sampling.clone()),
             decoder: IncrementalDecoder::new(),
             stop: StopMatcher::new(request.stop.clone()),
-            adapter,
+            adapter: None,
             events,
             request,
             generated: 0,
@@ -201,6 +220,18 @@ impl Worker {
     fn admit(&mut self) {
         while self.running.len() < self.options.max_batch {
             let Some(mut seq) = self.waiting.pop_front() else { break };
+            if let (None, Some(id)) = (&seq.adapter, seq.request.adapter.clone()) {
+                match self.adapter(&id) {
+                    Ok(a) => seq.adapter = Some(a),
+                    Err(why) => {
+                        if seq.cached_tokens.is_none() {
+                            self.stats.queued.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        let _ = seq.events.try_send(GenerateEvent::Failed(why));
+                        continue;
+                    }
+                }
+            }
             if self.options.prefix_cache {
                 self.take_cached_prefix(&mut seq);
             }
@@ -218,6 +249,56 @@ impl Worker {
             }
             self.running.push(seq);
         }
+    }
+
+    /// The adapter `id`, loaded from its directory if the pool does not hold it (this step waits for
+    /// the load: milliseconds for a typical adapter).
+    fn adapter(&mut self, id: &AdapterId) -> std::result::Result<Arc<LoraAdapter>, String> {
+        self.adapter_clock += 1;
+        let clock = self.adapter_clock;
+        let slot = self.adapters.get_mut(id).ok_or_else(|| format!("adapter {} was removed", id.0))?;
+        slot.last_use = clock;
+        if let Some(a) = &slot.loaded {
+            return Ok(a.clone());
+        }
+        let dir = slot.dir.clone().ok_or_else(|| format!("adapter {} is not loaded", id.0))?;
+        let started = std::time::Instant::now();
+        let adapter = Arc::new(self.model.load_adapter(&dir).map_err(|e| format!("adapter {} cannot be loaded: {e}", id.0))?);
+        tracing::info!(adapter = %id.0, ms = started.elapsed().as_millis() as u64, bytes = adapter.bytes(), "adapter loaded");
+        self.stats.adapter_loads.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = self.adapters.get_mut(id) {
+            slot.loaded = Some(adapter.clone());
+        }
+        self.evict_adapters(id);
+        Ok(adapter)
+    }
+
+    /// Drops least recently used reloadable adapters (never `keep`) while the pool is over budget.
+    fn evict_adapters(&mut self, keep: &AdapterId) {
+        loop {
+            let total: usize = self.adapters.values().filter_map(|s| s.loaded.as_ref()).map(|a| a.bytes()).sum();
+            if total <= self.options.adapter_cache_bytes {
+                break;
+            }
+            let victim = self
+                .adapters
+                .iter()
+                .filter(|(id, s)| *id != keep && s.loaded.is_some() && s.dir.is_some())
+                .min_by_key(|(_, s)| s.last_use)
+                .map(|(id, _)| id.clone());
+            let Some(victim) = victim else { break };
+            if let Some(slot) = self.adapters.get_mut(&victim) {
+                slot.loaded = None;
+            }
+            tracing::info!(adapter = %victim.0, "adapter evicted from the pool");
+        }
+        self.publish_adapters();
+    }
+
+    fn publish_adapters(&self) {
+        let loaded: Vec<&Arc<LoraAdapter>> = self.adapters.values().filter_map(|s| s.loaded.as_ref()).collect();
+        self.stats.adapters_loaded.store(loaded.len(), Ordering::Relaxed);
+        self.stats.adapter_bytes.store(loaded.iter().map(|a| a.bytes()).sum(), Ordering::Relaxed);
     }
 
     /// Takes the cached blocks of the sequence's longest cached prefix, leaving at least one token to

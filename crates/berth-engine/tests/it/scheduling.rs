@@ -240,3 +240,37 @@ fn a_full_queue_is_refused_at_once() {
     }
     assert!(refused >= 4, "{refused} refused");
 }
+
+#[test]
+fn adapters_beyond_the_pool_budget_are_evicted_and_reloaded() {
+    let m = model();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dirs = Vec::new();
+    let mut bytes = 0;
+    for i in 0..3 {
+        let dir = tmp.path().join(format!("a{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        bytes = random_adapter(&m, &dir, 10 + i, &["q_proj", "v_proj"]).bytes();
+        dirs.push(dir);
+    }
+    // Room for one adapter and a half: every switch of adapter is a load from disk.
+    let engine = Engine::start(m.clone(), EngineOptions { adapter_cache_bytes: bytes * 3 / 2, ..EngineOptions::default() }).unwrap();
+    let reference = Engine::start(m.clone(), EngineOptions::default()).unwrap();
+    for (i, dir) in dirs.iter().enumerate() {
+        engine.register_adapter(AdapterId(format!("a{i}")), dir.clone(), None).unwrap();
+        reference.add_adapter(AdapterId(format!("a{i}")), Arc::new(m.load_adapter(dir).unwrap())).unwrap();
+    }
+    let ask = |i: usize| request(chat_prompt(&m, QUESTIONS[i]), Some(&format!("a{}", i % 3)), 8, "t");
+    for round in 0..2 {
+        for i in 0..3 {
+            assert_eq!(one(&engine, ask(i)).text, one(&reference, ask(i)).text, "round {round}, adapter {i}");
+            let (loaded, held, _) = engine.stats().adapters();
+            assert!(loaded == 1 && held <= bytes * 3 / 2, "{loaded} adapters, {held} bytes");
+        }
+    }
+    assert_eq!(engine.stats().adapters().2, 6, "each use after an eviction loads again");
+    // Requests in one batch over all three still work: running ones keep their adapter.
+    let together = run_all(&engine, (0..6).map(ask).collect());
+    let alone: Vec<Answer> = (0..6).map(|i| one(&reference, ask(i))).collect();
+    assert_eq!(together.iter().map(|a| &a.text).collect::<Vec<_>>(), alone.iter().map(|a| &a.text).collect::<Vec<_>>());
+}
