@@ -309,49 +309,88 @@ mod avx512 {
     pub(super) fn rows_32(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m: usize) {
         // One instance per batch size, so that the accumulators live in registers (with a runtime
         // count they go through the stack, and the store of every partial sum is the bottleneck).
+        // From 2 rows on, two weight rows share every load of the activations (up to 8 activation
+        // rows at a time: 16 accumulators).
         macro_rules! dispatch {
-            ($($n:literal)*) => {
+            ($($n:literal)*; $($big:literal => $rest:literal)*) => {
                 match m {
-                    $($n => rows_m::<$n>(q, first_row, out, x),)*
+                    1 => one_row(q, first_row, out, x),
+                    $($n => paired::<$n>(q, first_row, out, x, m, 0),)*
+                    $($big => {
+                        paired::<8>(q, first_row, out, x, m, 0);
+                        paired::<$rest>(q, first_row, out, x, m, 8);
+                    })*
                     _ => unreachable!("at most SMALL_BATCH rows per pass"),
                 }
             };
         }
         const _: () = assert!(SMALL_BATCH == 16);
-        dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+        dispatch!(2 3 4 5 6 7 8; 9 => 1 10 => 2 11 => 3 12 => 4 13 => 5 14 => 6 15 => 7 16 => 8)
     }
 
+    /// Activation rows `i0..i0 + H` of `m` (block-major) against every weight row of the task, two
+    /// weight rows at a time. Every (weight row, activation row) sum runs in the same order whether
+    /// its weight row is paired or not and whichever half of the batch it is in.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    fn rows_m<const M: usize>(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32]) {
+    fn paired<const H: usize>(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m: usize, i0: usize) {
         let bytes = q.kind.bytes();
         let row_bytes = q.cols / BLOCK * bytes;
-        let n = out.len() / M;
-        for local in 0..n {
-            let row = &q.data[(first_row + local) * row_bytes..][..row_bytes];
-            if M == 1 {
-                // One stream: two accumulators, so that consecutive blocks do not wait on each other.
-                let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-                for (b, block) in row.chunks_exact(bytes).enumerate() {
-                    let (w0, w1) = decode(q.kind, block);
-                    let xb = &x[b * BLOCK..][..BLOCK];
-                    a0 = _mm512_fmadd_ps(w0, load16(xb), a0);
-                    a1 = _mm512_fmadd_ps(w1, load16(&xb[16..]), a1);
+        let n = out.len() / m;
+        let mut local = 0;
+        while local + 1 < n {
+            let r0 = &q.data[(first_row + local) * row_bytes..][..row_bytes];
+            let r1 = &q.data[(first_row + local + 1) * row_bytes..][..row_bytes];
+            let mut a0 = [_mm512_setzero_ps(); H];
+            let mut a1 = [_mm512_setzero_ps(); H];
+            for (b, (b0, b1)) in r0.chunks_exact(bytes).zip(r1.chunks_exact(bytes)).enumerate() {
+                let (w00, w01) = decode(q.kind, b0);
+                let (w10, w11) = decode(q.kind, b1);
+                let xs = &x[(b * m + i0) * BLOCK..][..H * BLOCK];
+                for ((c0, c1), xb) in a0.iter_mut().zip(a1.iter_mut()).zip(xs.chunks_exact(BLOCK)) {
+                    let (x0, x1) = (load16(xb), load16(&xb[16..]));
+                    *c0 = _mm512_fmadd_ps(w01, x1, _mm512_fmadd_ps(w00, x0, *c0));
+                    *c1 = _mm512_fmadd_ps(w11, x1, _mm512_fmadd_ps(w10, x0, *c1));
                 }
-                out[local] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-                continue;
             }
-            let mut acc = [_mm512_setzero_ps(); M];
+            for i in 0..H {
+                out[local * m + i0 + i] = _mm512_reduce_add_ps(a0[i]);
+                out[(local + 1) * m + i0 + i] = _mm512_reduce_add_ps(a1[i]);
+            }
+            local += 2;
+        }
+        if local < n {
+            let row = &q.data[(first_row + local) * row_bytes..][..row_bytes];
+            let mut acc = [_mm512_setzero_ps(); H];
             for (b, block) in row.chunks_exact(bytes).enumerate() {
                 let (w0, w1) = decode(q.kind, block);
-                let xs = &x[b * M * BLOCK..][..M * BLOCK];
+                let xs = &x[(b * m + i0) * BLOCK..][..H * BLOCK];
                 for (a, xb) in acc.iter_mut().zip(xs.chunks_exact(BLOCK)) {
                     *a = _mm512_fmadd_ps(w1, load16(&xb[16..]), _mm512_fmadd_ps(w0, load16(xb), *a));
                 }
             }
-            for (o, a) in out[local * M..(local + 1) * M].iter_mut().zip(&acc) {
-                *o = _mm512_reduce_add_ps(*a);
+            for i in 0..H {
+                out[local * m + i0 + i] = _mm512_reduce_add_ps(acc[i]);
             }
+        }
+    }
+
+    /// One activation row: two accumulators, so that consecutive blocks do not wait on each other.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    fn one_row(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32]) {
+        let bytes = q.kind.bytes();
+        let row_bytes = q.cols / BLOCK * bytes;
+        for (local, o) in out.iter_mut().enumerate() {
+            let row = &q.data[(first_row + local) * row_bytes..][..row_bytes];
+            let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            for (b, block) in row.chunks_exact(bytes).enumerate() {
+                let (w0, w1) = decode(q.kind, block);
+                let xb = &x[b * BLOCK..][..BLOCK];
+                a0 = _mm512_fmadd_ps(w0, load16(xb), a0);
+                a1 = _mm512_fmadd_ps(w1, load16(&xb[16..]), a1);
+            }
+            *o = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
         }
     }
 }
