@@ -212,8 +212,8 @@ fn rows_kernel(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m:
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 fn rows_kernel_avx512(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &XRows<'_>, m: usize) {
     match q.kind {
-        BlockKind::Q4_0 | BlockKind::Q4_1 | BlockKind::Q8_0 => avx512::rows_32(q, first_row, out, &x.by_block, m),
-        _ => rows_kernel(q, first_row, out, x.by_row, m),
+        BlockKind::Q4_0 | BlockKind::Q4_1 | BlockKind::Q5_0 | BlockKind::Q8_0 => avx512::rows_32(q, first_row, out, &x.by_block, m),
+        BlockKind::Q4K | BlockKind::Q6K => avx512::rows_256(q, first_row, out, x.by_row, m),
     }
 }
 
@@ -263,10 +263,27 @@ mod avx512 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
 
+    /// Block formats as const parameters: each kernel instance is compiled for one format, so the
+    /// block decoder is small enough to be inlined into its loop.
+    const Q8_0: u8 = 0;
+    const Q4_0: u8 = 1;
+    const Q4_1: u8 = 2;
+    const Q5_0: u8 = 3;
+
+    const fn kind_of(k: u8) -> BlockKind {
+        match k {
+            Q8_0 => BlockKind::Q8_0,
+            Q4_0 => BlockKind::Q4_0,
+            Q4_1 => BlockKind::Q4_1,
+            _ => BlockKind::Q5_0,
+        }
+    }
+
     /// The 32 weights of one block as two vectors of 16.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
-    fn decode(kind: BlockKind, b: &[u8]) -> (__m512, __m512) {
+    fn decode<const K: u8>(b: &[u8]) -> (__m512, __m512) {
+        let kind = const { kind_of(K) };
         let d = _mm512_set1_ps(half_at(b, 0));
         match kind {
             BlockKind::Q8_0 => {
@@ -283,6 +300,20 @@ mod avx512 {
                 let lo = _mm512_sub_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0x0F)), eight);
                 let hi = _mm512_sub_epi32(_mm512_srli_epi32::<4>(v), eight);
                 (_mm512_mul_ps(d, _mm512_cvtepi32_ps(lo)), _mm512_mul_ps(d, _mm512_cvtepi32_ps(hi)))
+            }
+            BlockKind::Q5_0 => {
+                // Low nibbles as Q4_0; the fifth bit of element j is bit j of `qh`.
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let q: &[u8; 16] = b[6..22].try_into().expect("Q5_0 block");
+                // SAFETY: `q` is 16 readable bytes.
+                let v = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(q.as_ptr().cast()) });
+                let sixteen = _mm512_set1_epi32(16);
+                let lo = _mm512_or_si512(_mm512_and_si512(v, _mm512_set1_epi32(0x0F)), _mm512_maskz_mov_epi32(qh as u16, sixteen));
+                let hi = _mm512_or_si512(_mm512_srli_epi32::<4>(v), _mm512_maskz_mov_epi32((qh >> 16) as u16, sixteen));
+                (
+                    _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, sixteen))),
+                    _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, sixteen))),
+                )
             }
             BlockKind::Q4_1 => {
                 let m = _mm512_set1_ps(half_at(b, 2));
@@ -307,6 +338,18 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
     pub(super) fn rows_32(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m: usize) {
+        match q.kind {
+            BlockKind::Q8_0 => rows_32_k::<Q8_0>(q, first_row, out, x, m),
+            BlockKind::Q4_0 => rows_32_k::<Q4_0>(q, first_row, out, x, m),
+            BlockKind::Q4_1 => rows_32_k::<Q4_1>(q, first_row, out, x, m),
+            BlockKind::Q5_0 => rows_32_k::<Q5_0>(q, first_row, out, x, m),
+            _ => unreachable!("only 32-weight block formats come here"),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    fn rows_32_k<const K: u8>(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m: usize) {
         // One instance per batch size, so that the accumulators live in registers (with a runtime
         // count they go through the stack, and the store of every partial sum is the bottleneck).
         // From 2 rows on, two weight rows share every load of the activations (up to 8 activation
@@ -314,11 +357,11 @@ mod avx512 {
         macro_rules! dispatch {
             ($($n:literal)*; $($big:literal => $rest:literal)*) => {
                 match m {
-                    1 => one_row(q, first_row, out, x),
-                    $($n => paired::<$n>(q, first_row, out, x, m, 0),)*
+                    1 => one_row::<K>(q, first_row, out, x),
+                    $($n => paired::<K, $n>(q, first_row, out, x, m, 0),)*
                     $($big => {
-                        paired::<8>(q, first_row, out, x, m, 0);
-                        paired::<$rest>(q, first_row, out, x, m, 8);
+                        paired::<K, 8>(q, first_row, out, x, m, 0);
+                        paired::<K, $rest>(q, first_row, out, x, m, 8);
                     })*
                     _ => unreachable!("at most SMALL_BATCH rows per pass"),
                 }
@@ -333,7 +376,7 @@ mod avx512 {
     /// its weight row is paired or not and whichever half of the batch it is in.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    fn paired<const H: usize>(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m: usize, i0: usize) {
+    fn paired<const K: u8, const H: usize>(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m: usize, i0: usize) {
         let bytes = q.kind.bytes();
         let row_bytes = q.cols / BLOCK * bytes;
         let n = out.len() / m;
@@ -344,8 +387,8 @@ mod avx512 {
             let mut a0 = [_mm512_setzero_ps(); H];
             let mut a1 = [_mm512_setzero_ps(); H];
             for (b, (b0, b1)) in r0.chunks_exact(bytes).zip(r1.chunks_exact(bytes)).enumerate() {
-                let (w00, w01) = decode(q.kind, b0);
-                let (w10, w11) = decode(q.kind, b1);
+                let (w00, w01) = decode::<K>(b0);
+                let (w10, w11) = decode::<K>(b1);
                 let xs = &x[(b * m + i0) * BLOCK..][..H * BLOCK];
                 for ((c0, c1), xb) in a0.iter_mut().zip(a1.iter_mut()).zip(xs.chunks_exact(BLOCK)) {
                     let (x0, x1) = (load16(xb), load16(&xb[16..]));
@@ -363,7 +406,7 @@ mod avx512 {
             let row = &q.data[(first_row + local) * row_bytes..][..row_bytes];
             let mut acc = [_mm512_setzero_ps(); H];
             for (b, block) in row.chunks_exact(bytes).enumerate() {
-                let (w0, w1) = decode(q.kind, block);
+                let (w0, w1) = decode::<K>(block);
                 let xs = &x[(b * m + i0) * BLOCK..][..H * BLOCK];
                 for (a, xb) in acc.iter_mut().zip(xs.chunks_exact(BLOCK)) {
                     *a = _mm512_fmadd_ps(w1, load16(&xb[16..]), _mm512_fmadd_ps(w0, load16(xb), *a));
@@ -375,17 +418,60 @@ mod avx512 {
         }
     }
 
+    /// The K-quant formats (256-weight super-blocks): each super-block is decoded once into a buffer
+    /// and multiplied into every row's accumulator with full-width FMAs.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    pub(super) fn rows_256(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m: usize) {
+        macro_rules! dispatch {
+            ($($n:literal)*) => {
+                match m {
+                    $($n => rows_256_m::<$n>(q, first_row, out, x),)*
+                    _ => unreachable!("at most SMALL_BATCH rows per pass"),
+                }
+            };
+        }
+        dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    fn rows_256_m<const M: usize>(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32]) {
+        const E: usize = 256;
+        let bytes = q.kind.bytes();
+        let row_bytes = q.cols / E * bytes;
+        let n = out.len() / M;
+        let mut w = [0f32; E];
+        for local in 0..n {
+            let row = &q.data[(first_row + local) * row_bytes..][..row_bytes];
+            let mut acc = [_mm512_setzero_ps(); M];
+            for (b, block) in row.chunks_exact(bytes).enumerate() {
+                super::decode_block(q.kind, block, &mut w);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let xb = &x[i * q.cols + b * E..][..E];
+                    let mut s = *a;
+                    for c in (0..E).step_by(16) {
+                        s = _mm512_fmadd_ps(load16(&w[c..]), load16(&xb[c..]), s);
+                    }
+                    *a = s;
+                }
+            }
+            for (o, a) in out[local * M..(local + 1) * M].iter_mut().zip(&acc) {
+                *o = _mm512_reduce_add_ps(*a);
+            }
+        }
+    }
+
     /// One activation row: two accumulators, so that consecutive blocks do not wait on each other.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    fn one_row(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32]) {
+    fn one_row<const K: u8>(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32]) {
         let bytes = q.kind.bytes();
         let row_bytes = q.cols / BLOCK * bytes;
         for (local, o) in out.iter_mut().enumerate() {
             let row = &q.data[(first_row + local) * row_bytes..][..row_bytes];
             let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             for (b, block) in row.chunks_exact(bytes).enumerate() {
-                let (w0, w1) = decode(q.kind, block);
+                let (w0, w1) = decode::<K>(block);
                 let xb = &x[b * BLOCK..][..BLOCK];
                 a0 = _mm512_fmadd_ps(w0, load16(xb), a0);
                 a1 = _mm512_fmadd_ps(w1, load16(&xb[16..]), a1);
