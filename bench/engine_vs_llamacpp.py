@@ -172,14 +172,62 @@ def write_gguf_lora(peft_dir, model_path, out_path):
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 
 
+def render(jsonl, out):
+    """engine.md from every record in `jsonl`: for each model and scenario the latest record wins."""
+    latest, models = {}, []
+    for line in open(jsonl):
+        d = json.loads(line)
+        key = (d["engine"], d["model"], d["scenario"], d.get("streams"), d.get("adapters") if isinstance(d.get("adapters"), int) else None)
+        latest[key] = d
+        if d["model"] not in models:
+            models.append(d["model"])
+    get = lambda engine, model, scenario, streams=None, adapters=None: latest.get((engine, model, scenario, streams, adapters))
+    cell = lambda b, l, k: f"{b[k]:.1f} vs {l[k]:.1f} (**{b[k] / l[k]:.2f}x**)" if b and l else "-"
+    with open(out, "w") as f:
+        f.write("# Engine against llama.cpp\n\n")
+        f.write("Written by `bench/engine_vs_llamacpp.py` from `bench/engine-results.jsonl` (the latest record of each "
+                "figure; each record carries its time). 2 threads each, same GGUF files; Berth and llama.cpp figures of one "
+                "row come from the same run. Ratio = Berth / llama.cpp.\n\n")
+        f.write("| model | measured | prefill 512 (tok/s) | decode 128 after 512 (tok/s) | 4 streams (aggregate tok/s) | 16 streams (aggregate tok/s) |\n")
+        f.write("|---|---|---|---|---|---|\n")
+        for m in models:
+            b1, l1 = get("berth", m, "single"), get("llama.cpp", m, "single")
+            if not b1:
+                continue
+            par = {n: (get("berth", m, "parallel", n, 0), get("llama.cpp", m, "parallel", n)) for n in (4, 16)}
+            f.write(f"| {m} | {b1['at']} | {cell(b1, l1, 'prefill_tok_s')} | {cell(b1, l1, 'decode_tok_s')} | "
+                    f"{cell(*par[4], 'aggregate_decode_tok_s')} | {cell(*par[16], 'aggregate_decode_tok_s')} |\n")
+        for m in models:
+            ba, la = get("berth", m, "parallel", 16, 8), get("llama.cpp", m, "parallel", 16, 8)
+            mem, pre = get("berth", m, "adapter-memory"), get("berth", m, "prefix")
+            if not (ba or mem or pre):
+                continue
+            f.write(f"\n## {m}: adapters and prefix cache\n\n")
+            if ba:
+                f.write(f"- 16 streams over 8 LoRA adapters (rank 8, all seven projections), aggregate decode: "
+                        f"{cell(ba, la, 'aggregate_decode_tok_s')} ({ba['at']}).\n")
+            if pre:
+                f.write(f"- Time to first token, 1,500-token prompt of which 1,400 tokens were in an earlier request: "
+                        f"{pre['ttft_cached_s'] * 1000:.0f} ms with the prefix cache, {pre['ttft_uncached_s'] * 1000:.0f} ms "
+                        f"without (**{pre['ratio']:.3f}x**) ({pre['at']}).\n")
+            if mem:
+                f.write(f"- Resident memory each adapter added ({mem['at']}), against the bytes of its factors in memory (f32):\n\n")
+                f.write("| adapter | factors (bytes) | safetensors file (bytes) | RSS added (bytes) |\n|---|---|---|---|\n")
+                for a in mem["adapters"]:
+                    f.write(f"| {os.path.basename(a['adapter'])} | {a['weights_bytes']} | {a['file_bytes']} | {a['rss_added_bytes']} |\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", required=True)
+    ap.add_argument("--model", action="append", default=[])
     ap.add_argument("--adapters-on", action="append", default=[])
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "engine.md"))
     ap.add_argument("--jsonl", default=os.path.join(ROOT, "bench", "engine-results.jsonl"))
+    ap.add_argument("--render-only", action="store_true", help="rewrite --out from --jsonl without measuring")
     args = ap.parse_args()
-    rows, extra = [], []
+    if args.render_only:
+        render(args.jsonl, args.out)
+        return
     log = open(args.jsonl, "a")
 
     def record(d):
@@ -190,14 +238,11 @@ def main():
 
     for path in args.model:
         name = os.path.basename(path)
-        b1 = record(berth(path, "single"))
-        l1 = record({"engine": "llama.cpp", "model": name, "scenario": "single", **llama_single(path)})
-        par = {}
+        record(berth(path, "single"))
+        record({"engine": "llama.cpp", "model": name, "scenario": "single", **llama_single(path)})
         for n in (4, 16):
-            par[n] = (record(berth(path, "parallel", "--streams", n, "--prompt-tokens", 32)),
-                      record({"engine": "llama.cpp", "model": name, "scenario": "parallel", "streams": n,
-                              **llama_parallel(path, n)}))
-        rows.append((name, b1, l1, par))
+            record(berth(path, "parallel", "--streams", n, "--prompt-tokens", 32))
+            record({"engine": "llama.cpp", "model": name, "scenario": "parallel", "streams": n, **llama_parallel(path, n)})
         if path in args.adapters_on:
             tmp = tempfile.mkdtemp(prefix="berth-bench-adapters-")
             dirs, ggufs = [], []
@@ -208,36 +253,13 @@ def main():
                 write_gguf_lora(d, path, g)
                 dirs.append(d); ggufs.append(g)
             adapter_args = [x for d in dirs for x in ("--adapter", d)]
-            ba = record(berth(path, "parallel", "--streams", 16, "--prompt-tokens", 32, *adapter_args))
-            la = record({"engine": "llama.cpp", "model": name, "scenario": "parallel", "streams": 16, "adapters": 8,
-                         **llama_parallel(path, 16, lora_paths=ggufs)})
-            mem = record(berth(path, "adapter-memory", *adapter_args))
-            pre = record(berth(path, "prefix"))
-            extra.append((name, ba, la, mem, pre))
+            record(berth(path, "parallel", "--streams", 16, "--prompt-tokens", 32, *adapter_args))
+            record({"engine": "llama.cpp", "model": name, "scenario": "parallel", "streams": 16, "adapters": 8,
+                    **llama_parallel(path, 16, lora_paths=ggufs)})
+            record(berth(path, "adapter-memory", *adapter_args))
+            record(berth(path, "prefix"))
 
-    with open(args.out, "w") as f:
-        f.write("# Engine against llama.cpp\n\n")
-        f.write(f"Written by `bench/engine_vs_llamacpp.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-                "2 threads each, same GGUF files, same run. Ratio = Berth / llama.cpp. Raw records: "
-                "`bench/engine-results.jsonl`.\n\n")
-        f.write("| model | prefill 512 (tok/s) | decode 128 after 512 (tok/s) | 4 streams (aggregate tok/s) | 16 streams (aggregate tok/s) |\n")
-        f.write("|---|---|---|---|---|\n")
-        cell = lambda b, l: f"{b:.1f} vs {l:.1f} (**{b / l:.2f}x**)"
-        for name, b1, l1, par in rows:
-            f.write(f"| {name} | {cell(b1['prefill_tok_s'], l1['prefill_tok_s'])} | {cell(b1['decode_tok_s'], l1['decode_tok_s'])} | "
-                    f"{cell(par[4][0]['aggregate_decode_tok_s'], par[4][1]['aggregate_decode_tok_s'])} | "
-                    f"{cell(par[16][0]['aggregate_decode_tok_s'], par[16][1]['aggregate_decode_tok_s'])} |\n")
-        for name, ba, la, mem, pre in extra:
-            f.write(f"\n## {name}: adapters and prefix cache\n\n")
-            f.write(f"- 16 streams over 8 LoRA adapters (rank 8, all seven projections), aggregate decode: "
-                    f"{cell(ba['aggregate_decode_tok_s'], la['aggregate_decode_tok_s'])}.\n")
-            f.write(f"- Time to first token, 1,500-token prompt of which 1,400 tokens were in an earlier request: "
-                    f"{pre['ttft_cached_s'] * 1000:.0f} ms with the prefix cache, {pre['ttft_uncached_s'] * 1000:.0f} ms "
-                    f"without (**{pre['ratio']:.3f}x**).\n")
-            f.write("- Resident memory each adapter added, against the bytes of its factors in memory (f32):\n\n")
-            f.write("| adapter | factors (bytes) | safetensors file (bytes) | RSS added (bytes) |\n|---|---|---|---|\n")
-            for a in mem["adapters"]:
-                f.write(f"| {os.path.basename(a['adapter'])} | {a['weights_bytes']} | {a['file_bytes']} | {a['rss_added_bytes']} |\n")
+    render(args.jsonl, args.out)
     print(f"wrote {args.out}")
 
 
