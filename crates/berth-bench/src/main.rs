@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod train;
+
 #[derive(Parser)]
 #[command(about = "Benchmarks of Berth's engine (see bench/README.md)")]
 struct Args {
@@ -35,6 +37,24 @@ struct Args {
     /// Repetitions; the best is reported (this machine is shared).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// train: the JSONL training file.
+    #[arg(long)]
+    train_file: Option<PathBuf>,
+    /// train: a JSONL validation file.
+    #[arg(long)]
+    validation_file: Option<PathBuf>,
+    /// train: held-out prompts, one a line, answered by the base model and by the adapter.
+    #[arg(long)]
+    heldout: Option<PathBuf>,
+    /// train: the text an answer must contain to show the trained behaviour.
+    #[arg(long, default_value = "arr")]
+    expect: String,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1.0)]
+    lr_multiplier: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -47,10 +67,30 @@ enum Scenario {
     Prefix,
     /// Resident memory added by each adapter.
     AdapterMemory,
+    /// LoRA fine-tuning throughput and peak memory, then held-out answers of base and adapter.
+    Train,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Scenario::Train = args.scenario {
+        let train_file = args.train_file.as_deref().context("--train-file is required")?;
+        let result = train::run_train(&train::TrainArgs {
+            model: &args.model,
+            train_file,
+            validation_file: args.validation_file.as_deref(),
+            heldout: args.heldout.as_deref(),
+            expect: &args.expect,
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            lr_multiplier: args.lr_multiplier,
+            work_dir: std::env::temp_dir().join(format!("berth-bench-train-{}", std::process::id())),
+        })?;
+        let mut out = json!({ "engine": "berth", "model": args.model.file_name().map(|n| n.to_string_lossy().into_owned()), "threads": rayon_threads() });
+        out.as_object_mut().expect("object").extend(result.as_object().expect("object").clone());
+        println!("{out}");
+        return Ok(());
+    }
     let t0 = Instant::now();
     let model = Arc::new(load_model(&args.model, None).with_context(|| format!("loading {}", args.model.display()))?);
     let load_s = t0.elapsed().as_secs_f64();
@@ -60,6 +100,7 @@ fn main() -> Result<()> {
         Scenario::Parallel => parallel(&model, &args)?,
         Scenario::Prefix => prefix(&model, &args)?,
         Scenario::AdapterMemory => adapter_memory(&model, &args)?,
+        Scenario::Train => unreachable!("handled above"),
     };
     let mut out = json!({ "engine": "berth", "model": name, "load_s": load_s, "threads": rayon_threads() });
     out.as_object_mut().expect("object").extend(result.as_object().expect("object").clone());

@@ -34,16 +34,38 @@ impl std::fmt::Debug for Model {
 /// `tokenizer.json`). `text_fallback` provides the tokenizer when a full-weights directory has none
 /// (a fine-tune exported without its tokenizer).
 pub fn load_model(path: &Path, text_fallback: Option<Arc<TextModel>>) -> Result<Model> {
+    let (config, weights, text) = read_model(path, text_fallback)?;
+    finish(config, weights, text, path)
+}
+
+/// A model's weights as plain f32 tensors under Hugging Face's names and row order (quantised matrices
+/// dequantised, llama.cpp's Q/K permutation undone), with its configuration and text side: what a
+/// trainer needs, where the engine keeps quantised blocks instead.
+pub struct DenseWeights {
+    pub config: ModelConfig,
+    pub tensors: std::collections::HashMap<String, candle_core::Tensor>,
+    pub text: Arc<TextModel>,
+}
+
+/// Reads a model (GGUF file or Hugging Face directory) into [`DenseWeights`].
+pub fn load_dense_weights(path: &Path) -> Result<DenseWeights> {
+    let (config, weights, text) = read_model(path, None)?;
+    config.validate()?;
+    let tensors = weights.into_iter().map(|(name, w)| Ok((name, w.into_dense()?))).collect::<Result<_>>()?;
+    Ok(DenseWeights { config, tensors, text })
+}
+
+fn read_model(path: &Path, text_fallback: Option<Arc<TextModel>>) -> Result<(ModelConfig, TensorMap, Arc<TextModel>)> {
     if path.is_dir() {
-        load_hf_dir(path, text_fallback)
+        read_hf_dir(path, text_fallback)
     } else if path.is_file() {
-        load_gguf(path)
+        read_gguf(path)
     } else {
         Err(io_err(path, "no such file or directory"))
     }
 }
 
-fn load_gguf(path: &Path) -> Result<Model> {
+fn read_gguf(path: &Path) -> Result<(ModelConfig, TensorMap, Arc<TextModel>)> {
     let (content, mut file) = read_gguf_content(path)?;
     let arch_name = gguf_str(&content, "general.architecture")?;
     let spec = spec_for(&arch_name)
@@ -63,10 +85,10 @@ fn load_gguf(path: &Path) -> Result<Model> {
         }
     }
     let text = Arc::new(TextModel::from_gguf(&content)?);
-    finish(config, weights, text, path)
+    Ok((config, weights, text))
 }
 
-fn load_hf_dir(dir: &Path, text_fallback: Option<Arc<TextModel>>) -> Result<Model> {
+fn read_hf_dir(dir: &Path, text_fallback: Option<Arc<TextModel>>) -> Result<(ModelConfig, TensorMap, Arc<TextModel>)> {
     let cfg_path = dir.join("config.json");
     let raw = std::fs::read_to_string(&cfg_path).map_err(|e| io_err(&cfg_path, e))?;
     let json: Json = serde_json::from_str(&raw).map_err(|e| EngineError::Malformed(format!("{}: {e}", cfg_path.display())))?;
@@ -77,7 +99,7 @@ fn load_hf_dir(dir: &Path, text_fallback: Option<Arc<TextModel>>) -> Result<Mode
     } else {
         text_fallback.ok_or_else(|| io_err(&dir.join("tokenizer.json"), "not found"))?
     };
-    finish(config, weights, text, dir)
+    Ok((config, weights, text))
 }
 
 fn finish(config: ModelConfig, weights: TensorMap, text: Arc<TextModel>, source: &Path) -> Result<Model> {

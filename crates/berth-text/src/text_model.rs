@@ -125,6 +125,12 @@ impl TextModel {
         self.template.as_ref().ok_or(TextError::NoChatTemplate)?.render(messages, true)
     }
 
+    /// Renders a conversation as it is, optionally opening the assistant's turn after it: a trainer
+    /// renders growing prefixes of one conversation to find where each assistant turn starts and ends.
+    pub fn render_conversation(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TextError> {
+        self.template.as_ref().ok_or(TextError::NoChatTemplate)?.render(messages, add_generation_prompt)
+    }
+
     /// Ids that end generation (EOS, end of turn).
     pub fn end_of_generation(&self) -> &[u32] {
         &self.end_of_generation

@@ -1,0 +1,26 @@
+//! Berth's trainer: LoRA supervised fine-tuning of the engine's decoders on a CPU.
+//!
+//! Principal types:
+//! - [`Example`] / [`parse_jsonl`]: chat examples read from a JSONL training file, each problem
+//!   reported with its line; [`tokenize`] renders them with the model's chat template and marks the
+//!   assistant tokens the loss is taken on.
+//! - [`LoraModel`]: the decoder in candle's differentiable operations, base weights frozen, LoRA
+//!   factors the only variables.
+//! - [`train`]: the loop (gradient accumulation, AdamW, per-epoch checkpoints it can resume from),
+//!   reporting to an [`Observer`] that may also cancel it. Adapters are written in PEFT's format.
+//!
+//! Like the engine, the trainer knows nothing of HTTP, SQL or tenants.
+
+mod dataset;
+mod error;
+mod lora_model;
+mod optimizer;
+mod peft;
+mod trainer;
+
+pub use dataset::{parse_jsonl, tokenize, Example, FileProblems, LineProblem, TokenizedExample, MAX_EXAMPLE_CHARS};
+pub use error::{Result, TrainError};
+pub use lora_model::{LoraModel, LoraSettings, SequenceLoss, TARGETS};
+pub use optimizer::{AdamW, AdamWConfig};
+pub use peft::{write_adapter, CONFIG_FILE, WEIGHTS_FILE};
+pub use trainer::{learning_rate, train, Checkpoint, Hyperparameters, Observer, StepMetrics, TrainEvent, TrainOutcome, TrainSpec};

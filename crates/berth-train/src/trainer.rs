@@ -1,0 +1,326 @@
+//! The training loop: epochs over shuffled examples, gradient accumulation over a batch (one
+//! sequence per backward pass), AdamW with warm-up and linear decay, gradient clipping, per-step
+//! metrics, and a checkpoint at the end of every epoch from which an interrupted run resumes.
+
+use crate::dataset::{tokenize, Example, TokenizedExample};
+use crate::error::{io_err, Result};
+use crate::lora_model::{LoraModel, LoraSettings};
+use crate::optimizer::{AdamW, AdamWConfig};
+use crate::peft::write_adapter;
+use crate::TrainError;
+use berth_engine::load_dense_weights;
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a run is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hyperparameters {
+    pub n_epochs: usize,
+    /// Examples per optimiser step; their gradients are accumulated one sequence at a time.
+    pub batch_size: usize,
+    /// Peak learning rate (after warm-up).
+    pub learning_rate: f64,
+    pub seed: u64,
+    pub lora: LoraSettings,
+    /// Longest example, in tokens.
+    pub max_tokens: usize,
+    /// Clip the global gradient norm to this.
+    pub max_grad_norm: f64,
+}
+
+impl Hyperparameters {
+    /// The learning rate a multiplier of 1 means: LoRA factors move fast at this scale without
+    /// diverging on the small models Berth trains on a CPU.
+    pub const BASE_LEARNING_RATE: f64 = 1e-3;
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Hyperparameters(m));
+        if !(1..=50).contains(&self.n_epochs) {
+            return bad(format!("n_epochs must be between 1 and 50, not {}", self.n_epochs));
+        }
+        if !(1..=256).contains(&self.batch_size) {
+            return bad(format!("batch_size must be between 1 and 256, not {}", self.batch_size));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate < 1.0) {
+            return bad(format!("the learning rate {} is out of range", self.learning_rate));
+        }
+        Ok(())
+    }
+}
+
+/// One training run.
+#[derive(Debug, Clone)]
+pub struct TrainSpec {
+    /// The base model (GGUF file or Hugging Face directory).
+    pub base: PathBuf,
+    /// The name written into `adapter_config.json` as `base_model_name_or_path`.
+    pub base_name: String,
+    pub train: Vec<Example>,
+    pub validation: Vec<Example>,
+    pub hyper: Hyperparameters,
+    /// Where checkpoints (`epoch-<n>/`) and the resume state go.
+    pub work_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    pub train_loss: f32,
+    pub train_mean_token_accuracy: f32,
+    pub valid_loss: Option<f32>,
+    pub valid_mean_token_accuracy: Option<f32>,
+    pub learning_rate: f64,
+    /// Tokens passed forward and backward so far in this process.
+    pub tokens: usize,
+    pub elapsed_seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub epoch: usize,
+    pub step: usize,
+    /// Holds a PEFT adapter (`adapter_config.json`, `adapter_model.safetensors`).
+    pub dir: PathBuf,
+    /// Mean training loss over the epoch's targeted tokens.
+    pub train_loss: f32,
+    pub train_mean_token_accuracy: f32,
+    pub full_valid_loss: Option<f32>,
+    pub full_valid_mean_token_accuracy: Option<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainEvent {
+    /// Data tokenised and model built; `resumed_after_epoch` is set when earlier epochs were restored.
+    Prepared { examples: usize, train_tokens: usize, total_steps: usize, resumed_after_epoch: Option<usize> },
+    Step(StepMetrics),
+    Checkpoint(Checkpoint),
+}
+
+/// Receives progress, and may stop the run.
+pub trait Observer {
+    fn event(&mut self, event: TrainEvent) -> Result<()>;
+    fn should_stop(&self) -> bool;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutcome {
+    /// The last epoch's checkpoint.
+    pub adapter_dir: PathBuf,
+    pub steps: usize,
+    pub tokens: usize,
+    pub seconds: f64,
+}
+
+impl TrainOutcome {
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.seconds.max(1e-9)
+    }
+}
+
+const STATE_FILE: &str = "trainer_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// Runs (or resumes) training.
+pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutcome> {
+    let h = &spec.hyper;
+    h.validate()?;
+    let weights = load_dense_weights(&spec.base)?;
+    let tokenized = |set: &[Example]| -> Result<Vec<TokenizedExample>> { set.iter().map(|e| tokenize(e, &weights.text, h.max_tokens)).collect() };
+    let train_set = tokenized(&spec.train)?;
+    let valid_set = tokenized(&spec.validation)?;
+    if train_set.is_empty() {
+        return Err(TrainError::Data("the training file has no examples".into()));
+    }
+    let model = LoraModel::new(&weights, h.lora.clone(), h.seed)?;
+    drop(weights.tensors);
+    let named = model.named_vars();
+    let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
+    let vars: Vec<_> = named.iter().map(|(_, v)| *v).collect();
+    let mut opt = AdamW::new(AdamWConfig::default(), &vars)?;
+
+    let steps_per_epoch = train_set.len().div_ceil(h.batch_size);
+    let total_steps = steps_per_epoch * h.n_epochs;
+    std::fs::create_dir_all(&spec.work_dir).map_err(|e| io_err(&spec.work_dir, e))?;
+    let resumed = latest_epoch(&spec.work_dir);
+    if let Some(epoch) = resumed {
+        let dir = epoch_dir(&spec.work_dir, epoch);
+        let load = |f: &str| candle_core::safetensors::load(dir.join(f), &Device::Cpu).map_err(|e| io_err(&dir.join(f), e));
+        model.load_vars(&load(crate::peft::WEIGHTS_FILE)?)?;
+        opt.restore(&names, &load(OPTIMIZER_FILE)?, epoch * steps_per_epoch)?;
+    }
+    observer.event(TrainEvent::Prepared {
+        examples: train_set.len(),
+        train_tokens: train_set.iter().map(|e| e.tokens.len()).sum(),
+        total_steps,
+        resumed_after_epoch: resumed,
+    })?;
+
+    let started = Instant::now();
+    let mut tokens = 0usize;
+    let mut valid_cursor = 0usize;
+    let eval_every = (total_steps / 20).max(1);
+    let first_epoch = resumed.map_or(1, |e| e + 1);
+    for epoch in first_epoch..=h.n_epochs {
+        let mut order: Vec<usize> = (0..train_set.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(h.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let (mut epoch_loss, mut epoch_targets, mut epoch_correct) = (0f64, 0usize, 0usize);
+        for batch in order.chunks(h.batch_size) {
+            let step = opt.steps() + 1;
+            let batch_targets: usize = batch.iter().map(|&i| train_set[i].target_count()).sum::<usize>().max(1);
+            let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+            let (mut loss_sum, mut correct) = (0f64, 0usize);
+            for &i in batch {
+                if observer.should_stop() {
+                    return Err(TrainError::Cancelled);
+                }
+                let ex = &train_set[i];
+                let out = model.sequence_loss(&ex.tokens, &ex.targets)?;
+                tokens += ex.tokens.len();
+                if out.targets == 0 {
+                    continue;
+                }
+                loss_sum += out.loss_sum.to_scalar::<f32>()? as f64;
+                correct += out.correct;
+                let store = (out.loss_sum / batch_targets as f64)?.backward()?;
+                for (slot, var) in grads.iter_mut().zip(&vars) {
+                    if let Some(g) = store.get(var.as_tensor()) {
+                        *slot = Some(match slot.take() {
+                            Some(acc) => (acc + g)?,
+                            None => g.clone(),
+                        });
+                    }
+                }
+            }
+            let train_loss = (loss_sum / batch_targets as f64) as f32;
+            if !train_loss.is_finite() {
+                return Err(TrainError::Diverged { step, loss: train_loss });
+            }
+            let grads: Vec<Tensor> =
+                grads.into_iter().zip(&vars).map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok)).collect::<candle_core::Result<_>>()?;
+            let grads = clip(grads, h.max_grad_norm)?;
+            let lr = learning_rate(h.learning_rate, step, total_steps);
+            opt.step(&vars, &grads, lr)?;
+            epoch_loss += loss_sum;
+            epoch_targets += batch_targets;
+            epoch_correct += correct;
+
+            let (valid_loss, valid_acc) = if !valid_set.is_empty() && (step % eval_every == 0 || step == total_steps) {
+                let picked: Vec<&TokenizedExample> =
+                    (0..h.batch_size.min(valid_set.len())).map(|k| &valid_set[(valid_cursor + k) % valid_set.len()]).collect();
+                valid_cursor = (valid_cursor + picked.len()) % valid_set.len();
+                let (l, a) = evaluate(&model, picked)?;
+                (Some(l), Some(a))
+            } else {
+                (None, None)
+            };
+            observer.event(TrainEvent::Step(StepMetrics {
+                step,
+                total_steps,
+                epoch,
+                train_loss,
+                train_mean_token_accuracy: correct as f32 / batch_targets as f32,
+                valid_loss,
+                valid_mean_token_accuracy: valid_acc,
+                learning_rate: lr,
+                tokens,
+                elapsed_seconds: started.elapsed().as_secs_f64(),
+            }))?;
+        }
+        let (full_valid_loss, full_valid_acc) = if valid_set.is_empty() {
+            (None, None)
+        } else {
+            let (l, a) = evaluate(&model, valid_set.iter().collect())?;
+            (Some(l), Some(a))
+        };
+        let dir = save_epoch(spec, &model, &opt, &names, epoch)?;
+        observer.event(TrainEvent::Checkpoint(Checkpoint {
+            epoch,
+            step: opt.steps(),
+            dir,
+            train_loss: (epoch_loss / epoch_targets.max(1) as f64) as f32,
+            train_mean_token_accuracy: epoch_correct as f32 / epoch_targets.max(1) as f32,
+            full_valid_loss,
+            full_valid_mean_token_accuracy: full_valid_acc,
+        }))?;
+    }
+    Ok(TrainOutcome {
+        adapter_dir: epoch_dir(&spec.work_dir, h.n_epochs),
+        steps: opt.steps(),
+        tokens,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Mean loss and token accuracy over examples, without gradients.
+fn evaluate(model: &LoraModel, examples: Vec<&TokenizedExample>) -> Result<(f32, f32)> {
+    let (mut loss, mut targets, mut correct) = (0f64, 0usize, 0usize);
+    for ex in examples {
+        let out = model.sequence_loss(&ex.tokens, &ex.targets)?;
+        loss += out.loss_sum.detach().to_scalar::<f32>()? as f64;
+        targets += out.targets;
+        correct += out.correct;
+    }
+    Ok(((loss / targets.max(1) as f64) as f32, correct as f32 / targets.max(1) as f32))
+}
+
+/// Linear warm-up over the first tenth of the run, then linear decay to a tenth of the peak.
+pub fn learning_rate(peak: f64, step: usize, total: usize) -> f64 {
+    let warmup = (total / 10).max(1);
+    if step <= warmup {
+        return peak * step as f64 / warmup as f64;
+    }
+    let rest = (total - warmup).max(1) as f64;
+    let done = (step - warmup) as f64 / rest;
+    peak * (1.0 - 0.9 * done.min(1.0))
+}
+
+fn clip(grads: Vec<Tensor>, max_norm: f64) -> Result<Vec<Tensor>> {
+    let mut sq = 0f64;
+    for g in &grads {
+        sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    }
+    let norm = sq.sqrt();
+    if !norm.is_finite() || norm <= max_norm {
+        return Ok(grads);
+    }
+    let factor = max_norm / norm;
+    Ok(grads.into_iter().map(|g| g * factor).collect::<candle_core::Result<_>>()?)
+}
+
+fn epoch_dir(work: &Path, epoch: usize) -> PathBuf {
+    work.join(format!("epoch-{epoch}"))
+}
+
+/// The last epoch whose checkpoint was written completely.
+fn latest_epoch(work: &Path) -> Option<usize> {
+    std::fs::read_dir(work)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("epoch-")?.parse::<usize>().ok())
+        .filter(|n| epoch_dir(work, *n).join(STATE_FILE).exists())
+        .max()
+}
+
+/// Writes the adapter, the optimiser's moments and the step into `epoch-<n>/`, through a temporary
+/// directory renamed at the end, so that a crash never leaves a half-written checkpoint behind.
+fn save_epoch(spec: &TrainSpec, model: &LoraModel, opt: &AdamW, names: &[String], epoch: usize) -> Result<PathBuf> {
+    let dir = epoch_dir(&spec.work_dir, epoch);
+    let tmp = spec.work_dir.join(format!("epoch-{epoch}.partial"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+    write_adapter(model, &spec.base_name, &tmp)?;
+    let state: HashMap<String, Tensor> = opt.state(names);
+    candle_core::safetensors::save(&state, tmp.join(OPTIMIZER_FILE)).map_err(|e| io_err(&tmp.join(OPTIMIZER_FILE), e))?;
+    let info = serde_json::json!({ "epoch": epoch, "step": opt.steps() });
+    std::fs::write(tmp.join(STATE_FILE), info.to_string()).map_err(|e| io_err(&tmp.join(STATE_FILE), e))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(|e| io_err(&dir, e))?;
+    Ok(dir)
+}
