@@ -46,6 +46,17 @@ pub enum Command {
     },
     /// Chat with a deployment; the answer streams to the terminal.
     Chat(ChatArgs),
+    /// Files for fine-tuning: upload, list, show, delete.
+    File {
+        #[command(subcommand)]
+        command: FileCommand,
+    },
+    /// Fine-tuning jobs.
+    #[command(name = "fine-tuning")]
+    FineTuning {
+        #[command(subcommand)]
+        command: FineTuningCommand,
+    },
     /// Developer tools.
     #[command(hide = true)]
     Debug {
@@ -81,6 +92,9 @@ pub struct ServeArgs {
     /// Do not keep computed prompt prefixes for reuse.
     #[arg(long, env = "BERTH_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,
+    /// Fine-tuning jobs that run at once; the others wait in the queue.
+    #[arg(long, default_value_t = 1, env = "BERTH_FINE_TUNING_SLOTS")]
+    pub fine_tuning_slots: usize,
 }
 
 /// `-g/--resource-group` and `-n/--name`, as in `az cognitiveservices`; default: the bootstrap account.
@@ -214,4 +228,116 @@ pub enum DebugCommand {
         #[arg(long)]
         text: Option<String>,
     },
+}
+
+/// The account of a data-plane call: `-n/--name` [default: the bootstrap account].
+#[derive(Debug, Args, Clone)]
+pub struct DataAccount {
+    #[arg(short = 'n', long = "name")]
+    pub account: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FileCommand {
+    /// Upload a JSONL file of chat examples (checked line by line by the server).
+    Upload {
+        path: PathBuf,
+        #[arg(long, default_value = "fine-tune")]
+        purpose: String,
+        #[command(flatten)]
+        account: DataAccount,
+    },
+    List(DataAccount),
+    Show {
+        id: String,
+        #[command(flatten)]
+        account: DataAccount,
+    },
+    /// Print a file's content (training data, or a job's results.csv).
+    Content {
+        id: String,
+        #[command(flatten)]
+        account: DataAccount,
+    },
+    Delete {
+        id: String,
+        #[command(flatten)]
+        account: DataAccount,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FineTuningCommand {
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Start a job; with --wait, follow it with a progress bar until it ends.
+    Create(JobCreate),
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        account: DataAccount,
+    },
+    Show {
+        id: String,
+        #[command(flatten)]
+        account: DataAccount,
+    },
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        account: DataAccount,
+    },
+    /// The job's events, oldest first.
+    Events {
+        id: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        account: DataAccount,
+    },
+    Checkpoints {
+        id: String,
+        #[command(flatten)]
+        account: DataAccount,
+    },
+    /// Follow a job with a progress bar until it ends.
+    Wait {
+        id: String,
+        #[command(flatten)]
+        account: DataAccount,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JobCreate {
+    /// The base model to fine-tune.
+    #[arg(long)]
+    pub model: String,
+    /// A file id (`file-...`), or a local JSONL path to upload first.
+    #[arg(long)]
+    pub training_file: String,
+    #[arg(long)]
+    pub validation_file: Option<String>,
+    #[arg(long)]
+    pub n_epochs: Option<i64>,
+    #[arg(long)]
+    pub batch_size: Option<i64>,
+    #[arg(long)]
+    pub learning_rate_multiplier: Option<f64>,
+    #[arg(long)]
+    pub suffix: Option<String>,
+    #[arg(long)]
+    pub seed: Option<i64>,
+    /// Follow the job until it ends.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub account: DataAccount,
 }

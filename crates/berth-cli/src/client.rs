@@ -84,6 +84,43 @@ impl Client {
         Ok((status, body, async_op))
     }
 
+    /// Text of a GET (file contents).
+    pub fn get_text(&self, path: &str) -> Result<String> {
+        let resp = self.agent.get(&self.url(path)).header("Authorization", &self.auth()?).call();
+        let mut resp = resp.with_context(|| format!("cannot reach Berth at {}", self.endpoint))?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        if status >= 400 {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let msg = v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| v.to_string());
+            bail!("GET {path} failed: HTTP {status}: {msg}");
+        }
+        Ok(text)
+    }
+
+    /// POSTs `multipart/form-data` with text fields and one file.
+    pub fn upload(&self, path: &str, fields: &[(&str, &str)], file_name: &str, bytes: &[u8]) -> Result<Value> {
+        let boundary = format!("berth-{}", berth_control::new_hex_id());
+        let mut body = Vec::with_capacity(bytes.len() + 512);
+        for (name, value) in fields {
+            body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());
+        }
+        let safe_name = file_name.replace(['"', '\r', '\n'], "_");
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{safe_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let resp = self
+            .agent
+            .post(&self.url(path))
+            .header("Authorization", &self.auth()?)
+            .header("Content-Type", &format!("multipart/form-data; boundary={boundary}"))
+            .send(&body[..]);
+        Ok(self.finish(&format!("POST {path}"), resp)?.1)
+    }
+
     /// Streams a POST's body (server-sent events) line by line.
     pub fn stream(&self, path: &str, body: &Value) -> Result<impl std::io::BufRead> {
         let resp = self.agent.post(&self.url(path)).header("Authorization", &self.auth()?).send_json(body);

@@ -21,6 +21,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Model { command } => model(&client(), command),
         Command::Deployment { command } => deployment(&client(), command),
         Command::Chat(args) => chat(&client(), args),
+        Command::File { command } => crate::fine_tuning::file(&client(), command),
+        Command::FineTuning { command } => crate::fine_tuning::fine_tuning(&client(), command),
     }
 }
 

@@ -5,6 +5,7 @@ mod args;
 mod client;
 mod commands;
 mod debug;
+mod fine_tuning;
 mod serve;
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             prefix_cache: !args.no_prefix_cache,
             adapter_cache_bytes: args.adapter_cache_mib << 20,
         };
+        config.fine_tuning_slots = args.fine_tuning_slots.max(1);
         let control = tokio::task::spawn_blocking(move || Control::open(config)).await??;
         tracing::info!(data_dir = %data_dir.display(), endpoint = %public_url, "berth is listening; loading deployments");
         let restoring = {

@@ -14,10 +14,12 @@ pub struct ControlConfig {
     pub token_ttl_seconds: i64,
     /// Batch, queue and KV-cache sizes of every engine (one per loaded base model).
     pub engine: EngineOptions,
+    /// Fine-tuning jobs that run at once on this machine.
+    pub fine_tuning_slots: usize,
 }
 
 impl ControlConfig {
     pub fn new(data_dir: PathBuf, public_url: String) -> Self {
-        ControlConfig { data_dir, public_url, location: "local".into(), token_ttl_seconds: 3600, engine: EngineOptions::default() }
+        ControlConfig { data_dir, public_url, location: "local".into(), token_ttl_seconds: 3600, engine: EngineOptions::default(), fine_tuning_slots: 1 }
     }
 }

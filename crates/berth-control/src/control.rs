@@ -1,5 +1,6 @@
 use crate::bootstrap::{ensure_bootstrapped, Credentials};
 use crate::error::Result;
+use crate::fine_tuning::FineTuningState;
 use crate::host::ModelHost;
 use crate::{ControlConfig, ControlError, Principal};
 use berth_store::{AccountKey, AccountRow, Store, SubscriptionRow};
@@ -17,6 +18,7 @@ pub struct Control {
     /// Background work (provisioning); joined on shutdown.
     tasks: Mutex<JoinSet<()>>,
     ready: AtomicBool,
+    pub(crate) fine_tuning: FineTuningState,
 }
 
 impl std::fmt::Debug for Control {
@@ -34,7 +36,7 @@ impl Control {
         let store = Store::open(&config.data_dir.join("berth.db"))?;
         let credentials = ensure_bootstrapped(&store, &config)?;
         let host = Arc::new(ModelHost::new(config.engine.clone()));
-        Ok(Arc::new(Control { store, host, config, credentials, tasks: Mutex::new(JoinSet::new()), ready: AtomicBool::new(false) }))
+        Ok(Arc::new(Control { store, host, config, credentials, tasks: Mutex::new(JoinSet::new()), ready: AtomicBool::new(false), fine_tuning: FineTuningState::default() }))
     }
 
     pub fn credentials(&self) -> &Credentials {
@@ -70,6 +72,7 @@ impl Control {
         for p in pending {
             let _ = p.await;
         }
+        self.start_fine_tuning()?;
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -80,8 +83,10 @@ impl Control {
         tasks.spawn(task);
     }
 
-    /// Waits for background work, then unloads every engine.
+    /// Stops fine-tuning (a running job resumes at the next start), waits for background work, then
+    /// unloads every engine.
     pub async fn shutdown(&self) {
+        self.fine_tuning.stop();
         let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         while tasks.join_next().await.is_some() {}
         let host = self.host.clone();

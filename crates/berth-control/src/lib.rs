@@ -17,6 +17,8 @@ mod config;
 mod control;
 mod deployments;
 mod error;
+mod files;
+mod fine_tuning;
 mod host;
 mod ids;
 mod models;
@@ -29,12 +31,17 @@ pub use config::ControlConfig;
 pub use control::Control;
 pub use deployments::{DeploymentPutInput, PutOutcome};
 pub use error::ControlError;
+pub use files::MAX_FILE_BYTES;
+pub use fine_tuning::JobCreateInput;
 pub use host::{DeploymentKey, ModelHost, Route};
 pub use ids::new_hex_id;
 pub use models::{AccountModelInfo, ModelSource};
 pub use sku::{canonical_sku, SKUS};
 /// Rows the control plane hands out, re-exported so that callers need not depend on the store.
-pub use berth_store::{AccountKey, AccountRow, BaseModelRow, DeploymentRow, ModelRow, OperationRow};
+pub use berth_store::{
+    AccountKey, AccountRow, BaseModelRow, DeploymentRow, FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow,
+    FineTuningMetricRow, ModelRow, OperationRow,
+};
 
 #[cfg(test)]
 mod tests;

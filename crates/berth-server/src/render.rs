@@ -142,3 +142,73 @@ pub fn account_model(m: &AccountModelInfo) -> AccountModel {
         lifecycle_status: "generally-available".into(),
     }
 }
+
+pub fn file(f: &berth_control::FileRow) -> berth_api::fine_tuning::FileObject {
+    berth_api::fine_tuning::FileObject {
+        id: f.id.clone(),
+        object: "file".into(),
+        bytes: f.bytes,
+        created_at: f.created_at,
+        filename: f.filename.clone(),
+        purpose: f.purpose.clone(),
+        status: f.status.clone(),
+        status_details: None,
+    }
+}
+
+pub fn job(j: &berth_control::FineTuningJobRow) -> berth_api::fine_tuning::Job {
+    let hyperparameters = berth_api::fine_tuning::Hyperparameters {
+        n_epochs: j.n_epochs,
+        batch_size: j.batch_size,
+        learning_rate_multiplier: j.learning_rate_multiplier,
+    };
+    berth_api::fine_tuning::Job {
+        id: j.id.clone(),
+        object: "fine_tuning.job".into(),
+        model: j.model.clone(),
+        created_at: j.created_at,
+        finished_at: j.finished_at,
+        fine_tuned_model: j.fine_tuned_model.clone(),
+        organization_id: j.account.subscription_id.clone(),
+        result_files: j.result_files.clone(),
+        status: j.status.clone(),
+        training_file: j.training_file.clone(),
+        validation_file: j.validation_file.clone(),
+        method: serde_json::json!({ "type": "supervised", "supervised": { "hyperparameters": hyperparameters } }),
+        hyperparameters,
+        trained_tokens: j.trained_tokens,
+        error: j.error_code.as_ref().map(|code| berth_api::fine_tuning::JobError {
+            code: code.clone(),
+            message: j.error_message.clone().unwrap_or_default(),
+            param: j.error_param.clone(),
+        }),
+        seed: j.seed,
+        suffix: j.suffix.clone(),
+        estimated_finish: j.estimated_finish,
+        integrations: None,
+    }
+}
+
+pub fn job_event(e: &berth_control::FineTuningEventRow) -> berth_api::fine_tuning::JobEvent {
+    berth_api::fine_tuning::JobEvent {
+        id: e.id.clone(),
+        object: "fine_tuning.job.event".into(),
+        created_at: e.created_at,
+        level: e.level.clone(),
+        message: e.message.clone(),
+        kind: e.kind.clone(),
+        data: e.data.as_deref().and_then(|d| serde_json::from_str(d).ok()),
+    }
+}
+
+pub fn checkpoint(c: &berth_control::FineTuningCheckpointRow) -> berth_api::fine_tuning::JobCheckpoint {
+    berth_api::fine_tuning::JobCheckpoint {
+        id: c.id.clone(),
+        object: "fine_tuning.job.checkpoint".into(),
+        created_at: c.created_at,
+        fine_tuned_model_checkpoint: c.fine_tuned_model_checkpoint.clone(),
+        step_number: c.step_number,
+        metrics: serde_json::from_str(&c.metrics).unwrap_or_default(),
+        fine_tuning_job_id: c.job_id.clone(),
+    }
+}

@@ -1,10 +1,11 @@
 //! Every route of the server, in one place.
 
-use crate::controllers::{accounts, admin, chat_completions, completions, deployments, health, models, operations};
+use crate::controllers::{accounts, admin, chat_completions, completions, deployments, files, fine_tuning, health, models, operations};
 use crate::headers::common_headers;
 use crate::{AppState, ArmApiError, OpenAiApiError};
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::Router;
 
@@ -40,7 +41,18 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{prefix}/openai/deployments/{{deployment}}/chat/completions"), post(chat_completions::chat_completions))
             .route(&format!("{prefix}/openai/deployments/{{deployment}}/completions"), post(completions::completions))
             .route(&format!("{prefix}/openai/models"), get(models::list_models))
-            .route(&format!("{prefix}/openai/models/{{model}}"), get(models::get_model));
+            .route(&format!("{prefix}/openai/models/{{model}}"), get(models::get_model))
+            .route(
+                &format!("{prefix}/openai/files"),
+                post(files::upload_file).layer(DefaultBodyLimit::max(berth_control::MAX_FILE_BYTES + (1 << 20))).get(files::list_files),
+            )
+            .route(&format!("{prefix}/openai/files/{{file}}"), get(files::get_file).delete(files::delete_file))
+            .route(&format!("{prefix}/openai/files/{{file}}/content"), get(files::file_content))
+            .route(&format!("{prefix}/openai/fine_tuning/jobs"), post(fine_tuning::create_job).get(fine_tuning::list_jobs))
+            .route(&format!("{prefix}/openai/fine_tuning/jobs/{{job}}"), get(fine_tuning::get_job))
+            .route(&format!("{prefix}/openai/fine_tuning/jobs/{{job}}/cancel"), post(fine_tuning::cancel_job))
+            .route(&format!("{prefix}/openai/fine_tuning/jobs/{{job}}/events"), get(fine_tuning::list_events))
+            .route(&format!("{prefix}/openai/fine_tuning/jobs/{{job}}/checkpoints"), get(fine_tuning::list_checkpoints));
     }
     r.fallback(not_found)
         .layer(axum::middleware::from_fn(move |req, next| common_headers(region.clone(), req, next)))

@@ -5,11 +5,13 @@
 //! This crate knows nothing of HTTP, models or the engine.
 
 mod error;
+mod fine_tuning;
 mod migrations;
 pub mod rows;
 mod store;
 
 pub use error::StoreError;
+pub use fine_tuning::JobEnd;
 pub use rows::*;
 pub use store::Store;
 

@@ -95,4 +95,75 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         error_message TEXT
     );
     "#,
+    // 2: files and fine-tuning jobs (issue 4). Times are unix seconds, as the OpenAI API shows them.
+    r#"
+    CREATE TABLE files (
+        id TEXT PRIMARY KEY,
+        subscription_id TEXT NOT NULL,
+        resource_group TEXT NOT NULL COLLATE NOCASE,
+        account TEXT NOT NULL COLLATE NOCASE,
+        filename TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        examples INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE fine_tuning_jobs (
+        id TEXT PRIMARY KEY,
+        subscription_id TEXT NOT NULL,
+        resource_group TEXT NOT NULL COLLATE NOCASE,
+        account TEXT NOT NULL COLLATE NOCASE,
+        model TEXT NOT NULL,
+        training_file TEXT NOT NULL,
+        validation_file TEXT,
+        n_epochs INTEGER NOT NULL,
+        batch_size INTEGER NOT NULL,
+        learning_rate_multiplier REAL NOT NULL,
+        suffix TEXT,
+        seed INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        fine_tuned_model TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        error_param TEXT,
+        trained_tokens INTEGER,
+        result_files TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        estimated_finish INTEGER
+    );
+    CREATE TABLE fine_tuning_events (
+        job_id TEXT NOT NULL REFERENCES fine_tuning_jobs(id),
+        seq INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        type TEXT NOT NULL,
+        data TEXT,
+        PRIMARY KEY (job_id, seq)
+    );
+    CREATE TABLE fine_tuning_checkpoints (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES fine_tuning_jobs(id),
+        created_at INTEGER NOT NULL,
+        step_number INTEGER NOT NULL,
+        epoch INTEGER NOT NULL,
+        metrics TEXT NOT NULL,
+        fine_tuned_model_checkpoint TEXT NOT NULL
+    );
+    CREATE TABLE fine_tuning_metrics (
+        job_id TEXT NOT NULL REFERENCES fine_tuning_jobs(id),
+        step INTEGER NOT NULL,
+        train_loss REAL NOT NULL,
+        train_mean_token_accuracy REAL NOT NULL,
+        valid_loss REAL,
+        valid_mean_token_accuracy REAL,
+        full_valid_loss REAL,
+        full_valid_mean_token_accuracy REAL,
+        PRIMARY KEY (job_id, step)
+    );
+    "#,
 ];

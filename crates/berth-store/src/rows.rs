@@ -110,3 +110,85 @@ pub struct OperationRow {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
 }
+
+/// An uploaded file. Times are unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRow {
+    pub id: String,
+    pub account: AccountKey,
+    pub filename: String,
+    /// `fine-tune` (uploaded) or `fine-tune-results` (written by a job).
+    pub purpose: String,
+    pub bytes: i64,
+    /// Chat examples in the file (0 for results).
+    pub examples: i64,
+    pub path: String,
+    pub status: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FineTuningJobRow {
+    pub id: String,
+    pub account: AccountKey,
+    /// The base model.
+    pub model: String,
+    pub training_file: String,
+    pub validation_file: Option<String>,
+    pub n_epochs: i64,
+    pub batch_size: i64,
+    pub learning_rate_multiplier: f64,
+    pub suffix: Option<String>,
+    pub seed: i64,
+    /// `pending`, `running`, `succeeded`, `failed`, `cancelled`.
+    pub status: String,
+    pub fine_tuned_model: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub error_param: Option<String>,
+    pub trained_tokens: Option<i64>,
+    pub result_files: Vec<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub estimated_finish: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FineTuningEventRow {
+    pub job_id: String,
+    pub seq: i64,
+    pub id: String,
+    pub created_at: i64,
+    pub level: String,
+    pub message: String,
+    /// `message` or `metrics`.
+    pub kind: String,
+    /// JSON, for `metrics` events.
+    pub data: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FineTuningCheckpointRow {
+    /// `ftchkpt-<32 hex>`, also the id of the deployable model.
+    pub id: String,
+    pub job_id: String,
+    pub created_at: i64,
+    pub step_number: i64,
+    pub epoch: i64,
+    /// JSON object of metrics.
+    pub metrics: String,
+    pub fine_tuned_model_checkpoint: String,
+}
+
+/// One optimiser step's metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FineTuningMetricRow {
+    pub job_id: String,
+    pub step: i64,
+    pub train_loss: f64,
+    pub train_mean_token_accuracy: f64,
+    pub valid_loss: Option<f64>,
+    pub valid_mean_token_accuracy: Option<f64>,
+    pub full_valid_loss: Option<f64>,
+    pub full_valid_mean_token_accuracy: Option<f64>,
+}

@@ -48,7 +48,7 @@ impl Store {
         Ok(Store { conn: Mutex::new(conn) })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent: keep going.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -170,12 +170,7 @@ impl Store {
     }
 
     pub fn insert_model(&self, row: &ModelRow) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO models (subscription_id, resource_group, account, id, base_model, kind, path, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![row.account.subscription_id, row.account.resource_group, row.account.account, row.id, row.base_model, row.kind, row.path, row.created_at],
-        )?;
-        Ok(())
+        insert_model(&self.conn(), row)
     }
 
     pub fn model(&self, account: &AccountKey, id: &str) -> Result<Option<ModelRow>> {
@@ -341,6 +336,15 @@ fn insert_account(conn: &Connection, a: &AccountRow) -> Result<()> {
     Ok(())
 }
 
+pub(crate) fn insert_model(conn: &Connection, row: &ModelRow) -> Result<()> {
+    conn.execute(
+        "INSERT INTO models (subscription_id, resource_group, account, id, base_model, kind, path, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![row.account.subscription_id, row.account.resource_group, row.account.account, row.id, row.base_model, row.kind, row.path, row.created_at],
+    )?;
+    Ok(())
+}
+
 fn insert_operation(conn: &Connection, op: &OperationRow) -> Result<()> {
     conn.execute(
         "INSERT INTO operations (id, subscription_id, location, resource_id, status, start_time, end_time, error_code, error_message)
@@ -357,7 +361,7 @@ const DEPLOYMENT_SELECT: &str = "SELECT subscription_id, resource_group, account
     model_name, model_version, provisioning_state, error_code, error_message, etag, tags, created_by, created_at,
     modified_by, modified_at, operation_id FROM deployments";
 
-fn account_key(r: &Row<'_>) -> rusqlite::Result<AccountKey> {
+pub(crate) fn account_key(r: &Row<'_>) -> rusqlite::Result<AccountKey> {
     Ok(AccountKey { subscription_id: r.get(0)?, resource_group: r.get(1)?, account: r.get(2)? })
 }
 

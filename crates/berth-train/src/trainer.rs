@@ -124,6 +124,8 @@ impl TrainOutcome {
     }
 }
 
+/// Validation examples scored after each step.
+const VALID_WINDOW: usize = 2;
 const STATE_FILE: &str = "trainer_state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
@@ -212,8 +214,10 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
             epoch_correct += correct;
 
             let (valid_loss, valid_acc) = if !valid_set.is_empty() && (step % eval_every == 0 || step == total_steps) {
+                // A rotating window of a couple of examples keeps the per-step figure cheap; the full
+                // set is scored at the end of each epoch.
                 let picked: Vec<&TokenizedExample> =
-                    (0..h.batch_size.min(valid_set.len())).map(|k| &valid_set[(valid_cursor + k) % valid_set.len()]).collect();
+                    (0..VALID_WINDOW.min(valid_set.len())).map(|k| &valid_set[(valid_cursor + k) % valid_set.len()]).collect();
                 valid_cursor = (valid_cursor + picked.len()) % valid_set.len();
                 let (l, a) = evaluate(&model, picked)?;
                 (Some(l), Some(a))

@@ -6,6 +6,8 @@ pub mod admin;
 pub mod chat_completions;
 pub mod completions;
 pub mod deployments;
+pub mod files;
+pub mod fine_tuning;
 pub mod generation;
 pub mod health;
 pub mod models;
