@@ -7,7 +7,7 @@ import urllib.request
 def request(method, url, body=None, raw=None, headers=None, timeout=120):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
-    if data is not None:
+    if data is not None and not any(k.lower() == "content-type" for k in (headers or {})):
         req.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:

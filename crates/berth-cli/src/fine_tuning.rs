@@ -118,8 +118,8 @@ fn progress_line(step: u64, total: u64, loss: Option<f64>, eta: Option<i64>) -> 
 fn wait(c: &Client, a: &DataAccount, id: &str) -> Result<()> {
     let interactive = std::io::stderr().is_terminal();
     let started = Instant::now();
-    let mut last_line = String::new();
-    let mut last_print = Instant::now() - Duration::from_secs(60);
+    // Without a terminal, a line is printed when the status or the step changes.
+    let mut last_key = (String::new(), u64::MAX);
     loop {
         let job = c.get(&data_path(c, a, &format!("/fine_tuning/jobs/{id}")))?;
         let status = job.get("status").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -129,6 +129,7 @@ fn wait(c: &Client, a: &DataAccount, id: &str) -> Result<()> {
             .and_then(Value::as_array)
             .and_then(|d| d.iter().find(|e| e.get("type").and_then(Value::as_str) == Some("metrics")))
             .and_then(|e| e.get("data").cloned());
+        let step = metrics.as_ref().and_then(|m| m.get("step")).and_then(Value::as_u64).unwrap_or(0);
         let line = match &metrics {
             Some(m) => {
                 let eta = job.get("estimated_finish").and_then(Value::as_i64).map(|t| t - berth_control::unix_now());
@@ -143,11 +144,10 @@ fn wait(c: &Client, a: &DataAccount, id: &str) -> Result<()> {
         };
         if interactive {
             eprint!("\r{line}\x1b[K");
-        } else if line != last_line && last_print.elapsed() >= Duration::from_secs(5) {
+        } else if last_key != (status.clone(), step) {
             eprintln!("{line}");
-            last_print = Instant::now();
+            last_key = (status.clone(), step);
         }
-        last_line = line;
         if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
             if interactive {
                 eprintln!();
