@@ -218,14 +218,19 @@ impl LoraModel {
         Ok(())
     }
 
-    /// Final hidden states `[tokens, hidden]` of one sequence.
-    fn hidden(&self, tokens: &[u32]) -> Result<Tensor> {
+    /// Final hidden states `[tokens, hidden]` of sequences packed one after another: each sequence has
+    /// its own positions and sees only itself (a block-diagonal causal mask), so packing changes nothing
+    /// but the size of the products.
+    fn hidden(&self, seqs: &[&[u32]]) -> Result<Tensor> {
         let cfg = &self.config;
+        let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
         let n = tokens.len();
-        let ids = Tensor::from_slice(tokens, n, &Device::Cpu)?;
+        let ids = Tensor::from_slice(&tokens, n, &Device::Cpu)?;
         let mut x = self.embed.index_select(&ids, 0)?;
-        let (cos, sin) = rope_tables(cfg, n)?;
-        let mask = causal_mask(n, cfg.sliding_window)?;
+        let positions: Vec<usize> = lens.iter().flat_map(|&l| 0..l).collect();
+        let (cos, sin) = rope_tables(cfg, &positions)?;
+        let mask = packed_causal_mask(&lens, cfg.sliding_window)?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         for layer in &self.layers {
             let l = &layer.linears;
@@ -249,12 +254,27 @@ impl LoraModel {
 
     /// Cross-entropy of predicting each targeted token from the position before it.
     pub fn sequence_loss(&self, tokens: &[u32], targets: &[bool]) -> Result<SequenceLoss> {
-        let positions: Vec<u32> = (1..tokens.len()).filter(|&i| targets[i]).map(|i| (i - 1) as u32).collect();
-        let labels: Vec<u32> = (1..tokens.len()).filter(|&i| targets[i]).map(|i| tokens[i]).collect();
+        self.packed_loss(&[(tokens, targets)])
+    }
+
+    /// The summed loss of several sequences computed in one packed pass.
+    pub fn packed_loss(&self, seqs: &[(&[u32], &[bool])]) -> Result<SequenceLoss> {
+        let (mut positions, mut labels) = (Vec::new(), Vec::new());
+        let mut offset = 0;
+        for (tokens, targets) in seqs {
+            for i in 1..tokens.len() {
+                if targets[i] {
+                    positions.push((offset + i - 1) as u32);
+                    labels.push(tokens[i]);
+                }
+            }
+            offset += tokens.len();
+        }
         if positions.is_empty() {
             return Ok(SequenceLoss { loss_sum: Tensor::zeros((), DType::F32, &Device::Cpu)?, targets: 0, correct: 0 });
         }
-        let hidden = self.hidden(tokens)?;
+        let tokens: Vec<&[u32]> = seqs.iter().map(|(t, _)| *t).collect();
+        let hidden = self.hidden(&tokens)?;
         let picked = hidden.index_select(&Tensor::from_slice(&positions, positions.len(), &Device::Cpu)?, 0)?;
         let logits = frozen_matmul(&picked, &self.head)?;
         let labels_t = Tensor::from_slice(&labels, (labels.len(), 1), &Device::Cpu)?;
@@ -269,7 +289,7 @@ impl LoraModel {
 
     /// Logits at every position (for checks against the engine).
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        let hidden = self.hidden(tokens)?;
+        let hidden = self.hidden(&[tokens])?;
         Ok(frozen_matmul(&hidden, &self.head)?.to_vec2()?)
     }
 }
@@ -303,12 +323,13 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
-/// `cos` and `sin` `[n, head_dim]`, each frequency written for both halves.
-fn rope_tables(cfg: &ModelConfig, n: usize) -> Result<(Tensor, Tensor)> {
+/// `cos` and `sin` `[positions, head_dim]`, each frequency written for both halves.
+fn rope_tables(cfg: &ModelConfig, positions: &[usize]) -> Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
+    let n = positions.len();
     let mut cos = Vec::with_capacity(n * cfg.head_dim);
     let mut sin = Vec::with_capacity(n * cfg.head_dim);
-    for pos in 0..n {
+    for &pos in positions {
         let row: Vec<(f32, f32)> = (0..half)
             .map(|i| {
                 let freq = 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64);
@@ -324,9 +345,24 @@ fn rope_tables(cfg: &ModelConfig, n: usize) -> Result<(Tensor, Tensor)> {
     Ok((Tensor::from_vec(cos, (n, cfg.head_dim), &Device::Cpu)?, Tensor::from_vec(sin, (n, cfg.head_dim), &Device::Cpu)?))
 }
 
-fn causal_mask(n: usize, window: Option<usize>) -> Result<Tensor> {
+/// `[n, n]` additive mask: position `i` sees `j` when both are in the same sequence and `j <= i`
+/// (within the sliding window, if any).
+fn packed_causal_mask(lens: &[usize], window: Option<usize>) -> Result<Tensor> {
+    let n: usize = lens.iter().sum();
+    let mut start = vec![0usize; n];
+    let mut offset = 0;
+    for &l in lens {
+        start[offset..offset + l].fill(offset);
+        offset += l;
+    }
     let mask: Vec<f32> = (0..n)
-        .flat_map(|i| (0..n).map(move |j| if j > i || window.is_some_and(|w| i - j >= w) { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            let start = &start;
+            (0..n).map(move |j| {
+                let visible = j <= i && j >= start[i] && window.is_none_or(|w| i - j < w);
+                if visible { 0.0 } else { f32::NEG_INFINITY }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (n, n), &Device::Cpu)?)
 }

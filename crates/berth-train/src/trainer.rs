@@ -124,6 +124,8 @@ impl TrainOutcome {
     }
 }
 
+/// Most tokens packed into one forward and backward pass (see [`packs`]).
+const PACK_TOKENS: usize = 128;
 /// Validation examples scored after each step.
 const VALID_WINDOW: usize = 2;
 const STATE_FILE: &str = "trainer_state.json";
@@ -178,13 +180,13 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
             let batch_targets: usize = batch.iter().map(|&i| train_set[i].target_count()).sum::<usize>().max(1);
             let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
             let (mut loss_sum, mut correct) = (0f64, 0usize);
-            for &i in batch {
+            for pack in packs(batch.iter().map(|&i| &train_set[i]).collect()) {
                 if observer.should_stop() {
                     return Err(TrainError::Cancelled);
                 }
-                let ex = &train_set[i];
-                let out = model.sequence_loss(&ex.tokens, &ex.targets)?;
-                tokens += ex.tokens.len();
+                let seqs: Vec<(&[u32], &[bool])> = pack.iter().map(|e| (&e.tokens[..], &e.targets[..])).collect();
+                let out = model.packed_loss(&seqs)?;
+                tokens += seqs.iter().map(|s| s.0.len()).sum::<usize>();
                 if out.targets == 0 {
                     continue;
                 }
@@ -262,11 +264,35 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
     })
 }
 
+/// Sequences of one batch grouped into passes of at most [`PACK_TOKENS`] tokens (a longer sequence
+/// goes alone): bigger products for the same arithmetic. The budget is small because the autograd
+/// graph keeps every intermediate of a pass: on SmolLM2, packs of 128 tokens train at 70 tokens/s with
+/// a 1.5 GiB peak, of 256 at 75 with 2.5 GiB, one sequence a pass at 56 with 1.0 GiB.
+fn packs(examples: Vec<&TokenizedExample>) -> Vec<Vec<&TokenizedExample>> {
+    let mut out: Vec<Vec<&TokenizedExample>> = Vec::new();
+    let mut len = 0;
+    for e in examples {
+        let l = e.tokens.len();
+        match out.last_mut() {
+            Some(last) if len + l <= PACK_TOKENS => {
+                last.push(e);
+                len += l;
+            }
+            _ => {
+                out.push(vec![e]);
+                len = l;
+            }
+        }
+    }
+    out
+}
+
 /// Mean loss and token accuracy over examples, without gradients.
 fn evaluate(model: &LoraModel, examples: Vec<&TokenizedExample>) -> Result<(f32, f32)> {
     let (mut loss, mut targets, mut correct) = (0f64, 0usize, 0usize);
-    for ex in examples {
-        let out = model.sequence_loss(&ex.tokens, &ex.targets)?;
+    for pack in packs(examples) {
+        let seqs: Vec<(&[u32], &[bool])> = pack.iter().map(|e| (&e.tokens[..], &e.targets[..])).collect();
+        let out = model.packed_loss(&seqs)?;
         loss += out.loss_sum.detach().to_scalar::<f32>()? as f64;
         targets += out.targets;
         correct += out.correct;
