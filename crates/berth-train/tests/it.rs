@@ -180,3 +180,16 @@ fn runs_lower_the_loss_are_reproducible_and_resume_where_they_stopped() {
     assert_eq!(resumed.losses, full.losses[2..].to_vec());
     assert_eq!(adapter_bytes(&a.adapter_dir), adapter_bytes(&d.adapter_dir));
 }
+
+#[test]
+fn packed_sequences_give_the_losses_they_give_alone() {
+    let weights = load_dense_weights(&gguf()).unwrap();
+    let model = LoraModel::new(&weights, LoraSettings::default(), 5).unwrap();
+    let ex: Vec<_> = examples(3).iter().map(|e| tokenize(e, &weights.text, 512).unwrap()).collect();
+    let alone: f32 = ex.iter().map(|e| model.sequence_loss(&e.tokens, &e.targets).unwrap().loss_sum.to_scalar::<f32>().unwrap()).sum();
+    let seqs: Vec<(&[u32], &[bool])> = ex.iter().map(|e| (&e.tokens[..], &e.targets[..])).collect();
+    let packed = model.packed_loss(&seqs).unwrap();
+    let together = packed.loss_sum.to_scalar::<f32>().unwrap();
+    assert_eq!(packed.targets, ex.iter().map(|e| e.target_count()).sum::<usize>());
+    assert!((alone - together).abs() < 1e-3 * alone, "alone {alone}, packed {together}");
+}
