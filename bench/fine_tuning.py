@@ -54,8 +54,10 @@ def render():
         "# Fine-tuning: throughput, memory and effect",
         "",
         "Written by `bench/fine_tuning.py` from `fine-tuning-results.jsonl` (one row per run). LoRA rank 8",
-        "on all seven linear modules of every layer, AdamW, one sequence per backward pass, gradients",
-        "accumulated over the batch. Tokens/s counts every token passed forward and backward. Peak memory is",
+        "on all seven linear modules of every layer, AdamW, sequences packed into passes of up to 128 tokens,",
+        "gradients accumulated over the batch. Tokens/s counts every training token passed forward and backward",
+        "over the whole run, whose time also includes scoring two validation examples after each step and the",
+        "validation file after each epoch. Peak memory is",
         "the process's high-water resident set (VmHWM) at the end of training: the f32 base weights, the",
         "factors, AdamW moments and activations. The held-out rate is the share of answers to",
         "`data/fine-tuning/pirate-heldout.txt` (prompts the job never saw) containing \"arr\", greedy, 40 tokens.",
@@ -70,7 +72,9 @@ def render():
             f"{r['first_step_loss']:.2f} -> {r['last_step_loss']:.2f} | "
             f"{r.get('base_rate', 0):.2f} -> {r.get('tuned_rate', 0):.2f} ({r.get('heldout_prompts', 0)} prompts) |"
         )
-    last = records[-1]
+    # The answers of the last run whose model can speak (random-weight shapes answer nothing).
+    shown = [r for r in records if r.get("tuned_rate", 0) > r.get("base_rate", 0)]
+    last = shown[-1] if shown else records[-1]
     if "tuned_answers" in last:
         lines += ["", f"Answers of the last run ({last['model']}, greedy):", "", "| prompt | base | fine-tuned |", "|---|---|---|"]
         prompts = [l for l in open(os.path.join(DATA, "pirate-heldout.txt")).read().splitlines() if l.strip()]

@@ -319,3 +319,20 @@ def test_a_job_survives_a_stop_and_a_crash(gguf, tmp_path):
         assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     finally:
         s.stop()
+
+
+def test_an_example_too_long_for_the_model_fails_the_job_with_its_line(tuned, tmp_path):
+    c = tuned.client
+    wait_job(c, c.fine_tuning.jobs.list().data[0].id, timeout=120)
+    long_answer = " ".join(["Arr"] * 3000)
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Arr, matey!"}]}),
+        json.dumps({"messages": [{"role": "user", "content": "talk"}, {"role": "assistant", "content": long_answer}]}),
+    ]
+    path = tmp_path / "long.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    job = c.fine_tuning.jobs.create(model="smollm2", training_file=upload(c, path).id)
+    job = wait_job(c, job.id, timeout=120)
+    assert job.status == "failed" and job.error.code == "invalid_training_file", job
+    assert "line 2: the example is" in job.error.message and "the limit for this job is 2048" in job.error.message, job.error
+    assert c.fine_tuning.jobs.list_events(job.id).data[0].level == "error"
