@@ -38,7 +38,7 @@ echo "== registering the base model"
 
 echo "== deploying it (PUT .../deployments/smollm2-chat, long-running)"
 "$berth" deployment create -g "$rg" -n "$name" --deployment-name smollm2-chat \
-  --model-name smollm2 --model-version 1 --model-format OpenAI --sku-name Standard --sku-capacity 1 >/dev/null
+  --model-name smollm2 --model-version 1 --model-format OpenAI --sku-name Standard --sku-capacity 10 >/dev/null
 "$berth" deployment show -g "$rg" -n "$name" --deployment-name smollm2-chat | head -40
 
 echo "== fine-tuning it on data/fine-tuning/pirate-train.jsonl (40 chat examples answering as a pirate)"
@@ -61,7 +61,7 @@ echo "fine-tuned model: $model"
 
 echo "== deploying the fine-tuned model (PUT .../deployments/smollm2-pirate)"
 "$berth" deployment create -g "$rg" -n "$name" --deployment-name smollm2-pirate \
-  --model-name "$model" --model-version 1 --model-format OpenAI --sku-name Standard --sku-capacity 1 >/dev/null
+  --model-name "$model" --model-version 1 --model-format OpenAI --sku-name Standard --sku-capacity 10 >/dev/null
 
 question="Who invented the telephone?"
 echo "== the same question to both: $question"

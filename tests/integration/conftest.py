@@ -115,7 +115,7 @@ class Server:
             assert p.returncode == 0, f"berth {' '.join(args)} failed: {p.stderr}"
         return p
 
-    def deploy(self, name, model, wait=True, sku="Standard", capacity=1):
+    def deploy(self, name, model, wait=True, sku="Standard", capacity=50):
         body = {"sku": {"name": sku, "capacity": capacity}, "properties": {"model": {"format": "OpenAI", "name": model, "version": "1"}}}
         status, created, headers = self.arm("PUT", f"{self.account_path}/deployments/{name}", body)
         assert status in (200, 201), created

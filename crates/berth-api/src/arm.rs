@@ -223,3 +223,87 @@ pub struct AccountModel {
     pub capabilities: BTreeMap<String, bool>,
     pub lifecycle_status: String,
 }
+
+/// Capacity range of a deployment type (`.../deployments/{name}/skus`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapacityRange {
+    pub minimum: i64,
+    pub maximum: i64,
+    pub step: i64,
+    pub default: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkuName {
+    pub name: String,
+}
+
+/// A deployment type a deployment can move to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentSku {
+    pub resource_type: String,
+    pub sku: SkuName,
+    pub capacity: CapacityRange,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageName {
+    pub value: String,
+    pub localized_value: String,
+}
+
+/// One quota of `.../locations/{location}/usages`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaUsage {
+    pub unit: String,
+    pub name: UsageName,
+    pub quota_period: Option<String>,
+    pub limit: f64,
+    pub current_value: f64,
+    pub next_reset_time: Option<String>,
+    pub status: String,
+}
+
+/// One deployment's charges in a cost report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CostLineOut {
+    pub subscription_id: String,
+    pub resource_group: String,
+    pub account: String,
+    pub deployment: String,
+    pub model: String,
+    pub sku: String,
+    pub hosting_hours: f64,
+    pub hosting_cost: f64,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub output_tokens: i64,
+    pub token_cost: f64,
+    pub total_cost: f64,
+}
+
+/// `.../providers/Microsoft.CognitiveServices/costs`: Berth's cost report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CostReportOut {
+    pub from: String,
+    pub to: String,
+    pub currency: String,
+    pub value: Vec<CostLineOut>,
+    pub total_cost: f64,
+}
+
+/// A deployment Berth deleted itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentDeletion {
+    pub name: String,
+    pub model: String,
+    pub reason: String,
+    pub deleted_at: String,
+}

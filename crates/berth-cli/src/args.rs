@@ -51,6 +51,21 @@ pub enum Command {
         #[command(subcommand)]
         command: FileCommand,
     },
+    /// Costs per deployment over a period: hosting hours and tokens, priced by the catalog.
+    Cost {
+        #[command(subcommand)]
+        command: CostCommand,
+    },
+    /// Quotas of a subscription in a region (like `az cognitiveservices usage list`).
+    Usage {
+        #[command(subcommand)]
+        command: UsageCommand,
+    },
+    /// The built-in catalog (regions, deployment types per model family, capacity rules, quotas).
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
     /// Fine-tuning jobs.
     #[command(name = "fine-tuning")]
     FineTuning {
@@ -92,6 +107,25 @@ pub struct ServeArgs {
     /// Do not keep computed prompt prefixes for reuse.
     #[arg(long, env = "BERTH_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,
+    /// Region of the first account (created on first start).
+    #[arg(long, default_value = "local", env = "BERTH_LOCATION")]
+    pub location: String,
+    /// Catalog of regions, deployment types per model family, capacity rules and quotas (TOML)
+    /// [default: the built-in one, printed by `berth catalog show`].
+    #[arg(long, env = "BERTH_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// A deployment with no completions call for this many days (and deployed longer ago) is deleted.
+    #[arg(long, default_value_t = 15, env = "BERTH_IDLE_DAYS")]
+    pub idle_days: i64,
+    /// Developer deployments are deleted this many hours after they are deployed.
+    #[arg(long, default_value_t = 24, env = "BERTH_DEVELOPER_HOURS")]
+    pub developer_hours: i64,
+    /// How often the idle-deletion sweeper runs, in seconds.
+    #[arg(long, default_value_t = 300, env = "BERTH_IDLE_SWEEP_SECONDS")]
+    pub idle_sweep_seconds: u64,
+    /// Let `POST /berth/v1/clock` move Berth's clock forward (for tests of day-long rules).
+    #[arg(long, hide = true)]
+    pub test_clock: bool,
     /// Fine-tuning jobs that run at once; the others wait in the queue.
     #[arg(long, default_value_t = 1, env = "BERTH_FINE_TUNING_SLOTS")]
     pub fine_tuning_slots: usize,
@@ -151,8 +185,48 @@ pub enum ModelCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    List {
+        #[arg(short = 'l', long)]
+        location: String,
+        /// Subscription id [default: the bootstrap subscription].
+        #[arg(long)]
+        subscription: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CostCommand {
+    Show {
+        /// Start of the period (RFC 3339) [default: 30 days ago].
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period (RFC 3339) [default: now].
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(short = 'g', long = "resource-group")]
+        resource_group: Option<String>,
+        #[arg(short = 'n', long = "name")]
+        account: Option<String>,
+        #[arg(long = "deployment-name")]
+        deployment: Option<String>,
+        /// Subscription id [default: the bootstrap subscription].
+        #[arg(long)]
+        subscription: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Print the built-in catalog, a starting point for `berth serve --catalog`.
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DeploymentCommand {
     Create(DeploymentCreate),
+    /// The deployment types a deployment can move to, with capacity ranges.
+    ListSkus(DeploymentRef),
     Show(DeploymentRef),
     Delete(DeploymentRef),
     List(AccountRef),

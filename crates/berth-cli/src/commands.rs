@@ -21,6 +21,27 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Model { command } => model(&client(), command),
         Command::Deployment { command } => deployment(&client(), command),
         Command::Chat(args) => chat(&client(), args),
+        Command::Usage { command: UsageCommand::List { location, subscription } } => {
+            let c = client();
+            let sub = subscription.or_else(|| c.credentials.as_ref().map(|c| c.subscription_id.clone())).context("say which subscription with --subscription")?;
+            print(&c.get(&format!("/subscriptions/{sub}/providers/Microsoft.CognitiveServices/locations/{location}/usages?api-version={ARM_API_VERSION}"))?)
+        }
+        Command::Cost { command: CostCommand::Show { from, to, resource_group, account, deployment, subscription } } => {
+            let c = client();
+            let sub = subscription.or_else(|| c.credentials.as_ref().map(|c| c.subscription_id.clone())).context("say which subscription with --subscription")?;
+            let mut query: Vec<(&str, String)> = vec![("api-version", ARM_API_VERSION.to_owned())];
+            for (k, v) in [("from", from), ("to", to), ("resourceGroup", resource_group), ("account", account), ("deployment", deployment)] {
+                if let Some(v) = v {
+                    query.push((k, v));
+                }
+            }
+            let qs: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish();
+            print(&c.get(&format!("/subscriptions/{sub}/providers/Microsoft.CognitiveServices/costs?{qs}"))?)
+        }
+        Command::Catalog { command: CatalogCommand::Show } => {
+            print!("{}", berth_control::DEFAULT_CATALOG);
+            Ok(())
+        }
         Command::File { command } => crate::fine_tuning::file(&client(), command),
         Command::FineTuning { command } => crate::fine_tuning::fine_tuning(&client(), command),
     }
@@ -101,6 +122,11 @@ fn deployment(c: &Client, command: DeploymentCommand) -> Result<()> {
             }
             Ok(())
         }
+        DeploymentCommand::ListSkus(d) => print(&c.get(&format!(
+            "{}/deployments/{}/skus?api-version={ARM_API_VERSION}",
+            account_path(c, &d.account)?,
+            d.deployment_name
+        ))?),
         DeploymentCommand::Show(d) => {
             print(&c.get(&format!("{}/deployments/{}?api-version={ARM_API_VERSION}", account_path(c, &d.account)?, d.deployment_name))?)
         }

@@ -29,6 +29,16 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             adapter_cache_bytes: args.adapter_cache_mib << 20,
         };
         config.fine_tuning_slots = args.fine_tuning_slots.max(1);
+        config.location = berth_control::normalize_region(&args.location);
+        config.retention = berth_control::Retention { idle_days: args.idle_days, developer_hours: args.developer_hours, sweep_seconds: args.idle_sweep_seconds };
+        config.test_clock = args.test_clock;
+        if let Some(path) = &args.catalog {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading the catalog {}", path.display()))?;
+            config.catalog = std::sync::Arc::new(berth_control::Catalog::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?);
+        }
+        if config.catalog.region(&config.location).is_none() {
+            anyhow::bail!("the location '{}' is not a region of the catalog (see `berth catalog show`)", config.location);
+        }
         let control = tokio::task::spawn_blocking(move || Control::open(config)).await??;
         tracing::info!(data_dir = %data_dir.display(), endpoint = %public_url, "berth is listening; loading deployments");
         let restoring = {

@@ -1,5 +1,8 @@
+use crate::catalog::Catalog;
+use crate::idle::Retention;
 use berth_engine::EngineOptions;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Settings of the control plane, parsed once by the binary.
 #[derive(Debug, Clone)]
@@ -16,10 +19,22 @@ pub struct ControlConfig {
     pub engine: EngineOptions,
     /// Fine-tuning jobs that run at once on this machine.
     pub fine_tuning_slots: usize,
+    /// Regions, deployment types per model family, capacity rules and default quotas.
+    pub catalog: Arc<Catalog>,
+    /// When idle and Developer deployments are deleted.
+    pub retention: Retention,
+    /// `POST /berth/v1/clock` may move Berth's clock (tests).
+    pub test_clock: bool,
 }
 
 impl ControlConfig {
     pub fn new(data_dir: PathBuf, public_url: String) -> Self {
-        ControlConfig { data_dir, public_url, location: "local".into(), token_ttl_seconds: 3600, engine: EngineOptions::default(), fine_tuning_slots: 1 }
+        ControlConfig {
+            data_dir,
+            public_url,
+            location: "local".into(), token_ttl_seconds: 3600, engine: EngineOptions::default(), fine_tuning_slots: 1, catalog: Arc::new(Catalog::builtin()),
+            retention: Retention::default(),
+            test_clock: false,
+        }
     }
 }

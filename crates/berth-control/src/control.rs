@@ -1,6 +1,7 @@
 use crate::bootstrap::{ensure_bootstrapped, Credentials};
 use crate::error::Result;
 use crate::fine_tuning::FineTuningState;
+use crate::ratelimit::RateLimiter;
 use crate::host::ModelHost;
 use crate::{ControlConfig, ControlError, Principal};
 use berth_store::{AccountKey, AccountRow, Store, SubscriptionRow};
@@ -19,6 +20,7 @@ pub struct Control {
     tasks: Mutex<JoinSet<()>>,
     ready: AtomicBool,
     pub(crate) fine_tuning: FineTuningState,
+    pub(crate) limiter: Arc<RateLimiter>,
 }
 
 impl std::fmt::Debug for Control {
@@ -36,7 +38,7 @@ impl Control {
         let store = Store::open(&config.data_dir.join("berth.db"))?;
         let credentials = ensure_bootstrapped(&store, &config)?;
         let host = Arc::new(ModelHost::new(config.engine.clone()));
-        Ok(Arc::new(Control { store, host, config, credentials, tasks: Mutex::new(JoinSet::new()), ready: AtomicBool::new(false), fine_tuning: FineTuningState::default() }))
+        Ok(Arc::new(Control { store, host, config, credentials, tasks: Mutex::new(JoinSet::new()), ready: AtomicBool::new(false), fine_tuning: FineTuningState::default(), limiter: Arc::new(RateLimiter::default()) }))
     }
 
     pub fn credentials(&self) -> &Credentials {
@@ -73,6 +75,7 @@ impl Control {
             let _ = p.await;
         }
         self.start_fine_tuning()?;
+        self.start_idle_sweeper();
         self.ready.store(true, Ordering::Release);
         Ok(())
     }

@@ -24,6 +24,8 @@ pub struct DeploymentPutInput {
     pub tags: Option<BTreeMap<String, String>>,
     pub api_version: String,
     pub caller: String,
+    /// Sent as PATCH (provisioned deployments are created and scaled only with PUT).
+    pub patch: bool,
 }
 
 /// What a PUT did.
@@ -112,8 +114,16 @@ impl Control {
                 "properties.model.source",
             ));
         }
+        if is_provisioned(sku_name) && input.patch && (input.sku_name.is_some() || input.sku_capacity.is_some()) {
+            return Err(ControlError::invalid(
+                "InvalidResourceProperties",
+                format!("The SKU '{sku_name}' is provisioned: create and scale such deployments with PUT, not PATCH."),
+                "sku",
+            ));
+        }
         // Resolve now, so that a PUT naming a model that does not exist fails synchronously, as Azure's does.
         self.load_plan(&account, &model_name, &format, &version)?;
+        self.check_capacity(&account_row, &model_name, sku_name, capacity, existing.as_ref())?;
 
         let now = now_rfc3339();
         let tags = input.tags.clone().or(existing.as_ref().map(|e| e.tags.clone())).unwrap_or_default();
@@ -160,9 +170,10 @@ impl Control {
     /// Deletes a deployment and unloads what it alone used. Returns false when it did not exist.
     pub async fn delete_deployment(&self, account: &AccountKey, name: &str) -> Result<bool> {
         let account = self.account(account)?.key;
-        let Some(row) = self.store.delete_deployment(&account, name)? else { return Ok(false) };
+        let Some(row) = self.store.delete_deployment(&account, name, &now_rfc3339(), None)? else { return Ok(false) };
         let host = self.host.clone();
         let key = DeploymentKey::new(&account, &row.name);
+        self.limiter.forget(&key);
         tokio::task::spawn_blocking(move || host.unprovision(&key)).await.map_err(|e| ControlError::Internal(e.to_string()))?;
         Ok(true)
     }

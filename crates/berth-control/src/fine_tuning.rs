@@ -33,8 +33,10 @@ pub struct JobCreateInput {
 /// Shared state of the job runners.
 #[derive(Default)]
 pub(crate) struct FineTuningState {
-    wake: tokio::sync::Notify,
-    stopping: AtomicBool,
+    /// Wakes background loops (job runners, the idle sweeper).
+    pub(crate) wake: tokio::sync::Notify,
+    /// Set at shutdown: background loops end.
+    pub(crate) stopping: AtomicBool,
     /// Cancel flags of running jobs.
     cancel: Mutex<HashMap<String, Arc<AtomicBool>>>,
 }

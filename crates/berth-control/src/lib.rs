@@ -10,8 +10,11 @@
 //!
 //! This crate knows nothing of HTTP; it speaks in rows, ids and engine handles.
 
+mod admission;
 mod auth;
 mod bootstrap;
+mod capacity;
+mod catalog;
 mod clock;
 mod config;
 mod control;
@@ -20,13 +23,18 @@ mod error;
 mod files;
 mod fine_tuning;
 mod host;
+mod idle;
 mod ids;
+mod metering;
 mod models;
+mod ratelimit;
 mod sku;
 
 pub use auth::{Caller, Principal};
 pub use bootstrap::Credentials;
-pub use clock::{now_rfc3339, unix_now};
+pub use capacity::{QuotaUsage, SkuOption};
+pub use catalog::{normalize_region, Catalog, DEFAULT_CATALOG};
+pub use clock::{advance_clock, now_rfc3339, unix_now};
 pub use config::ControlConfig;
 pub use control::Control;
 pub use deployments::{DeploymentPutInput, PutOutcome};
@@ -34,13 +42,16 @@ pub use error::ControlError;
 pub use files::MAX_FILE_BYTES;
 pub use fine_tuning::JobCreateInput;
 pub use host::{DeploymentKey, ModelHost, Route};
+pub use idle::Retention;
+pub use metering::{CostLine, CostReport, CostScope};
 pub use ids::new_hex_id;
 pub use models::{AccountModelInfo, ModelSource};
+pub use ratelimit::{Limits, RateLimiter, Refusal, Remaining, Ticket};
 pub use sku::{canonical_sku, SKUS};
 /// Rows the control plane hands out, re-exported so that callers need not depend on the store.
 pub use berth_store::{
     AccountKey, AccountRow, BaseModelRow, DeploymentRow, FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow,
-    FineTuningMetricRow, ModelRow, OperationRow,
+    DeletionRow, FineTuningMetricRow, ModelRow, OperationRow,
 };
 
 #[cfg(test)]

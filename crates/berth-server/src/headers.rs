@@ -23,3 +23,15 @@ pub async fn common_headers(region: HeaderValue, req: Request, next: Next) -> Re
     h.insert("x-ms-region", region);
     resp
 }
+
+/// `x-ratelimit-remaining-requests`, `x-ratelimit-remaining-tokens` and, for provisioned deployments,
+/// `azure-openai-deployment-utilization`.
+pub fn rate_limit_headers(h: &mut axum::http::HeaderMap, r: &berth_control::Remaining) {
+    h.insert("x-ratelimit-remaining-requests", axum::http::HeaderValue::from(r.requests));
+    h.insert("x-ratelimit-remaining-tokens", axum::http::HeaderValue::from(r.tokens));
+    if let Some(u) = r.utilization_percent {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("{u}%")) {
+            h.insert("azure-openai-deployment-utilization", v);
+        }
+    }
+}

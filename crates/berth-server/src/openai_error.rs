@@ -11,6 +11,8 @@ pub struct OpenAiApiError {
     pub status: StatusCode,
     pub body: OpenAiErrorBody,
     pub retry_after_ms: Option<u64>,
+    /// The deployment's remaining limits, for `x-ratelimit-remaining-*`.
+    pub remaining: Option<berth_control::Remaining>,
 }
 
 impl OpenAiApiError {
@@ -25,6 +27,7 @@ impl OpenAiApiError {
                 param: (!param.is_empty()).then(|| param.to_owned()),
             },
             retry_after_ms: None,
+            remaining: None,
         }
     }
 
@@ -33,6 +36,7 @@ impl OpenAiApiError {
             status,
             body: OpenAiErrorBody { code: code.into(), message: message.into(), kind: None, param: None },
             retry_after_ms: None,
+            remaining: None,
         }
     }
 
@@ -77,6 +81,9 @@ impl IntoResponse for OpenAiApiError {
             let h = resp.headers_mut();
             h.insert("retry-after-ms", HeaderValue::from(ms));
             h.insert("retry-after", HeaderValue::from(ms.div_ceil(1000)));
+        }
+        if let Some(r) = self.remaining {
+            crate::headers::rate_limit_headers(resp.headers_mut(), &r);
         }
         resp
     }

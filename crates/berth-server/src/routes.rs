@@ -1,6 +1,6 @@
 //! Every route of the server, in one place.
 
-use crate::controllers::{accounts, admin, chat_completions, completions, deployments, files, fine_tuning, health, models, operations};
+use crate::controllers::{accounts, admin, chat_completions, completions, costs, deployments, files, fine_tuning, health, models, operations, quota};
 use crate::headers::common_headers;
 use crate::{AppState, ArmApiError, OpenAiApiError};
 use axum::http::{HeaderValue, StatusCode, Uri};
@@ -22,7 +22,10 @@ pub fn router(state: AppState) -> Router {
             "/subscriptions/{subscription}/providers/Microsoft.CognitiveServices/locations/{location}/operationResults/{operation}",
             get(operations::get_operation_status),
         )
+        .route("/subscriptions/{subscription}/providers/Microsoft.CognitiveServices/locations/{location}/usages", get(quota::list_usages))
+        .route("/subscriptions/{subscription}/providers/Microsoft.CognitiveServices/costs", get(costs::cost_report))
         .route(ACCOUNT, get(accounts::get_account))
+        .route(&format!("{ACCOUNT}/deploymentDeletions"), get(costs::list_deletions))
         .route(&format!("{ACCOUNT}/listKeys"), post(accounts::list_keys))
         .route(&format!("{ACCOUNT}/models"), get(models::list_account_models))
         .route(&format!("{ACCOUNT}/models/import"), post(admin::import_model))
@@ -34,8 +37,10 @@ pub fn router(state: AppState) -> Router {
                 .patch(deployments::update_deployment)
                 .delete(deployments::delete_deployment),
         )
+        .route(&format!("{ACCOUNT}/deployments/{{deployment}}/skus"), get(quota::list_deployment_skus))
         .route("/berth/v1/base-models", get(admin::list_base_models).post(admin::add_base_model))
-        .route("/berth/v1/token", post(admin::issue_token));
+        .route("/berth/v1/token", post(admin::issue_token))
+        .route("/berth/v1/clock", post(costs::move_clock));
     for prefix in ["", "/accounts/{account}"] {
         r = r
             .route(&format!("{prefix}/openai/deployments/{{deployment}}/chat/completions"), post(chat_completions::chat_completions))

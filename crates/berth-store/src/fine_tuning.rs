@@ -114,13 +114,14 @@ impl Store {
         Ok(self.conn().query_row(&format!("{JOB_SELECT} WHERE id = ?1"), params![id], job_from_row).optional()?)
     }
 
-    /// The account's jobs, newest first, after the job `after` (exclusive) when given.
+    /// The account's jobs, newest first (creation order within a second), after the job `after`
+    /// (exclusive) when given.
     pub fn jobs(&self, account: &AccountKey, after: Option<&str>, limit: usize) -> Result<Vec<FineTuningJobRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
             "{JOB_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3
-               AND (?4 IS NULL OR (created_at, id) < (SELECT created_at, id FROM fine_tuning_jobs WHERE id = ?4))
-             ORDER BY created_at DESC, id DESC LIMIT ?5"
+               AND (?4 IS NULL OR (created_at, rowid) < (SELECT created_at, rowid FROM fine_tuning_jobs WHERE id = ?4))
+             ORDER BY created_at DESC, rowid DESC LIMIT ?5"
         ))?;
         let rows = st.query_map(
             params![account.subscription_id, account.resource_group, account.account, after, limit as i64],
@@ -132,7 +133,7 @@ impl Store {
     /// Jobs in one of `statuses`, oldest first.
     pub fn jobs_with_status(&self, statuses: &[&str]) -> Result<Vec<FineTuningJobRow>> {
         let conn = self.conn();
-        let mut st = conn.prepare(&format!("{JOB_SELECT} ORDER BY created_at, id"))?;
+        let mut st = conn.prepare(&format!("{JOB_SELECT} ORDER BY created_at, rowid"))?;
         let rows = st.query_map([], job_from_row)?;
         let all: Vec<FineTuningJobRow> = rows.collect::<Result<_, _>>()?;
         Ok(all.into_iter().filter(|j| statuses.contains(&j.status.as_str())).collect())

@@ -6,6 +6,7 @@
 
 mod error;
 mod fine_tuning;
+mod metering;
 mod migrations;
 pub mod rows;
 mod store;

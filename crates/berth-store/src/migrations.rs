@@ -166,4 +166,45 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job_id, step)
     );
     "#,
+    // 3: metering (issue 5): hosting intervals of deployments, hourly token usage, idle deletions.
+    // Times of intervals and deletions are RFC 3339 like the deployments'; usage hours are unix seconds.
+    r#"
+    CREATE TABLE hosting (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        subscription_id TEXT NOT NULL,
+        resource_group TEXT NOT NULL COLLATE NOCASE,
+        account TEXT NOT NULL COLLATE NOCASE,
+        deployment TEXT NOT NULL COLLATE NOCASE,
+        model TEXT NOT NULL,
+        base_model TEXT NOT NULL,
+        fine_tuned INTEGER NOT NULL,
+        sku TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT
+    );
+    CREATE INDEX hosting_open ON hosting (subscription_id, resource_group, account, deployment) WHERE ended_at IS NULL;
+    CREATE TABLE usage_hourly (
+        subscription_id TEXT NOT NULL,
+        resource_group TEXT NOT NULL COLLATE NOCASE,
+        account TEXT NOT NULL COLLATE NOCASE,
+        deployment TEXT NOT NULL COLLATE NOCASE,
+        hour INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        base_model TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        PRIMARY KEY (subscription_id, resource_group, account, deployment, hour, model)
+    );
+    CREATE TABLE deployment_deletions (
+        subscription_id TEXT NOT NULL,
+        resource_group TEXT NOT NULL COLLATE NOCASE,
+        account TEXT NOT NULL COLLATE NOCASE,
+        deployment TEXT NOT NULL,
+        model TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        deleted_at TEXT NOT NULL
+    );
+    "#,
 ];

@@ -27,7 +27,7 @@ pub struct ResourceGroupRow {
 }
 
 /// Where an account lives: subscription, resource group, name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AccountKey {
     pub subscription_id: String,
     pub resource_group: String,
@@ -191,4 +191,41 @@ pub struct FineTuningMetricRow {
     pub valid_mean_token_accuracy: Option<f64>,
     pub full_valid_loss: Option<f64>,
     pub full_valid_mean_token_accuracy: Option<f64>,
+}
+
+/// A span during which a deployment hosted one model under one SKU (`ended_at` open while it does).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostingRow {
+    pub account: AccountKey,
+    pub deployment: String,
+    pub model: String,
+    pub base_model: String,
+    pub fine_tuned: bool,
+    pub sku: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+}
+
+/// Tokens one deployment served in one hour (unix seconds of the hour's start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRow {
+    pub account: AccountKey,
+    pub deployment: String,
+    pub hour: i64,
+    pub model: String,
+    pub base_model: String,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub cached_tokens: i64,
+    pub output_tokens: i64,
+}
+
+/// A deployment deleted by Berth itself (idle, or a Developer deployment's end).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionRow {
+    pub account: AccountKey,
+    pub deployment: String,
+    pub model: String,
+    pub reason: String,
+    pub deleted_at: String,
 }

@@ -218,6 +218,7 @@ impl Store {
             ],
         )?;
         insert_operation(&tx, op)?;
+        crate::metering::track_hosting(&tx, row)?;
         tx.commit()?;
         Ok(())
     }
@@ -278,7 +279,9 @@ impl Store {
     }
 
     /// Removes the deployment; returns the removed row.
-    pub fn delete_deployment(&self, account: &AccountKey, name: &str) -> Result<Option<DeploymentRow>> {
+    /// Deletes a deployment and closes its hosting at `now` (RFC 3339); with `reason`, records that
+    /// Berth deleted it itself. One transaction.
+    pub fn delete_deployment(&self, account: &AccountKey, name: &str, now: &str, reason: Option<&str>) -> Result<Option<DeploymentRow>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let row = tx
@@ -288,11 +291,19 @@ impl Store {
                 deployment_from_row,
             )
             .optional()?;
-        if row.is_some() {
+        if let Some(row) = &row {
             tx.execute(
                 "DELETE FROM deployments WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND name = ?4",
                 params![account.subscription_id, account.resource_group, account.account, name],
             )?;
+            crate::metering::close_hosting(&tx, account, name, now)?;
+            if let Some(reason) = reason {
+                tx.execute(
+                    "INSERT INTO deployment_deletions (subscription_id, resource_group, account, deployment, model, reason, deleted_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![account.subscription_id, account.resource_group, account.account, row.name, row.model_name, reason, now],
+                )?;
+            }
         }
         tx.commit()?;
         Ok(row)

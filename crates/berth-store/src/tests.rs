@@ -71,7 +71,7 @@ fn a_later_operation_wins_over_a_stale_provisioning_result() {
     let d = s.deployment(&key, "d").unwrap().unwrap();
     assert_eq!((d.provisioning_state.as_str(), d.error_code.as_deref()), ("Failed", Some("Code")));
     assert_eq!(s.operation("op2").unwrap().unwrap().status, "Failed");
-    assert_eq!(s.delete_deployment(&key, "D").unwrap().unwrap().name, "d");
+    assert_eq!(s.delete_deployment(&key, "D", "2026-01-01T00:00:00Z", None).unwrap().unwrap().name, "d");
     assert!(s.deployments(&key).unwrap().is_empty());
 }
 

@@ -11,6 +11,7 @@ use berth_api::openai::{
     ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta, ChatMessageOut, Content,
     PromptFilterResult, Usage,
 };
+use berth_control::{AccountRow, Route};
 use berth_engine::{ChatMessage, FinishReason};
 use std::collections::{BTreeMap, HashMap};
 
@@ -92,6 +93,10 @@ pub async fn chat_completions(
     let account = resolve_account(&state, &headers, prefix.name())?;
     let deployment = params.get("deployment").cloned().unwrap_or_default();
     let route = generation::route(&state, &account, &deployment)?;
+    generation::limits_on_error(&state, &account, &deployment, answer(&state, &account, &deployment, &route, req).await)
+}
+
+async fn answer(state: &AppState, account: &AccountRow, deployment: &str, route: &Route, req: ChatCompletionRequest) -> Result<Response, OpenAiApiError> {
     refuse_unsupported(&req)?;
     let msgs = messages(&req)?;
     let text = route.engine.model().text().clone();
@@ -101,16 +106,17 @@ pub async fn chat_completions(
         text.encode(&rendered).map_err(OpenAiApiError::internal)
     })
     .await?;
-    let running = generation::submit(&route, &account.key.subscription_id, &[prompt], &sampling, "messages", None)?;
+    let submitted = generation::submit(state, account, deployment, "ChatCompletions_Create", route, &[prompt], &sampling, "messages", None)?;
+    let remaining = submitted.remaining();
     let id = generation::completion_id("chatcmpl");
     let created = berth_control::unix_now();
-    let fingerprint = generation::fingerprint(&route);
+    let fingerprint = generation::fingerprint(route);
     if sampling.stream {
         let format = ChatFormat { id, created, model: route.model_name.clone(), fingerprint };
-        return Ok(generation::sse(running, format, sampling.include_usage));
+        return Ok(generation::sse(submitted, format, sampling.include_usage));
     }
-    let (choices, usage) = generation::collect(running).await?;
-    Ok(Json(ChatCompletion {
+    let (choices, usage) = generation::collect(submitted).await?;
+    let resp = Json(ChatCompletion {
         id,
         object: "chat.completion".into(),
         created,
@@ -129,7 +135,8 @@ pub async fn chat_completions(
             .collect(),
         usage,
     })
-    .into_response())
+    .into_response();
+    Ok(generation::with_limits(resp, &remaining))
 }
 
 struct ChatFormat {

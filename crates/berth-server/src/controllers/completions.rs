@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_api::openai::{Completion, CompletionChoice, CompletionRequest, Prompt, PromptFilterResult, Usage};
+use berth_control::{AccountRow, Route};
 use berth_engine::FinishReason;
 use std::collections::{BTreeMap, HashMap};
 
@@ -26,6 +27,10 @@ pub async fn completions(
     let account = resolve_account(&state, &headers, prefix.name())?;
     let deployment = params.get("deployment").cloned().unwrap_or_default();
     let route = generation::route(&state, &account, &deployment)?;
+    generation::limits_on_error(&state, &account, &deployment, answer(&state, &account, &deployment, &route, req).await)
+}
+
+async fn answer(state: &AppState, account: &AccountRow, deployment: &str, route: &Route, req: CompletionRequest) -> Result<Response, OpenAiApiError> {
     if req.logprobs.is_some_and(|n| n > 0) {
         return Err(OpenAiApiError::invalid("logprobs", "unsupported_parameter", "'logprobs' is not supported yet."));
     }
@@ -61,14 +66,15 @@ pub async fn completions(
     } else {
         vec![String::new(); prompts.len()]
     };
-    let running = generation::submit(&route, &account.key.subscription_id, &prompts, &sampling, "prompt", Some(DEFAULT_MAX_TOKENS))?;
+    let submitted = generation::submit(state, account, deployment, "Completions_Create", route, &prompts, &sampling, "prompt", Some(DEFAULT_MAX_TOKENS))?;
+    let remaining = submitted.remaining();
     let id = generation::completion_id("cmpl");
     let created = berth_control::unix_now();
-    let format = CompletionFormat { id, created, model: route.model_name.clone(), fingerprint: generation::fingerprint(&route), echo, n: sampling.n };
+    let format = CompletionFormat { id, created, model: route.model_name.clone(), fingerprint: generation::fingerprint(route), echo, n: sampling.n };
     if sampling.stream {
-        return Ok(generation::sse(running, format, sampling.include_usage));
+        return Ok(generation::sse(submitted, format, sampling.include_usage));
     }
-    let (choices, usage) = generation::collect(running).await?;
+    let (choices, usage) = generation::collect(submitted).await?;
     let choices = choices
         .into_iter()
         .map(|c| CompletionChoice {
@@ -79,7 +85,7 @@ pub async fn completions(
             content_filter_results: BTreeMap::new(),
         })
         .collect();
-    Ok(Json(format.completion(choices, Some(usage), true)).into_response())
+    Ok(generation::with_limits(Json(format.completion(choices, Some(usage), true)).into_response(), &remaining))
 }
 
 struct CompletionFormat {

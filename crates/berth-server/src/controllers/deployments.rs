@@ -97,7 +97,7 @@ pub async fn update_deployment(
     let api_version = arm_api_version(&uri)?;
     state.authorize_subscription(&principal, &path.subscription)?;
     state.deployment(&path.key(), &path.deployment)?;
-    let input = base_input(body.sku.as_ref(), body.tags, &api_version, &principal.object_id);
+    let input = DeploymentPutInput { patch: true, ..base_input(body.sku.as_ref(), body.tags, &api_version, &principal.object_id) };
     let outcome = state.0.put_deployment(&path.key(), &path.deployment, input)?;
     Ok(Json(render::deployment(&state, &outcome.row)).into_response())
 }

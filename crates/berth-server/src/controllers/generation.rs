@@ -81,6 +81,16 @@ pub fn resolve_account(state: &AppState, headers: &HeaderMap, prefix: Option<&st
     }
 }
 
+/// An error answer of a known deployment carries its remaining limits too.
+pub fn limits_on_error(state: &AppState, account: &AccountRow, deployment: &str, result: Result<Response, OpenAiApiError>) -> Result<Response, OpenAiApiError> {
+    result.map_err(|mut e| {
+        if e.remaining.is_none() {
+            e.remaining = state.rate_remaining(&account.key, deployment);
+        }
+        e
+    })
+}
+
 pub fn route(state: &AppState, account: &AccountRow, deployment: &str) -> Result<Route, OpenAiApiError> {
     state.host().route(&DeploymentKey::new(&account.key, deployment)).ok_or_else(OpenAiApiError::deployment_not_found)
 }
@@ -163,20 +173,67 @@ pub struct Running {
     pub events: Receiver<GenerateEvent>,
 }
 
-/// Submits `n` choices for each prompt. Tokens beyond the context are refused with the model's limit.
-/// Queues every choice of every prompt. `cache_scope` partitions the prefix cache (callers of different
-/// subscriptions never share cached prompts).
+/// Completion tokens charged at admission for a request without `max_tokens` (corrected when it ends).
+const DEFAULT_COMPLETION_ESTIMATE: usize = 256;
+
+/// A call admitted and queued: its choices, and its charge.
+pub struct Submitted {
+    pub running: Vec<Running>,
+    pub charge: Charge,
+}
+
+/// An admitted call's charge against its deployment's limits, and where its usage is metered.
+pub struct Charge {
+    ticket: berth_control::Ticket,
+    /// Provisioned deployments are charged prompt tokens less cached ones.
+    provisioned: bool,
+    control: std::sync::Arc<berth_control::Control>,
+    account: berth_control::AccountKey,
+    deployment: String,
+}
+
+impl Charge {
+    /// Corrects the admission charge to what the call used, and meters it.
+    fn finish(self, usage: &Usage) {
+        let cached = usage.prompt_tokens_details.cached_tokens;
+        let charged = if self.provisioned { usage.prompt_tokens.saturating_sub(cached) } else { usage.prompt_tokens };
+        self.ticket.settle(charged + usage.completion_tokens, std::time::Instant::now());
+        self.control.record_usage(&self.account, &self.deployment, usage.prompt_tokens, cached, usage.completion_tokens);
+    }
+}
+
+impl Submitted {
+    pub fn remaining(&self) -> berth_control::Remaining {
+        self.charge.ticket.remaining
+    }
+}
+
+/// Adds the remaining-limit headers to an answer.
+pub fn with_limits(mut resp: Response, remaining: &berth_control::Remaining) -> Response {
+    crate::headers::rate_limit_headers(resp.headers_mut(), remaining);
+    resp
+}
+
+/// Checks every prompt against the context, admits the call against the deployment's limits (charged
+/// at prompt tokens + `max_tokens` for each choice), and queues `n` choices for each prompt.
+/// `cache_scope` partitions the prefix cache (callers of different subscriptions never share cached
+/// prompts). `operation` names the call in a 429's message.
+#[allow(clippy::too_many_arguments)]
 pub fn submit(
+    state: &AppState,
+    account: &AccountRow,
+    deployment: &str,
+    operation: &str,
     route: &Route,
-    cache_scope: &str,
     prompts: &[Vec<u32>],
     sampling: &Sampling,
     param: &str,
     default_max: Option<usize>,
-) -> Result<Vec<Running>, OpenAiApiError> {
+) -> Result<Submitted, OpenAiApiError> {
     let context = route.engine.model().config().context_length;
-    let mut out = Vec::new();
-    for (p, prompt) in prompts.iter().enumerate() {
+    let mut plans = Vec::new();
+    let mut estimate = 0u64;
+    for prompt in prompts {
         if prompt.is_empty() {
             return Err(OpenAiApiError::invalid(param, "invalid_value", "The prompt is empty."));
         }
@@ -193,6 +250,27 @@ pub fn submit(
                 ),
             ));
         }
+        let charged = sampling.max_tokens.or(default_max).unwrap_or(room.min(DEFAULT_COMPLETION_ESTIMATE));
+        estimate += (prompt.len() + charged * sampling.n) as u64;
+        plans.push(max_tokens);
+    }
+    let provisioned = state.is_provisioned_deployment(&account.key, deployment);
+    let ticket = match state.admit(&account.key, deployment, estimate)? {
+        Ok(t) => t,
+        Err(refusal) => {
+            let secs = refusal.retry_after.as_secs_f64().ceil() as u64;
+            let mut e = OpenAiApiError::plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "429",
+                format!("Requests to the {operation} Operation of deployment '{deployment}' have been refused. {} Please retry after {secs} seconds.", refusal.message),
+            );
+            e.retry_after_ms = Some(refusal.retry_after.as_millis().max(1) as u64);
+            e.remaining = Some(refusal.remaining);
+            return Err(e);
+        }
+    };
+    let mut out = Vec::new();
+    for (p, (prompt, max_tokens)) in prompts.iter().zip(plans).enumerate() {
         for j in 0..sampling.n {
             let mut params = sampling.params.clone();
             params.seed = params.seed.map(|s| s.wrapping_add(j as u64));
@@ -203,9 +281,10 @@ pub fn submit(
                 sampling: params,
                 max_tokens,
                 stop: sampling.stop.clone(),
-                cache_scope: cache_scope.to_owned(),
+                cache_scope: account.key.subscription_id.clone(),
                 ignore_eos: false,
             };
+            // A refusal here leaves the admission charged at its estimate: the engine was asked.
             route.engine.submit(request, tx).map_err(|e| match e {
                 EngineError::Busy(m) => OpenAiApiError::overloaded(format!("The deployment is at capacity ({m}). Please retry after 1 second.")),
                 other => OpenAiApiError::internal(other),
@@ -213,7 +292,8 @@ pub fn submit(
             out.push(Running { index: (p * sampling.n + j) as u32, prompt_index: p, events: rx });
         }
     }
-    Ok(out)
+    let charge = Charge { ticket, provisioned, control: state.0.clone(), account: account.key.clone(), deployment: deployment.to_owned() };
+    Ok(Submitted { running: out, charge })
 }
 
 /// A finished choice.
@@ -224,8 +304,9 @@ pub struct Choice {
     pub finish_reason: FinishReason,
 }
 
-/// Waits for every choice; usage counts each prompt once.
-pub async fn collect(running: Vec<Running>) -> Result<(Vec<Choice>, Usage), OpenAiApiError> {
+/// Waits for every choice; usage counts each prompt once. The call's charge is corrected to its usage.
+pub async fn collect(submitted: Submitted) -> Result<(Vec<Choice>, Usage), OpenAiApiError> {
+    let Submitted { running, charge } = submitted;
     let mut choices = Vec::with_capacity(running.len());
     let mut prompt_tokens = std::collections::BTreeMap::new();
     let mut completion_tokens = 0;
@@ -247,7 +328,9 @@ pub async fn collect(running: Vec<Running>) -> Result<(Vec<Choice>, Usage), Open
             }
         }
     }
-    Ok((choices, Usage::new(prompt_tokens.values().sum(), completion_tokens, cached.values().sum())))
+    let usage = Usage::new(prompt_tokens.values().sum(), completion_tokens, cached.values().sum());
+    charge.finish(&usage);
+    Ok((choices, usage))
 }
 
 fn failed(e: String) -> OpenAiApiError {
@@ -276,6 +359,8 @@ struct StreamState<F> {
     completion_tokens: u64,
     opening: Vec<String>,
     done: bool,
+    /// Finished when the stream ends; dropped with it (estimate kept) if the client goes away.
+    charge: Option<Charge>,
 }
 
 fn frame(json: String) -> Bytes {
@@ -284,7 +369,9 @@ fn frame(json: String) -> Bytes {
 
 /// An SSE response: `data: {chunk}` frames, then (optionally) usage, then `data: [DONE]`. Dropping the
 /// body (the client went away) drops the event receivers, which frees the sequences in the engine.
-pub fn sse<F: ChunkFormat>(running: Vec<Running>, format: F, include_usage: bool) -> Response {
+pub fn sse<F: ChunkFormat>(submitted: Submitted, format: F, include_usage: bool) -> Response {
+    let remaining = submitted.remaining();
+    let Submitted { running, charge } = submitted;
     let indices: Vec<u32> = running.iter().map(|r| r.index).collect();
     let mut events = SelectAll::new();
     for r in running {
@@ -301,6 +388,7 @@ pub fn sse<F: ChunkFormat>(running: Vec<Running>, format: F, include_usage: bool
         cached_tokens: Default::default(),
         opening,
         done: false,
+        charge: Some(charge),
     };
     let body = stream::unfold(state, |mut st| async move {
         if st.done {
@@ -328,8 +416,11 @@ pub fn sse<F: ChunkFormat>(running: Vec<Running>, format: F, include_usage: bool
                 None => {
                     st.done = true;
                     let mut tail = String::new();
+                    let usage = Usage::new(st.prompt_tokens.values().sum(), st.completion_tokens, st.cached_tokens.values().sum());
+                    if let Some(charge) = st.charge.take() {
+                        charge.finish(&usage);
+                    }
                     if st.include_usage {
-                        let usage = Usage::new(st.prompt_tokens.values().sum(), st.completion_tokens, st.cached_tokens.values().sum());
                         tail.push_str(&format!("data: {}\n\n", st.format.usage(usage)));
                     }
                     tail.push_str("data: [DONE]\n\n");
@@ -342,6 +433,7 @@ pub fn sse<F: ChunkFormat>(running: Vec<Running>, format: F, include_usage: bool
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    crate::headers::rate_limit_headers(h, &remaining);
     resp
 }
 

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod admin;
 pub mod chat_completions;
 pub mod completions;
+pub mod costs;
 pub mod deployments;
 pub mod files;
 pub mod fine_tuning;
@@ -12,6 +13,7 @@ pub mod generation;
 pub mod health;
 pub mod models;
 pub mod operations;
+pub mod quota;
 
 use serde::Deserialize;
 

@@ -1,0 +1,289 @@
+//! Data-plane admission per deployment.
+//!
+//! - Standard types: capacity x 6 requests per minute, at most capacity requests in each 10-second
+//!   window; capacity x 1,000 tokens per minute over the last six 10-second windows. A request is
+//!   charged its estimate (prompt tokens + `max_tokens`) when admitted, in the window it arrived in,
+//!   and corrected to what it used when it finishes. Check and charge happen under one lock, so
+//!   concurrent requests never overshoot the limit by more than one estimate's correction.
+//! - Provisioned types: a utilisation meter that drains at the PTU's tokens per minute. A request is
+//!   admitted while utilisation (tokens in the meter / one minute of throughput) is under 100 %, charged
+//!   its estimate, and corrected when it finishes.
+
+use crate::host::DeploymentKey;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const WINDOW: Duration = Duration::from_secs(10);
+const WINDOWS_PER_MINUTE: u64 = 6;
+
+/// What a deployment allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limits {
+    Standard { requests_per_window: u64, tokens_per_minute: u64 },
+    Provisioned { tokens_per_minute: u64 },
+}
+
+impl Limits {
+    pub fn standard(capacity: i64) -> Self {
+        let c = capacity.max(0) as u64;
+        Limits::Standard { requests_per_window: c, tokens_per_minute: c * 1000 }
+    }
+}
+
+/// What is left after an answer, for `x-ratelimit-remaining-*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remaining {
+    pub requests: u64,
+    pub tokens: u64,
+    /// Provisioned only: utilisation in percent.
+    pub utilization_percent: Option<u64>,
+}
+
+/// A refusal: which limit, and when to come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    pub retry_after: Duration,
+    pub remaining: Remaining,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Standard: (window index, requests, tokens) of the last six windows.
+    windows: Vec<(u64, u64, u64)>,
+    /// Provisioned: tokens in the meter as of `drained_at`.
+    level: f64,
+    drained_at: Option<Instant>,
+}
+
+/// The admission state of every deployment.
+#[derive(Debug)]
+pub struct RateLimiter {
+    epoch: Instant,
+    states: Mutex<HashMap<DeploymentKey, State>>,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter { epoch: Instant::now(), states: Mutex::new(HashMap::new()) }
+    }
+}
+
+/// An admitted request's charge; [`Ticket::settle`] corrects it to the tokens used. Dropped
+/// unsettled (a client that went away), the estimate stands.
+#[derive(Debug)]
+pub struct Ticket {
+    limiter: Arc<RateLimiter>,
+    key: DeploymentKey,
+    window: Option<u64>,
+    estimate: u64,
+    pub remaining: Remaining,
+}
+
+impl Ticket {
+    pub fn settle(self, used: u64, now: Instant) {
+        self.limiter.correct(&self.key, self.window, self.estimate, used, now);
+    }
+}
+
+impl RateLimiter {
+    fn window_of(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64 / WINDOW.as_millis() as u64
+    }
+
+    fn window_start(&self, index: u64) -> Instant {
+        self.epoch + WINDOW * index as u32
+    }
+
+    fn with_state<T>(&self, key: &DeploymentKey, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        f(states.entry(key.clone()).or_default())
+    }
+
+    /// Admits and charges `estimate` tokens, or refuses.
+    pub fn admit(self: &Arc<Self>, key: &DeploymentKey, limits: Limits, estimate: u64, now: Instant) -> Result<Ticket, Refusal> {
+        match limits {
+            Limits::Standard { requests_per_window, tokens_per_minute } => {
+                let w = self.window_of(now);
+                self.with_state(key, |st| {
+                    st.windows.retain(|(i, _, _)| *i + WINDOWS_PER_MINUTE > w);
+                    let requests_now = st.windows.iter().find(|x| x.0 == w).map_or(0, |x| x.1);
+                    let tokens_minute: u64 = st.windows.iter().map(|x| x.2).sum();
+                    let remaining = |extra_req: u64, extra_tok: u64| Remaining {
+                        requests: requests_per_window.saturating_sub(requests_now + extra_req),
+                        tokens: tokens_per_minute.saturating_sub(tokens_minute + extra_tok),
+                        utilization_percent: None,
+                    };
+                    if requests_now >= requests_per_window {
+                        let retry = self.window_start(w + 1).saturating_duration_since(now);
+                        return Err(Refusal {
+                            message: format!(
+                                "Requests to this deployment have exceeded the request rate limit of {} requests per 10 seconds ({} per minute).",
+                                requests_per_window,
+                                requests_per_window * WINDOWS_PER_MINUTE
+                            ),
+                            retry_after: retry.max(Duration::from_millis(1)),
+                            remaining: remaining(0, 0),
+                        });
+                    }
+                    if tokens_minute + estimate > tokens_per_minute {
+                        // The earliest time enough old windows have left the minute.
+                        let mut freed = 0;
+                        let mut sorted = st.windows.clone();
+                        sorted.sort_by_key(|x| x.0);
+                        let mut retry = None;
+                        for (i, _, t) in sorted {
+                            freed += t;
+                            if tokens_minute - freed + estimate <= tokens_per_minute {
+                                retry = Some(self.window_start(i + WINDOWS_PER_MINUTE).saturating_duration_since(now));
+                                break;
+                            }
+                        }
+                        let fits_ever = estimate <= tokens_per_minute;
+                        return Err(Refusal {
+                            message: if fits_ever {
+                                format!("Requests to this deployment have exceeded the token rate limit of {tokens_per_minute} tokens per minute; this request is estimated at {estimate} tokens (prompt + max_tokens).")
+                            } else {
+                                format!("This request is estimated at {estimate} tokens (prompt + max_tokens), more than the deployment's limit of {tokens_per_minute} tokens per minute: lower max_tokens or raise the deployment's capacity.")
+                            },
+                            retry_after: retry.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(1)),
+                            remaining: remaining(0, 0),
+                        });
+                    }
+                    match st.windows.iter_mut().find(|x| x.0 == w) {
+                        Some(x) => {
+                            x.1 += 1;
+                            x.2 += estimate;
+                        }
+                        None => st.windows.push((w, 1, estimate)),
+                    }
+                    Ok(Ticket { limiter: self.clone(), key: key.clone(), window: Some(w), estimate, remaining: remaining(1, estimate) })
+                })
+            }
+            Limits::Provisioned { tokens_per_minute } => self.with_state(key, |st| {
+                let rate = tokens_per_minute as f64 / 60.0;
+                drain(st, rate, now);
+                let full = tokens_per_minute as f64;
+                let utilization = |level: f64| ((level / full.max(1.0)) * 100.0).round() as u64;
+                if st.level >= full {
+                    let retry = Duration::from_secs_f64(((st.level - full) / rate.max(1e-9)).max(0.001));
+                    return Err(Refusal {
+                        message: format!(
+                            "This provisioned deployment is at {}% utilisation of its {tokens_per_minute} tokens per minute.",
+                            utilization(st.level)
+                        ),
+                        retry_after: retry,
+                        remaining: Remaining { requests: 0, tokens: 0, utilization_percent: Some(utilization(st.level)) },
+                    });
+                }
+                st.level += estimate as f64;
+                let left = (full - st.level).max(0.0) as u64;
+                Ok(Ticket {
+                    limiter: self.clone(),
+                    key: key.clone(),
+                    window: None,
+                    estimate,
+                    remaining: Remaining { requests: left / estimate.max(1), tokens: left, utilization_percent: Some(utilization(st.level)) },
+                })
+            }),
+        }
+    }
+
+    fn correct(&self, key: &DeploymentKey, window: Option<u64>, estimate: u64, used: u64, now: Instant) {
+        self.with_state(key, |st| match window {
+            Some(w) => {
+                if let Some(x) = st.windows.iter_mut().find(|x| x.0 == w) {
+                    x.2 = (x.2 + used).saturating_sub(estimate);
+                }
+            }
+            None => {
+                // Rate is irrelevant here: only the level moves.
+                st.level = (st.level + used as f64 - estimate as f64).max(0.0);
+                st.drained_at.get_or_insert(now);
+            }
+        })
+    }
+
+    /// What is left without charging anything (for answers refused before admission).
+    pub fn remaining(&self, key: &DeploymentKey, limits: Limits, now: Instant) -> Remaining {
+        match limits {
+            Limits::Standard { requests_per_window, tokens_per_minute } => {
+                let w = self.window_of(now);
+                self.with_state(key, |st| {
+                    let requests_now = st.windows.iter().find(|x| x.0 == w).map_or(0, |x| x.1);
+                    let tokens: u64 = st.windows.iter().filter(|x| x.0 + WINDOWS_PER_MINUTE > w).map(|x| x.2).sum();
+                    Remaining {
+                        requests: requests_per_window.saturating_sub(requests_now),
+                        tokens: tokens_per_minute.saturating_sub(tokens),
+                        utilization_percent: None,
+                    }
+                })
+            }
+            Limits::Provisioned { tokens_per_minute } => self.with_state(key, |st| {
+                drain(st, tokens_per_minute as f64 / 60.0, now);
+                let left = (tokens_per_minute as f64 - st.level).max(0.0) as u64;
+                Remaining { requests: u64::from(left > 0), tokens: left, utilization_percent: Some((st.level / (tokens_per_minute.max(1) as f64) * 100.0).round() as u64) }
+            }),
+        }
+    }
+
+    /// Forgets a deployment (deleted).
+    pub fn forget(&self, key: &DeploymentKey) {
+        self.states.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+fn drain(st: &mut State, rate: f64, now: Instant) {
+    if let Some(t) = st.drained_at {
+        let dt = now.saturating_duration_since(t).as_secs_f64();
+        st.level = (st.level - dt * rate).max(0.0);
+    }
+    st.drained_at = Some(now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> DeploymentKey {
+        DeploymentKey::new(&berth_store::AccountKey { subscription_id: "s".into(), resource_group: "g".into(), account: "a".into() }, "d")
+    }
+
+    #[test]
+    fn standard_windows_limit_requests_and_tokens() {
+        let rl = Arc::new(RateLimiter::default());
+        let t0 = rl.epoch;
+        let limits = Limits::standard(2); // 2 requests per 10 s, 2,000 tokens per minute
+        let a = rl.admit(&key(), limits, 600, t0).unwrap();
+        assert_eq!(a.remaining, Remaining { requests: 1, tokens: 1400, utilization_percent: None });
+        rl.admit(&key(), limits, 600, t0 + Duration::from_secs(1)).unwrap();
+        let r = rl.admit(&key(), limits, 10, t0 + Duration::from_secs(2)).unwrap_err();
+        assert_eq!(r.retry_after, Duration::from_secs(8));
+        assert!(r.message.contains("request rate limit of 2 requests per 10 seconds"));
+        // Next window: requests free again, tokens still counted over the minute.
+        rl.admit(&key(), limits, 600, t0 + Duration::from_secs(10)).unwrap();
+        let r = rl.admit(&key(), limits, 600, t0 + Duration::from_secs(11)).unwrap_err();
+        assert!(r.message.contains("token rate limit of 2000 tokens per minute"), "{}", r.message);
+        assert_eq!(r.retry_after, Duration::from_secs(49)); // the first window leaves the minute at 60 s
+        // Correcting the first request to what it used frees its tokens at once.
+        a.settle(100, t0 + Duration::from_secs(12));
+        rl.admit(&key(), limits, 600, t0 + Duration::from_secs(12)).unwrap();
+        // An estimate over the whole minute's budget can never pass.
+        let r = rl.admit(&key(), limits, 5000, t0 + Duration::from_secs(70)).unwrap_err();
+        assert!(r.message.contains("lower max_tokens"));
+    }
+
+    #[test]
+    fn provisioned_utilisation_drains_at_the_ptu_rate() {
+        let rl = Arc::new(RateLimiter::default());
+        let t0 = rl.epoch;
+        let limits = Limits::Provisioned { tokens_per_minute: 6000 }; // 100 tokens/s
+        rl.admit(&key(), limits, 5000, t0).unwrap();
+        let t = rl.admit(&key(), limits, 2000, t0).unwrap(); // under 100 % before it: admitted, now 117 %
+        assert_eq!(t.remaining.utilization_percent, Some(117));
+        let r = rl.admit(&key(), limits, 10, t0 + Duration::from_secs(1)).unwrap_err();
+        assert_eq!(r.retry_after, Duration::from_secs(9)); // 900 tokens over at 100 tokens/s
+        rl.admit(&key(), limits, 10, t0 + Duration::from_secs(11)).unwrap();
+    }
+}
