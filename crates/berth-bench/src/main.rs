@@ -122,6 +122,7 @@ fn options(model: &Model, max_batch: usize, prefix_cache: bool) -> EngineOptions
         kv_cache_bytes: (model.kv_bytes_per_token() * 48 * 1024).max(64 << 20),
         prefix_cache,
         adapter_cache_bytes: 1 << 30,
+        reserved_batch: 0,
     }
 }
 
@@ -148,6 +149,7 @@ fn request(prompt: Vec<u32>, adapter: Option<AdapterId>, max_tokens: usize) -> G
         stop: vec![],
         cache_scope: "bench".into(),
         ignore_eos: true,
+        reserved: false,
     }
 }
 

@@ -124,6 +124,7 @@ fn heldout_rates(model_path: &Path, adapter: &Path, prompts: &[String], expect: 
                 stop: vec![],
                 cache_scope: "bench".into(),
                 ignore_eos: false,
+                reserved: false,
             };
             let (tx, mut rx) = tokio::sync::mpsc::channel(64);
             engine.submit(req, tx)?;

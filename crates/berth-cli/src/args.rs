@@ -104,6 +104,9 @@ pub struct ServeArgs {
     /// and reloaded on demand).
     #[arg(long, default_value_t = 1024, env = "BERTH_ADAPTER_CACHE_MIB")]
     pub adapter_cache_mib: usize,
+    /// Batch slots each engine keeps for provisioned deployments' requests while they are active.
+    #[arg(long, default_value_t = 4, env = "BERTH_RESERVED_BATCH")]
+    pub reserved_batch: usize,
     /// Do not keep computed prompt prefixes for reuse.
     #[arg(long, env = "BERTH_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,

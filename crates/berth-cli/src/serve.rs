@@ -27,6 +27,7 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             kv_cache_bytes: args.kv_cache_mib << 20,
             prefix_cache: !args.no_prefix_cache,
             adapter_cache_bytes: args.adapter_cache_mib << 20,
+            reserved_batch: args.reserved_batch.min(args.max_batch.saturating_sub(1)),
         };
         config.fine_tuning_slots = args.fine_tuning_slots.max(1);
         config.location = berth_control::normalize_region(&args.location);

@@ -32,6 +32,9 @@ pub struct EngineOptions {
     /// Memory for loaded adapters; beyond it the least recently used adapter that can be reloaded from
     /// its directory is dropped (requests running with it keep their reference until they finish).
     pub adapter_cache_bytes: usize,
+    /// Batch slots ordinary requests cannot take while reserved (provisioned) requests have arrived in
+    /// the last minute; reserved requests may use every slot.
+    pub reserved_batch: usize,
 }
 
 impl Default for EngineOptions {
@@ -44,6 +47,7 @@ impl Default for EngineOptions {
             kv_cache_bytes: 512 << 20,
             prefix_cache: true,
             adapter_cache_bytes: 1 << 30,
+            reserved_batch: 4,
         }
     }
 }
@@ -180,7 +184,9 @@ impl EngineHandle {
     /// engine never waits for a slow client. Fails at once when the queue is full.
     pub fn submit(&self, request: GenerateRequest, events: Sender<GenerateEvent>) -> Result<()> {
         let queued = self.stats.queued.fetch_add(1, Ordering::AcqRel);
-        if queued >= self.queue_depth {
+        // Reserved requests are admitted by utilisation before they get here, so they never wait on
+        // the ordinary queue's depth.
+        if queued >= self.queue_depth && !request.reserved {
             self.stats.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(EngineError::Busy(format!("{queued} requests are already waiting for this model")));
         }

@@ -40,6 +40,9 @@ pub struct GenerateRequest {
     pub cache_scope: String,
     /// Keep generating past end-of-sequence tokens until `max_tokens` (benchmarks; vLLM's `ignore_eos`).
     pub ignore_eos: bool,
+    /// Served from the batch share reserved for provisioned traffic: admitted ahead of ordinary
+    /// requests, into slots they cannot take, never refused for a full queue, preempted last.
+    pub reserved: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -66,6 +66,8 @@ pub(crate) struct Worker {
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
     options: EngineOptions,
+    /// When a reserved request last arrived.
+    reserved_seen: Option<std::time::Instant>,
 }
 
 impl Worker {
@@ -82,6 +84,7 @@ impl Worker {
             waiting: VecDeque::new(),
             running: Vec::new(),
             options,
+            reserved_seen: None,
         }
     }
 
@@ -178,6 +181,9 @@ impl Worker {
             let why = format!("the prompt needs {need} KV cache blocks of {BLOCK_TOKENS} tokens; the cache holds {}", self.blocks.total());
             return refuse(&events, &self.stats, why);
         }
+        if request.reserved {
+            self.reserved_seen = Some(std::time::Instant::now());
+        }
         let scope = scope_key(request.adapter.as_ref().map(|a| a.0.as_str()), &request.cache_scope);
         self.waiting.push_back(Sequence {
             tokens: request.prompt.clone(),
@@ -215,11 +221,32 @@ impl Worker {
         });
     }
 
+    /// Whether ordinary requests are kept out of the reserved slots: while reserved requests have
+    /// arrived in the last minute.
+    fn reservation_active(&self) -> bool {
+        self.options.reserved_batch > 0 && self.reserved_seen.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60))
+    }
+
+    /// The next waiting sequence to admit: the oldest reserved one, else the oldest, unless ordinary
+    /// sequences already fill the slots left to them.
+    fn next_waiting(&self) -> Option<usize> {
+        if let Some(i) = self.waiting.iter().position(|s| s.request.reserved) {
+            return Some(i);
+        }
+        if self.waiting.is_empty() {
+            return None;
+        }
+        let ordinary = self.running.iter().filter(|s| !s.request.reserved).count();
+        let cap = if self.reservation_active() { self.options.max_batch.saturating_sub(self.options.reserved_batch) } else { self.options.max_batch };
+        (ordinary < cap).then_some(0)
+    }
+
     /// Moves waiting sequences into the batch while there are slots and blocks for their prompts (with
     /// a block of headroom per running sequence, so that admitting does not force a preemption).
     fn admit(&mut self) {
         while self.running.len() < self.options.max_batch {
-            let Some(mut seq) = self.waiting.pop_front() else { break };
+            let Some(index) = self.next_waiting() else { break };
+            let Some(mut seq) = self.waiting.remove(index) else { break };
             if let (None, Some(id)) = (&seq.adapter, seq.request.adapter.clone()) {
                 match self.adapter(&id) {
                     Ok(a) => seq.adapter = Some(a),
@@ -238,7 +265,7 @@ impl Worker {
             let need = seq.tokens.len().div_ceil(BLOCK_TOKENS) - seq.blocks.len();
             if self.blocks.available() < need + self.running.len() && !self.running.is_empty() {
                 self.release(&mut seq);
-                self.waiting.push_front(seq);
+                self.waiting.insert(index, seq);
                 break;
             }
             if seq.cached_tokens.is_none() {
@@ -350,12 +377,15 @@ impl Worker {
                 budget -= 1;
             }
         }
-        for (i, r) in self.running.iter().enumerate() {
-            let pending = r.tokens.len() - r.computed;
-            if pending > 1 && budget > 0 {
-                let n = pending.min(budget);
-                plan.push((i, n));
-                budget -= n;
+        // Reserved sequences' prompts first.
+        for reserved in [true, false] {
+            for (i, r) in self.running.iter().enumerate() {
+                let pending = r.tokens.len() - r.computed;
+                if r.request.reserved == reserved && pending > 1 && budget > 0 {
+                    let n = pending.min(budget);
+                    plan.push((i, n));
+                    budget -= n;
+                }
             }
         }
         plan
@@ -371,7 +401,12 @@ impl Worker {
                     self.running[i].blocks.push(b);
                     continue;
                 }
-                let victim = (0..self.running.len()).rev().find(|&j| !out[j]).expect("sequence i is still in");
+                // The newest ordinary sequence goes first; reserved ones only when nothing else is left.
+                let victim = (0..self.running.len())
+                    .rev()
+                    .find(|&j| !out[j] && !self.running[j].request.reserved)
+                    .or_else(|| (0..self.running.len()).rev().find(|&j| !out[j]))
+                    .expect("sequence i is still in");
                 out[victim] = true;
                 if victim == i && (0..self.running.len()).all(|j| j == i || out[j]) {
                     // Alone in the batch and still out of blocks: the pool cannot hold this sequence.

@@ -53,6 +53,7 @@ fn smollm2_answers_a_factual_question_greedily() {
             stop: vec![],
             cache_scope: String::new(),
         ignore_eos: false,
+        reserved: false,
         },
     );
     assert!(text.contains("Paris"), "{text:?}");
@@ -74,6 +75,7 @@ fn batched_sequences_match_sequences_run_alone() {
         stop: vec![],
         cache_scope: String::new(),
         ignore_eos: false,
+        reserved: false,
     };
     let alone: Vec<String> = questions.iter().map(|q| generate(&engine, req(q)).0).collect();
     // Submit all at once: they run in one batch.
@@ -112,6 +114,7 @@ fn stop_sequences_and_max_tokens_end_generation() {
         stop: vec![],
         cache_scope: String::new(),
         ignore_eos: false,
+        reserved: false,
     };
     let (full, _, _, _) = generate(&engine, base.clone());
     assert!(full.contains('5'), "{full:?}");
@@ -161,7 +164,7 @@ fn a_client_that_goes_away_frees_its_sequence() {
     let m = model();
     let engine = Engine::start(m.clone(), EngineOptions::default()).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
-    let request = GenerateRequest { prompt: chat_prompt(&m, "Tell me a very long story."), adapter: None, sampling: SamplingParams::greedy(), max_tokens: 4000, stop: vec![], cache_scope: String::new(), ignore_eos: false };
+    let request = GenerateRequest { prompt: chat_prompt(&m, "Tell me a very long story."), adapter: None, sampling: SamplingParams::greedy(), max_tokens: 4000, stop: vec![], cache_scope: String::new(), ignore_eos: false, reserved: false };
     engine.submit(request, tx).unwrap();
     assert!(matches!(rx.blocking_recv(), Some(GenerateEvent::Text(_))));
     assert_eq!(engine.stats().running(), 1);

@@ -29,6 +29,7 @@ fn request(prompt: Vec<u32>, adapter: Option<&str>, max_tokens: usize, scope: &s
         stop: vec![],
         cache_scope: scope.into(),
         ignore_eos: false,
+        reserved: false,
     }
 }
 
@@ -273,4 +274,42 @@ fn adapters_beyond_the_pool_budget_are_evicted_and_reloaded() {
     let together = run_all(&engine, (0..6).map(ask).collect());
     let alone: Vec<Answer> = (0..6).map(|i| one(&reference, ask(i))).collect();
     assert_eq!(together.iter().map(|a| &a.text).collect::<Vec<_>>(), alone.iter().map(|a| &a.text).collect::<Vec<_>>());
+}
+
+#[test]
+fn reserved_requests_jump_the_queue_and_keep_their_slots() {
+    let m = model();
+    // Two slots, one reserved once reserved traffic has been seen; a queue of two ordinary requests.
+    let engine = Engine::start(m.clone(), EngineOptions { max_batch: 2, reserved_batch: 1, queue_depth: 2, ..EngineOptions::default() }).unwrap();
+    let long = |n| {
+        let mut r = request(chat_prompt(&m, "Tell me a very long story."), None, n, "t");
+        r.ignore_eos = true;
+        r
+    };
+    let reserved = |n| GenerateRequest { reserved: true, ..request(chat_prompt(&m, "Name a colour."), None, n, "p") };
+    // The first reserved request arms the reservation.
+    assert!(one(&engine, reserved(2)).completion_tokens > 0);
+    let mut ordinary = Vec::new();
+    for _ in 0..3 {
+        let (tx, rx) = tokio::sync::mpsc::channel(400);
+        engine.submit(long(300), tx).unwrap_or_else(|e| panic!("{e}"));
+        ordinary.push(rx);
+    }
+    // The queue is full for ordinary requests, not for reserved ones.
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    assert!(matches!(engine.submit(long(300), tx), Err(berth_engine::EngineError::Busy(_))));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let stats = engine.stats();
+    assert_eq!(stats.running(), 1, "ordinary requests take only the unreserved slot");
+    let started = std::time::Instant::now();
+    let answer = one(&engine, reserved(8));
+    assert_eq!(answer.completion_tokens, 8);
+    // It finished while every ordinary request was still running or waiting.
+    for rx in &mut ordinary {
+        let mut finished = false;
+        while let Ok(e) = rx.try_recv() {
+            finished |= matches!(e, GenerateEvent::Finished { .. });
+        }
+        assert!(!finished, "an ordinary request finished before the reserved one ({:?})", started.elapsed());
+    }
 }

@@ -283,6 +283,7 @@ pub fn submit(
                 stop: sampling.stop.clone(),
                 cache_scope: account.key.subscription_id.clone(),
                 ignore_eos: false,
+                reserved: provisioned,
             };
             // A refusal here leaves the admission charged at its estimate: the engine was asked.
             route.engine.submit(request, tx).map_err(|e| match e {
