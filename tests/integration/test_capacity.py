@@ -150,6 +150,10 @@ def test_standard_deployments_limit_requests_per_10_seconds_and_tokens_per_minut
     assert put(s, "one", "smollm2", "Standard", 2)[0] == 200
     status, body, headers = chat(s, "one", max_tokens=8)
     assert status == 200, body
+    # Every answer of a deployment carries what is left, errors included.
+    url = f"{s.url}/openai/deployments/one/chat/completions?api-version={VERSION}"
+    status, body, headers = http.request("POST", url, body={"messages": QUESTION, "temperature": 5}, headers={"api-key": s.keys()["key1"]})
+    assert status == 400 and "x-ratelimit-remaining-requests" in headers and "x-ratelimit-remaining-tokens" in headers, headers
     # An estimate over the minute's budget can never pass: it says so.
     s.deploy("tiny", "smollm2", capacity=1)
     status, body, headers = chat(s, "tiny", max_tokens=1500)

@@ -1,10 +1,11 @@
 //! Data-plane admission per deployment.
 //!
-//! - Standard types: capacity x 6 requests per minute, at most capacity requests in each 10-second
-//!   window; capacity x 1,000 tokens per minute over the last six 10-second windows. A request is
-//!   charged its estimate (prompt tokens + `max_tokens`) when admitted, in the window it arrived in,
-//!   and corrected to what it used when it finishes. Check and charge happen under one lock, so
-//!   concurrent requests never overshoot the limit by more than one estimate's correction.
+//! - Standard types: capacity x 6 requests per minute, at most capacity requests in any 10 seconds;
+//!   capacity x 1,000 tokens in any 60 seconds. Both are sliding windows over a log of admissions. A
+//!   request is charged its estimate (prompt tokens + `max_tokens`) when admitted and corrected to what
+//!   it used when it finishes. Check and charge happen under one lock, so concurrent requests never
+//!   overshoot: the tokens charged in any minute stay within the limit, and what a minute serves exceeds
+//!   it only by what finished calls used beyond their estimates.
 //! - Provisioned types: a utilisation meter that drains at the PTU's tokens per minute. A request is
 //!   admitted while utilisation (tokens in the meter / one minute of throughput) is under 100 %, charged
 //!   its estimate, and corrected when it finishes.
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_secs(10);
+const MINUTE: Duration = Duration::from_secs(60);
 const WINDOWS_PER_MINUTE: u64 = 6;
 
 /// What a deployment allows.
@@ -50,24 +52,18 @@ pub struct Refusal {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Standard: (window index, requests, tokens) of the last six windows.
-    windows: Vec<(u64, u64, u64)>,
+    /// Standard: (admitted at, tokens charged, ticket id) of the last minute's admissions, oldest first.
+    log: std::collections::VecDeque<(Instant, u64, u64)>,
+    next_id: u64,
     /// Provisioned: tokens in the meter as of `drained_at`.
     level: f64,
     drained_at: Option<Instant>,
 }
 
 /// The admission state of every deployment.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct RateLimiter {
-    epoch: Instant,
     states: Mutex<HashMap<DeploymentKey, State>>,
-}
-
-impl Default for RateLimiter {
-    fn default() -> Self {
-        RateLimiter { epoch: Instant::now(), states: Mutex::new(HashMap::new()) }
-    }
 }
 
 /// An admitted request's charge; [`Ticket::settle`] corrects it to the tokens used. Dropped
@@ -76,26 +72,19 @@ impl Default for RateLimiter {
 pub struct Ticket {
     limiter: Arc<RateLimiter>,
     key: DeploymentKey,
-    window: Option<u64>,
+    /// Standard: the admission's id in the log.
+    entry: Option<u64>,
     estimate: u64,
     pub remaining: Remaining,
 }
 
 impl Ticket {
     pub fn settle(self, used: u64, now: Instant) {
-        self.limiter.correct(&self.key, self.window, self.estimate, used, now);
+        self.limiter.correct(&self.key, self.entry, self.estimate, used, now);
     }
 }
 
 impl RateLimiter {
-    fn window_of(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_millis() as u64 / WINDOW.as_millis() as u64
-    }
-
-    fn window_start(&self, index: u64) -> Instant {
-        self.epoch + WINDOW * index as u32
-    }
-
     fn with_state<T>(&self, key: &DeploymentKey, f: impl FnOnce(&mut State) -> T) -> T {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         f(states.entry(key.clone()).or_default())
@@ -104,63 +93,56 @@ impl RateLimiter {
     /// Admits and charges `estimate` tokens, or refuses.
     pub fn admit(self: &Arc<Self>, key: &DeploymentKey, limits: Limits, estimate: u64, now: Instant) -> Result<Ticket, Refusal> {
         match limits {
-            Limits::Standard { requests_per_window, tokens_per_minute } => {
-                let w = self.window_of(now);
-                self.with_state(key, |st| {
-                    st.windows.retain(|(i, _, _)| *i + WINDOWS_PER_MINUTE > w);
-                    let requests_now = st.windows.iter().find(|x| x.0 == w).map_or(0, |x| x.1);
-                    let tokens_minute: u64 = st.windows.iter().map(|x| x.2).sum();
-                    let remaining = |extra_req: u64, extra_tok: u64| Remaining {
-                        requests: requests_per_window.saturating_sub(requests_now + extra_req),
-                        tokens: tokens_per_minute.saturating_sub(tokens_minute + extra_tok),
-                        utilization_percent: None,
-                    };
-                    if requests_now >= requests_per_window {
-                        let retry = self.window_start(w + 1).saturating_duration_since(now);
-                        return Err(Refusal {
-                            message: format!(
-                                "Requests to this deployment have exceeded the request rate limit of {} requests per 10 seconds ({} per minute).",
-                                requests_per_window,
-                                requests_per_window * WINDOWS_PER_MINUTE
-                            ),
-                            retry_after: retry.max(Duration::from_millis(1)),
-                            remaining: remaining(0, 0),
-                        });
-                    }
-                    if tokens_minute + estimate > tokens_per_minute {
-                        // The earliest time enough old windows have left the minute.
-                        let mut freed = 0;
-                        let mut sorted = st.windows.clone();
-                        sorted.sort_by_key(|x| x.0);
-                        let mut retry = None;
-                        for (i, _, t) in sorted {
-                            freed += t;
-                            if tokens_minute - freed + estimate <= tokens_per_minute {
-                                retry = Some(self.window_start(i + WINDOWS_PER_MINUTE).saturating_duration_since(now));
-                                break;
-                            }
+            Limits::Standard { requests_per_window, tokens_per_minute } => self.with_state(key, |st| {
+                prune(st, now);
+                let window_start = now.checked_sub(WINDOW);
+                let recent: Vec<Instant> = st.log.iter().map(|e| e.0).filter(|t| window_start.is_none_or(|w| *t > w)).collect();
+                let tokens_minute: u64 = st.log.iter().map(|e| e.1).sum();
+                let remaining = |extra_req: u64, extra_tok: u64| Remaining {
+                    requests: requests_per_window.saturating_sub(recent.len() as u64 + extra_req),
+                    tokens: tokens_per_minute.saturating_sub(tokens_minute + extra_tok),
+                    utilization_percent: None,
+                };
+                if recent.len() as u64 >= requests_per_window {
+                    // The oldest of the last 10 seconds' requests leaves the window first.
+                    let retry = recent.first().map_or(WINDOW, |t| (*t + WINDOW).saturating_duration_since(now));
+                    return Err(Refusal {
+                        message: format!(
+                            "Requests to this deployment have exceeded the request rate limit of {} requests per 10 seconds ({} per minute).",
+                            requests_per_window,
+                            requests_per_window * WINDOWS_PER_MINUTE
+                        ),
+                        retry_after: retry.max(Duration::from_millis(1)),
+                        remaining: remaining(0, 0),
+                    });
+                }
+                if tokens_minute + estimate > tokens_per_minute {
+                    // The earliest time enough admissions have left the minute.
+                    let mut freed = 0;
+                    let mut retry = None;
+                    for (t, tokens, _) in &st.log {
+                        freed += tokens;
+                        if tokens_minute - freed + estimate <= tokens_per_minute {
+                            retry = Some((*t + MINUTE).saturating_duration_since(now));
+                            break;
                         }
-                        let fits_ever = estimate <= tokens_per_minute;
-                        return Err(Refusal {
-                            message: if fits_ever {
-                                format!("Requests to this deployment have exceeded the token rate limit of {tokens_per_minute} tokens per minute; this request is estimated at {estimate} tokens (prompt + max_tokens).")
-                            } else {
-                                format!("This request is estimated at {estimate} tokens (prompt + max_tokens), more than the deployment's limit of {tokens_per_minute} tokens per minute: lower max_tokens or raise the deployment's capacity.")
-                            },
-                            retry_after: retry.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(1)),
-                            remaining: remaining(0, 0),
-                        });
                     }
-                    match st.windows.iter_mut().find(|x| x.0 == w) {
-                        Some(x) => {
-                            x.1 += 1;
-                            x.2 += estimate;
-                        }
-                        None => st.windows.push((w, 1, estimate)),
-                    }
-                    Ok(Ticket { limiter: self.clone(), key: key.clone(), window: Some(w), estimate, remaining: remaining(1, estimate) })
-                })
-            }
+                    let fits_ever = estimate <= tokens_per_minute;
+                    return Err(Refusal {
+                        message: if fits_ever {
+                            format!("Requests to this deployment have exceeded the token rate limit of {tokens_per_minute} tokens per minute; this request is estimated at {estimate} tokens (prompt + max_tokens).")
+                        } else {
+                            format!("This request is estimated at {estimate} tokens (prompt + max_tokens), more than the deployment's limit of {tokens_per_minute} tokens per minute: lower max_tokens or raise the deployment's capacity.")
+                        },
+                        retry_after: retry.unwrap_or(MINUTE).max(Duration::from_millis(1)),
+                        remaining: remaining(0, 0),
+                    });
+                }
+                st.next_id += 1;
+                let id = st.next_id;
+                st.log.push_back((now, estimate, id));
+                Ok(Ticket { limiter: self.clone(), key: key.clone(), entry: Some(id), estimate, remaining: remaining(1, estimate) })
+            }),
             Limits::Provisioned { tokens_per_minute } => self.with_state(key, |st| {
                 let rate = tokens_per_minute as f64 / 60.0;
                 drain(st, rate, now);
@@ -182,7 +164,7 @@ impl RateLimiter {
                 Ok(Ticket {
                     limiter: self.clone(),
                     key: key.clone(),
-                    window: None,
+                    entry: None,
                     estimate,
                     remaining: Remaining { requests: left / estimate.max(1), tokens: left, utilization_percent: Some(utilization(st.level)) },
                 })
@@ -190,15 +172,14 @@ impl RateLimiter {
         }
     }
 
-    fn correct(&self, key: &DeploymentKey, window: Option<u64>, estimate: u64, used: u64, now: Instant) {
-        self.with_state(key, |st| match window {
-            Some(w) => {
-                if let Some(x) = st.windows.iter_mut().find(|x| x.0 == w) {
-                    x.2 = (x.2 + used).saturating_sub(estimate);
+    fn correct(&self, key: &DeploymentKey, entry: Option<u64>, estimate: u64, used: u64, now: Instant) {
+        self.with_state(key, |st| match entry {
+            Some(id) => {
+                if let Some(e) = st.log.iter_mut().find(|e| e.2 == id) {
+                    e.1 = (e.1 + used).saturating_sub(estimate);
                 }
             }
             None => {
-                // Rate is irrelevant here: only the level moves.
                 st.level = (st.level + used as f64 - estimate as f64).max(0.0);
                 st.drained_at.get_or_insert(now);
             }
@@ -208,18 +189,17 @@ impl RateLimiter {
     /// What is left without charging anything (for answers refused before admission).
     pub fn remaining(&self, key: &DeploymentKey, limits: Limits, now: Instant) -> Remaining {
         match limits {
-            Limits::Standard { requests_per_window, tokens_per_minute } => {
-                let w = self.window_of(now);
-                self.with_state(key, |st| {
-                    let requests_now = st.windows.iter().find(|x| x.0 == w).map_or(0, |x| x.1);
-                    let tokens: u64 = st.windows.iter().filter(|x| x.0 + WINDOWS_PER_MINUTE > w).map(|x| x.2).sum();
-                    Remaining {
-                        requests: requests_per_window.saturating_sub(requests_now),
-                        tokens: tokens_per_minute.saturating_sub(tokens),
-                        utilization_percent: None,
-                    }
-                })
-            }
+            Limits::Standard { requests_per_window, tokens_per_minute } => self.with_state(key, |st| {
+                prune(st, now);
+                let window_start = now.checked_sub(WINDOW);
+                let recent = st.log.iter().filter(|e| window_start.is_none_or(|w| e.0 > w)).count() as u64;
+                let tokens: u64 = st.log.iter().map(|e| e.1).sum();
+                Remaining {
+                    requests: requests_per_window.saturating_sub(recent),
+                    tokens: tokens_per_minute.saturating_sub(tokens),
+                    utilization_percent: None,
+                }
+            }),
             Limits::Provisioned { tokens_per_minute } => self.with_state(key, |st| {
                 drain(st, tokens_per_minute as f64 / 60.0, now);
                 let left = (tokens_per_minute as f64 - st.level).max(0.0) as u64;
@@ -231,6 +211,15 @@ impl RateLimiter {
     /// Forgets a deployment (deleted).
     pub fn forget(&self, key: &DeploymentKey) {
         self.states.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+/// Drops admissions older than a minute.
+fn prune(st: &mut State, now: Instant) {
+    if let Some(cutoff) = now.checked_sub(MINUTE) {
+        while st.log.front().is_some_and(|e| e.0 <= cutoff) {
+            st.log.pop_front();
+        }
     }
 }
 
@@ -253,7 +242,7 @@ mod tests {
     #[test]
     fn standard_windows_limit_requests_and_tokens() {
         let rl = Arc::new(RateLimiter::default());
-        let t0 = rl.epoch;
+        let t0 = Instant::now();
         let limits = Limits::standard(2); // 2 requests per 10 s, 2,000 tokens per minute
         let a = rl.admit(&key(), limits, 600, t0).unwrap();
         assert_eq!(a.remaining, Remaining { requests: 1, tokens: 1400, utilization_percent: None });
@@ -261,11 +250,11 @@ mod tests {
         let r = rl.admit(&key(), limits, 10, t0 + Duration::from_secs(2)).unwrap_err();
         assert_eq!(r.retry_after, Duration::from_secs(8));
         assert!(r.message.contains("request rate limit of 2 requests per 10 seconds"));
-        // Next window: requests free again, tokens still counted over the minute.
+        // Ten seconds after the first: one request slot free again, tokens still counted over the minute.
         rl.admit(&key(), limits, 600, t0 + Duration::from_secs(10)).unwrap();
         let r = rl.admit(&key(), limits, 600, t0 + Duration::from_secs(11)).unwrap_err();
         assert!(r.message.contains("token rate limit of 2000 tokens per minute"), "{}", r.message);
-        assert_eq!(r.retry_after, Duration::from_secs(49)); // the first window leaves the minute at 60 s
+        assert_eq!(r.retry_after, Duration::from_secs(49)); // the first admission leaves the minute at 60 s
         // Correcting the first request to what it used frees its tokens at once.
         a.settle(100, t0 + Duration::from_secs(12));
         rl.admit(&key(), limits, 600, t0 + Duration::from_secs(12)).unwrap();
@@ -277,7 +266,7 @@ mod tests {
     #[test]
     fn provisioned_utilisation_drains_at_the_ptu_rate() {
         let rl = Arc::new(RateLimiter::default());
-        let t0 = rl.epoch;
+        let t0 = Instant::now();
         let limits = Limits::Provisioned { tokens_per_minute: 6000 }; // 100 tokens/s
         rl.admit(&key(), limits, 5000, t0).unwrap();
         let t = rl.admit(&key(), limits, 2000, t0).unwrap(); // under 100 % before it: admitted, now 117 %
