@@ -161,7 +161,7 @@ def run(args):
         s.cli("base-model", "add", "smollm2", "--path", gguf)
         key = s.keys()["key1"]
         record = {"reserved_batch": args.reserved_batch}
-        record["standard"] = standard_flood(s, key, seconds=args.seconds)
+        record["standard"] = standard_flood(s, key, seconds=args.seconds, max_tokens=args.max_tokens)
         record["provisioned"] = provisioned_latency(s, key, seconds=args.latency_seconds)
     finally:
         s.stop()
@@ -181,13 +181,13 @@ def render():
         "",
         "## 50 clients against Standard, capacity 1 (1,000 tokens / minute, 1 request / 10 s), one minute",
         "",
-        "| date | commit | accepted | 429 | other errors | accepted tokens | most charged in 60 s | most served in 60 s | limit + one estimate | most admitted in 10 s | 429s with usable retry-after | median retry-after-ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| date | commit | max_tokens | accepted | 429 | other errors | accepted tokens | most charged in 60 s | most served in 60 s | limit + one estimate | most admitted in 10 s | 429s with usable retry-after | median retry-after-ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         s = r["standard"]
         lines.append(
-            f"| {r['date']} | {r['commit']} | {s['accepted']} | {s['refused_429']} | {s['other_errors']} | {s['accepted_tokens']} | "
+            f"| {r['date']} | {r['commit']} | {s['max_tokens']} | {s['accepted']} | {s['refused_429']} | {s['other_errors']} | {s['accepted_tokens']} | "
             f"{s['max_tokens_charged_in_60s']} | {s['max_tokens_served_in_60s']} | {s['limit_tokens_per_minute'] + s['max_estimate']} | "
             f"{s['max_requests_admitted_in_10s']} | {s['refusals_with_usable_retry_after']}/{s['refused_429']} | {s['retry_after_ms_median']} |"
         )
@@ -215,6 +215,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--latency-seconds", type=int, default=30)
     ap.add_argument("--reserved-batch", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=200, help="max_tokens of the flooding clients' calls")
     ap.add_argument("--render-only", action="store_true")
     args = ap.parse_args()
     if not args.render_only:
