@@ -46,8 +46,18 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
         self.log = open(os.path.join(data_dir, "server.log"), "ab")
+        # HTTPS servers: an SSL context trusting the server's certificate, once it exists.
+        self.ssl = None
 
-    def start(self, wait_ready=True, args=()):
+    def start(self, wait_ready=True, args=(), cafile=None):
+        """`cafile`: serve HTTPS (the args carry the TLS flags); trust this certificate, or by default the
+        self-signed one the server makes under DATA_DIR/tls."""
+        import ssl
+
+        tls = any(a.startswith("--tls") for a in args)
+        if tls:
+            self.url = f"https://127.0.0.1:{self.port}"
+        probe = ssl._create_unverified_context() if tls else None
         env = dict(os.environ, BERTH_DATA_DIR=self.data_dir, BERTH_LOG="info")
         self.proc = subprocess.Popen(
             [berth_bin(), "serve", "--listen", f"127.0.0.1:{self.port}", *args], env=env, stdout=self.log, stderr=self.log
@@ -56,7 +66,7 @@ class Server:
         while time.time() < deadline:
             assert self.proc.poll() is None, f"berth serve exited: {self.read_log()[-2000:]}"
             try:
-                status, _, _ = http.request("GET", self.url + "/healthz")
+                status, _, _ = http.request("GET", self.url + "/healthz", context=probe)
                 if status == 200 or (status == 503 and not wait_ready):
                     break
             except OSError:
@@ -64,6 +74,8 @@ class Server:
             time.sleep(0.1)
         else:
             raise AssertionError("berth serve did not become ready")
+        if tls:
+            self.ssl = ssl.create_default_context(cafile=cafile or os.path.join(self.data_dir, "tls", "cert.pem"))
         self.creds = json.load(open(os.path.join(self.data_dir, "credentials.json")))
         return self
 
@@ -99,7 +111,7 @@ class Server:
         url = self.url + path + (f"{sep}api-version={api_version}" if api_version else "")
         h = {"Authorization": f"Bearer {token or self.token}"}
         h.update(headers or {})
-        return http.request(method, url, body=body, raw=raw, headers=h)
+        return http.request(method, url, body=body, raw=raw, headers=h, context=self.ssl)
 
     def keys(self):
         status, body, _ = self.arm("POST", self.account_path + "/listKeys")

@@ -4,13 +4,13 @@ import urllib.error
 import urllib.request
 
 
-def request(method, url, body=None, raw=None, headers=None, timeout=120):
+def request(method, url, body=None, raw=None, headers=None, timeout=120, context=None):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
     if data is not None and not any(k.lower() == "content-type" for k in (headers or {})):
         req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             status, text, hdrs = resp.status, resp.read().decode(), resp.headers
     except urllib.error.HTTPError as e:
         status, text, hdrs = e.code, e.read().decode(), e.headers

@@ -110,6 +110,16 @@ pub struct ServeArgs {
     /// Do not keep computed prompt prefixes for reuse.
     #[arg(long, env = "BERTH_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key", conflicts_with = "tls_self_signed")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate, made on first start under DATA_DIR/tls (trust
+    /// DATA_DIR/tls/cert.pem in clients, e.g. REQUESTS_CA_BUNDLE for the Azure CLI).
+    #[arg(long, env = "BERTH_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
     /// Region of the first account (created on first start).
     #[arg(long, default_value = "local", env = "BERTH_LOCATION")]
     pub location: String,

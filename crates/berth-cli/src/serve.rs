@@ -17,7 +17,9 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
-        let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
+        let tls = tls_config(&args, &data_dir, local)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let public_url = args.public_url.clone().unwrap_or_else(|| format!("{scheme}://{local}"));
         let mut config = ControlConfig::new(data_dir.clone(), public_url.clone());
         config.engine = EngineOptions {
             name: "berth-engine".into(),
@@ -51,12 +53,33 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
                 tracing::info!("ready");
             })
         };
-        berth_server::serve(listener, control.clone(), shutdown_signal()).await?;
+        match tls {
+            Some(tls) => berth_server::serve_tls(listener, tls, control.clone(), shutdown_signal()).await?,
+            None => berth_server::serve(listener, control.clone(), shutdown_signal()).await?,
+        }
         tracing::info!("shutting down");
         restoring.abort();
         control.shutdown().await;
         Ok(())
     })
+}
+
+/// The TLS identity asked for: given files, or a self-signed certificate kept under DATA_DIR/tls.
+fn tls_config(args: &ServeArgs, data_dir: &std::path::Path, local: std::net::SocketAddr) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+    let (cert, key) = match (&args.tls_cert, &args.tls_key, args.tls_self_signed) {
+        (Some(c), Some(k), _) => (c.clone(), k.clone()),
+        (_, _, true) => {
+            let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), local.ip().to_string()];
+            if let Some(host) = args.public_url.as_deref().and_then(|u| u.split("://").nth(1)).and_then(|r| r.split(['/', ':']).next()) {
+                hosts.push(host.to_string());
+            }
+            hosts.sort();
+            hosts.dedup();
+            berth_server::tls::self_signed(&data_dir.join("tls"), &hosts).map_err(anyhow::Error::msg)?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(berth_server::tls::server_config(&cert, &key).map_err(anyhow::Error::msg)?))
 }
 
 async fn shutdown_signal() {

@@ -12,6 +12,7 @@ mod headers;
 mod openai_error;
 mod render;
 mod routes;
+pub mod tls;
 
 pub use arm_error::ArmApiError;
 pub use openai_error::OpenAiApiError;
@@ -39,4 +40,15 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router(AppState(control));
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Serves HTTPS until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    control: Arc<Control>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(AppState(control));
+    axum::serve(tls::TlsListener::new(listener, tls)?, app).with_graceful_shutdown(shutdown).await
 }
