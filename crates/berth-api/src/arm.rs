@@ -307,3 +307,50 @@ pub struct DeploymentDeletion {
     pub reason: String,
     pub deleted_at: String,
 }
+
+/// A PUT of an account.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccountPut {
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub sku: Option<SkuName>,
+    #[serde(default)]
+    pub tags: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub properties: Option<serde_json::Value>,
+}
+
+/// `{"keyName": "Key1"}` of `regenerateKey`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegenerateKey {
+    pub key_name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourceGroupPut {
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceGroupProperties {
+    pub provisioning_state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceGroup {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind_type: String,
+    pub location: String,
+    pub properties: ResourceGroupProperties,
+    pub tags: BTreeMap<String, String>,
+}

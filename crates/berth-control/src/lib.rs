@@ -28,6 +28,7 @@ mod ids;
 mod metering;
 mod models;
 mod ratelimit;
+mod resources;
 mod sku;
 
 pub use auth::{Caller, Principal};
@@ -46,11 +47,12 @@ pub use idle::Retention;
 pub use metering::{CostLine, CostReport, CostScope};
 pub use ids::new_hex_id;
 pub use models::{AccountModelInfo, ModelSource};
+pub use resources::AccountPutInput;
 pub use ratelimit::{Limits, RateLimiter, Refusal, Remaining, Ticket};
 pub use sku::{canonical_sku, SKUS};
 /// Rows the control plane hands out, re-exported so that callers need not depend on the store.
 pub use berth_store::{
-    AccountKey, AccountRow, BaseModelRow, DeploymentRow, FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow,
+    AccountKey, AccountRow, BaseModelRow, ResourceGroupRow, DeploymentRow, FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow,
     DeletionRow, FineTuningMetricRow, ModelRow, OperationRow,
 };
 

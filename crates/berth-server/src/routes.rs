@@ -24,7 +24,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/subscriptions/{subscription}/providers/Microsoft.CognitiveServices/locations/{location}/usages", get(quota::list_usages))
         .route("/subscriptions/{subscription}/providers/Microsoft.CognitiveServices/costs", get(costs::cost_report))
-        .route(ACCOUNT, get(accounts::get_account))
+        .route(ACCOUNT, get(accounts::get_account).put(accounts::put_account).delete(accounts::delete_account))
+        .route(&format!("{ACCOUNT}/regenerateKey"), post(accounts::regenerate_key))
+        .route(
+            "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.CognitiveServices/accounts",
+            get(accounts::list_accounts_in_group),
+        )
         .route(&format!("{ACCOUNT}/deploymentDeletions"), get(costs::list_deletions))
         .route(&format!("{ACCOUNT}/listKeys"), post(accounts::list_keys))
         .route(&format!("{ACCOUNT}/models"), get(models::list_account_models))
@@ -41,6 +46,13 @@ pub fn router(state: AppState) -> Router {
         .route("/berth/v1/base-models", get(admin::list_base_models).post(admin::add_base_model))
         .route("/berth/v1/token", post(admin::issue_token))
         .route("/berth/v1/clock", post(costs::move_clock));
+    // ARM paths are case-insensitive; clients write both spellings of the resource group collection.
+    for groups in ["resourceGroups", "resourcegroups"] {
+        r = r.route(
+            &format!("/subscriptions/{{subscription}}/{groups}/{{resource_group}}"),
+            put(accounts::put_resource_group).get(accounts::get_resource_group).delete(accounts::delete_resource_group),
+        );
+    }
     for prefix in ["", "/accounts/{account}"] {
         r = r
             .route(&format!("{prefix}/openai/deployments/{{deployment}}/chat/completions"), post(chat_completions::chat_completions))

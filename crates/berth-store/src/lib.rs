@@ -4,6 +4,7 @@
 //! write is a single statement or a transaction, so a crash never leaves half a resource behind.
 //! This crate knows nothing of HTTP, models or the engine.
 
+mod accounts;
 mod error;
 mod fine_tuning;
 mod metering;
@@ -11,6 +12,7 @@ mod migrations;
 pub mod rows;
 mod store;
 
+pub use accounts::{DeleteRefusal, DeletedAccount};
 pub use error::StoreError;
 pub use fine_tuning::JobEnd;
 pub use rows::*;

@@ -338,7 +338,7 @@ impl Store {
     }
 }
 
-fn insert_account(conn: &Connection, a: &AccountRow) -> Result<()> {
+pub(crate) fn insert_account(conn: &Connection, a: &AccountRow) -> Result<()> {
     conn.execute(
         "INSERT INTO accounts (subscription_id, resource_group, name, location, kind, sku, key1, key2, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",

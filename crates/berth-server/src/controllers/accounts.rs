@@ -3,10 +3,14 @@
 use super::AccountPath;
 use crate::extract::{arm_api_version, ArmPrincipal};
 use crate::{render, AppState, ArmApiError};
+use crate::extract::ArmJson;
 use axum::extract::{Path, State};
-use axum::http::Uri;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use berth_api::arm::{Account, AccountKeys, List, Subscription};
+use berth_api::arm::{Account, AccountKeys, AccountPut, List, RegenerateKey, ResourceGroup, ResourceGroupProperties, ResourceGroupPut, Subscription};
+use berth_control::AccountPutInput;
+use serde::Deserialize;
 
 pub async fn list_subscriptions(
     State(state): State<AppState>,
@@ -66,4 +70,115 @@ pub async fn list_keys(
     state.authorize_subscription(&principal, &path.subscription)?;
     let a = state.account(&path.key())?;
     Ok(Json(AccountKeys { key1: a.key1, key2: a.key2 }))
+}
+
+/// `PUT .../accounts/{name}`: 201 created, 200 updated (synchronous: an account needs no provisioning).
+pub async fn put_account(
+    State(state): State<AppState>,
+    uri: Uri,
+    ArmPrincipal(principal): ArmPrincipal,
+    Path(path): Path<AccountPath>,
+    ArmJson(body): ArmJson<AccountPut>,
+) -> Result<Response, ArmApiError> {
+    arm_api_version(&uri)?;
+    state.authorize_subscription(&principal, &path.subscription)?;
+    let input = AccountPutInput { location: body.location, kind: body.kind, sku: body.sku.map(|s| s.name) };
+    let (row, created) = state.put_account(&path.key(), input)?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(render::account(&state, &row, &principal.tenant_id))).into_response())
+}
+
+/// `DELETE .../accounts/{name}`: 200, or 204 when there was none.
+pub async fn delete_account(
+    State(state): State<AppState>,
+    uri: Uri,
+    ArmPrincipal(principal): ArmPrincipal,
+    Path(path): Path<AccountPath>,
+) -> Result<StatusCode, ArmApiError> {
+    arm_api_version(&uri)?;
+    state.authorize_subscription(&principal, &path.subscription)?;
+    Ok(if state.delete_account(&path.key())? { StatusCode::OK } else { StatusCode::NO_CONTENT })
+}
+
+pub async fn regenerate_key(
+    State(state): State<AppState>,
+    uri: Uri,
+    ArmPrincipal(principal): ArmPrincipal,
+    Path(path): Path<AccountPath>,
+    ArmJson(body): ArmJson<RegenerateKey>,
+) -> Result<Json<AccountKeys>, ArmApiError> {
+    arm_api_version(&uri)?;
+    state.authorize_subscription(&principal, &path.subscription)?;
+    let a = state.regenerate_key(&path.key(), &body.key_name)?;
+    Ok(Json(AccountKeys { key1: a.key1, key2: a.key2 }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GroupPath {
+    pub subscription: String,
+    pub resource_group: String,
+}
+
+pub async fn list_accounts_in_group(
+    State(state): State<AppState>,
+    uri: Uri,
+    ArmPrincipal(principal): ArmPrincipal,
+    Path(path): Path<GroupPath>,
+) -> Result<Json<List<Account>>, ArmApiError> {
+    arm_api_version(&uri)?;
+    state.authorize_subscription(&principal, &path.subscription)?;
+    let rg = state.resource_group(&path.subscription, &path.resource_group)?;
+    let value = state
+        .accounts_in_subscription(&path.subscription)?
+        .iter()
+        .filter(|a| a.key.resource_group.eq_ignore_ascii_case(&rg.name))
+        .map(|a| render::account(&state, a, &principal.tenant_id))
+        .collect();
+    Ok(Json(List { value, next_link: None }))
+}
+
+fn group(rg: &berth_control::ResourceGroupRow) -> ResourceGroup {
+    ResourceGroup {
+        id: format!("/subscriptions/{}/resourceGroups/{}", rg.subscription_id, rg.name),
+        name: rg.name.clone(),
+        kind_type: "Microsoft.Resources/resourceGroups".into(),
+        location: rg.location.clone(),
+        properties: ResourceGroupProperties { provisioning_state: "Succeeded".into() },
+        tags: Default::default(),
+    }
+}
+
+pub async fn put_resource_group(
+    State(state): State<AppState>,
+    uri: Uri,
+    ArmPrincipal(principal): ArmPrincipal,
+    Path(path): Path<GroupPath>,
+    ArmJson(body): ArmJson<ResourceGroupPut>,
+) -> Result<Response, ArmApiError> {
+    arm_api_version(&uri)?;
+    state.authorize_subscription(&principal, &path.subscription)?;
+    let (rg, created) = state.put_resource_group(&path.subscription, &path.resource_group, body.location.as_deref())?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(group(&rg))).into_response())
+}
+
+pub async fn get_resource_group(
+    State(state): State<AppState>,
+    uri: Uri,
+    ArmPrincipal(principal): ArmPrincipal,
+    Path(path): Path<GroupPath>,
+) -> Result<Json<ResourceGroup>, ArmApiError> {
+    arm_api_version(&uri)?;
+    state.authorize_subscription(&principal, &path.subscription)?;
+    Ok(Json(group(&state.resource_group(&path.subscription, &path.resource_group)?)))
+}
+
+pub async fn delete_resource_group(
+    State(state): State<AppState>,
+    uri: Uri,
+    ArmPrincipal(principal): ArmPrincipal,
+    Path(path): Path<GroupPath>,
+) -> Result<StatusCode, ArmApiError> {
+    arm_api_version(&uri)?;
+    state.authorize_subscription(&principal, &path.subscription)?;
+    Ok(if state.delete_resource_group(&path.subscription, &path.resource_group)? { StatusCode::OK } else { StatusCode::NO_CONTENT })
 }
