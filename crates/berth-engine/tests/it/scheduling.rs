@@ -290,11 +290,20 @@ fn reserved_requests_jump_the_queue_and_keep_their_slots() {
     // The first reserved request arms the reservation.
     assert!(one(&engine, reserved(2)).completion_tokens > 0);
     let mut ordinary = Vec::new();
-    for _ in 0..3 {
+    let mut submit = |ordinary: &mut Vec<_>| {
         let (tx, rx) = tokio::sync::mpsc::channel(400);
         engine.submit(long(300), tx).unwrap_or_else(|e| panic!("{e}"));
         ordinary.push(rx);
+    };
+    submit(&mut ordinary);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while engine.stats().running() < 1 {
+        assert!(std::time::Instant::now() < deadline, "the first request never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    // Two more wait: the only unreserved slot is taken.
+    submit(&mut ordinary);
+    submit(&mut ordinary);
     // The queue is full for ordinary requests, not for reserved ones.
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
     assert!(matches!(engine.submit(long(300), tx), Err(berth_engine::EngineError::Busy(_))));
