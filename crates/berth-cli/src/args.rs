@@ -26,8 +26,16 @@ pub enum Command {
         #[command(subcommand)]
         command: AccountCommand,
     },
-    /// Print a fresh access token for the ARM API (like `az account get-access-token`).
-    Token,
+    /// Print a fresh signed access token (like `az account get-access-token`): yours, or, for the
+    /// operator, another principal's.
+    Token {
+        /// The principal's tenant [default: the caller's].
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The principal's object id [default: the caller].
+        #[arg(long)]
+        principal: Option<String>,
+    },
     /// Base models, registered by path.
     #[command(name = "base-model")]
     BaseModel {

@@ -16,7 +16,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Debug { command: DebugCommand::Tokenize { model, inp } } => crate::debug::tokenize(&model, &inp),
         Command::Account { command } => account(&client(), command),
-        Command::Token => print(&client().send("POST", "/berth/v1/token", None)?.1),
+        Command::Token { tenant, principal } => {
+            let body = (tenant.is_some() || principal.is_some()).then(|| json!({ "tenant": tenant, "principal": principal }));
+            print(&client().send("POST", "/berth/v1/token", body.as_ref())?.1)
+        }
         Command::BaseModel { command } => base_model(&client(), command),
         Command::Model { command } => model(&client(), command),
         Command::Deployment { command } => deployment(&client(), command),

@@ -1,12 +1,16 @@
-//! Who is calling. Bearer tokens are opaque secrets recorded in the store with their tenant and expiry;
-//! API keys belong to one account. Roles come with the identity work; today any principal of a tenant
-//! may act on that tenant's subscriptions.
+//! Who is calling. Bearer tokens are JWTs signed with HMAC-SHA256 under a key kept in the data
+//! directory (claims `tid`, `oid`, `exp`), checked in constant time; the bootstrap administrator's
+//! long-lived token is an opaque secret recorded in the store. API keys belong to one account. What a
+//! principal may do is decided by its role assignments (`roles.rs`).
 
 use crate::clock::{now_rfc3339, rfc3339_in, unix_now, unix_of};
 use crate::error::Result;
-use crate::ids::new_secret;
 use crate::{Control, ControlError};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use berth_store::{AccessTokenRow, AccountRow};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -28,6 +32,9 @@ impl Control {
             code: "InvalidAuthenticationToken",
             message: "The access token is invalid.".into(),
         };
+        if token.trim().matches('.').count() == 2 {
+            return self.verify_jwt(token.trim());
+        }
         let row = self.store.access_token(token.trim())?.ok_or_else(invalid)?;
         let expires = unix_of(&row.expires_at).ok_or_else(invalid)?;
         if expires <= unix_now() {
@@ -47,7 +54,7 @@ impl Control {
         })
     }
 
-    /// Refuses a principal acting on a subscription outside its tenant.
+    /// Refuses a principal acting on a subscription outside its tenant (listings then filter by role).
     pub fn authorize_subscription(&self, principal: &Principal, subscription_id: &str) -> Result<()> {
         let sub = self.store.subscriptions()?.into_iter().find(|s| s.id.eq_ignore_ascii_case(subscription_id));
         match sub {
@@ -66,17 +73,72 @@ impl Control {
         }
     }
 
-    /// Mints a short-lived token for the caller's tenant (`berth token`).
-    pub fn issue_token(&self, principal: &Principal) -> Result<AccessTokenRow> {
+    /// Mints a signed token for `principal` (`berth token`): the caller's own, or, for the operator, any
+    /// principal of any tenant.
+    pub fn issue_token(&self, caller: &Principal, for_principal: Option<&Principal>) -> Result<AccessTokenRow> {
         self.store.purge_access_tokens(&now_rfc3339())?;
-        let row = AccessTokenRow {
-            token: new_secret(),
-            tenant_id: principal.tenant_id.clone(),
-            principal: principal.object_id.clone(),
+        let target = match for_principal {
+            Some(p) if p != caller => {
+                self.operator(caller)?;
+                if self.store.principal(&p.tenant_id, &p.object_id)?.is_none() {
+                    return Err(ControlError::NotFound { code: "PrincipalNotFound", message: format!("Principal {} does not exist in the directory {}.", p.object_id, p.tenant_id) });
+                }
+                p.clone()
+            }
+            _ => caller.clone(),
+        };
+        let now = unix_now();
+        let exp = now + self.config.token_ttl_seconds;
+        let claims = serde_json::json!({
+            "aud": "https://management.azure.com/",
+            "iss": format!("https://sts.berth.local/{}/", target.tenant_id),
+            "iat": now,
+            "nbf": now,
+            "exp": exp,
+            "tid": target.tenant_id,
+            "oid": target.object_id,
+            "sub": target.object_id,
+        });
+        Ok(AccessTokenRow {
+            token: self.sign_jwt(&claims),
+            tenant_id: target.tenant_id,
+            principal: target.object_id,
             expires_at: rfc3339_in(self.config.token_ttl_seconds),
             created_at: now_rfc3339(),
-        };
-        self.store.insert_access_token(&row)?;
-        Ok(row)
+        })
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(&self.signing_key).expect("HMAC takes keys of any length")
+    }
+
+    fn sign_jwt(&self, claims: &serde_json::Value) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let mut mac = self.mac();
+        mac.update(format!("{header}.{payload}").as_bytes());
+        format!("{header}.{payload}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    fn verify_jwt(&self, token: &str) -> Result<Principal> {
+        let invalid = |why: &str| ControlError::Unauthenticated { code: "InvalidAuthenticationToken", message: format!("The access token is invalid: {why}.") };
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(sig)) = (parts.next(), parts.next(), parts.next()) else { return Err(invalid("not a JWT")) };
+        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| invalid("bad signature encoding"))?;
+        let mut mac = self.mac();
+        mac.update(format!("{header}.{payload}").as_bytes());
+        // Constant-time comparison.
+        mac.verify_slice(&sig).map_err(|_| invalid("the signature does not match"))?;
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).map_err(|_| invalid("bad payload encoding"))?).map_err(|_| invalid("bad payload"))?;
+        let exp = claims.get("exp").and_then(|v| v.as_i64()).ok_or_else(|| invalid("no expiry"))?;
+        if exp <= unix_now() {
+            return Err(ControlError::Unauthenticated {
+                code: "ExpiredAuthenticationToken",
+                message: format!("The access token expired at '{}'.", crate::clock::rfc3339_of(exp)),
+            });
+        }
+        let field = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_owned).ok_or_else(|| invalid("missing tid or oid"));
+        Ok(Principal { tenant_id: field("tid")?, object_id: field("oid")? })
     }
 }

@@ -34,7 +34,7 @@ impl Credentials {
     }
 }
 
-const ADMIN_PRINCIPAL: &str = "berth-admin";
+pub(crate) const ADMIN_PRINCIPAL: &str = "berth-admin";
 const ADMIN_TOKEN_SECONDS: i64 = 10 * 365 * 24 * 3600;
 
 /// Bootstraps on first start; on later starts re-reads the credentials and refreshes their endpoint.

@@ -21,6 +21,8 @@ pub struct Control {
     ready: AtomicBool,
     pub(crate) fine_tuning: FineTuningState,
     pub(crate) limiter: Arc<RateLimiter>,
+    /// Signs and checks bearer tokens (`DATA_DIR/token-signing.key`).
+    pub(crate) signing_key: Vec<u8>,
 }
 
 impl std::fmt::Debug for Control {
@@ -37,8 +39,22 @@ impl Control {
             .map_err(|e| ControlError::Internal(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
         let store = Store::open(&config.data_dir.join("berth.db"))?;
         let credentials = ensure_bootstrapped(&store, &config)?;
+        let signing_key = signing_key(&config.data_dir)?;
         let host = Arc::new(ModelHost::new(config.engine.clone()));
-        Ok(Arc::new(Control { store, host, config, credentials, tasks: Mutex::new(JoinSet::new()), ready: AtomicBool::new(false), fine_tuning: FineTuningState::default(), limiter: Arc::new(RateLimiter::default()) }))
+        let control = Arc::new(Control { store, host, config, credentials, tasks: Mutex::new(JoinSet::new()), ready: AtomicBool::new(false), fine_tuning: FineTuningState::default(), limiter: Arc::new(RateLimiter::default()), signing_key });
+        // Databases from before roles: the bootstrap administrator owns everything of its tenant.
+        if control.store.count_role_assignments()? == 0 {
+            let admin = berth_store::PrincipalRow {
+                tenant_id: control.credentials.tenant_id.clone(),
+                object_id: crate::bootstrap::ADMIN_PRINCIPAL.into(),
+                display_name: "Berth administrator".into(),
+                kind: "User".into(),
+                created_at: crate::clock::now_rfc3339(),
+            };
+            control.store.upsert_principal(&admin)?;
+            control.grant_administrator(&admin.tenant_id, &admin.object_id)?;
+        }
+        Ok(control)
     }
 
     pub fn credentials(&self) -> &Credentials {
@@ -133,4 +149,29 @@ impl Control {
     pub fn tenant_of_subscription(&self, subscription_id: &str) -> Result<Option<String>> {
         Ok(self.store.subscriptions()?.into_iter().find(|s| s.id == subscription_id).map(|s| s.tenant_id))
     }
+}
+
+/// The token-signing key, made on first start (32 random bytes, readable by the owner only).
+fn signing_key(dir: &std::path::Path) -> Result<Vec<u8>> {
+    let path = dir.join("token-signing.key");
+    if let Ok(hex) = std::fs::read_to_string(&path) {
+        if let Some(bytes) = decode_hex(hex.trim()) {
+            return Ok(bytes);
+        }
+    }
+    let hex = format!("{}{}", crate::ids::new_hex_id(), crate::ids::new_hex_id());
+    let io = |e: std::io::Error| ControlError::Internal(format!("cannot write {}: {e}", path.display()));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &hex).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(decode_hex(&hex).unwrap_or_default())
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    (s.len() == 64).then(|| (0..32).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>()).flatten()
 }

@@ -29,6 +29,7 @@ mod metering;
 mod models;
 mod ratelimit;
 mod resources;
+mod roles;
 mod sku;
 
 pub use auth::{Caller, Principal};
@@ -48,11 +49,12 @@ pub use metering::{CostLine, CostReport, CostScope};
 pub use ids::new_hex_id;
 pub use models::{AccountModelInfo, ModelSource};
 pub use resources::AccountPutInput;
+pub use roles::{covers, role_id, role_named, Action, ROLES};
 pub use ratelimit::{Limits, RateLimiter, Refusal, Remaining, Ticket};
 pub use sku::{canonical_sku, SKUS};
 /// Rows the control plane hands out, re-exported so that callers need not depend on the store.
 pub use berth_store::{
-    AccountKey, AccountRow, BaseModelRow, ResourceGroupRow, DeploymentRow, FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow,
+    AccountKey, AccountRow, BaseModelRow, PrincipalRow, ResourceGroupRow, RoleAssignmentRow, SubscriptionRow, TenantRow, DeploymentRow, FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow,
     DeletionRow, FineTuningMetricRow, ModelRow, OperationRow,
 };
 

@@ -1,6 +1,6 @@
 //! Every route of the server, in one place.
 
-use crate::controllers::{accounts, admin, chat_completions, completions, costs, deployments, files, fine_tuning, health, models, operations, quota};
+use crate::controllers::{accounts, admin, chat_completions, completions, costs, deployments, files, fine_tuning, health, identity, models, operations, quota};
 use crate::headers::common_headers;
 use crate::{AppState, ArmApiError, OpenAiApiError};
 use axum::http::{HeaderValue, StatusCode, Uri};
@@ -45,7 +45,18 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{ACCOUNT}/deployments/{{deployment}}/skus"), get(quota::list_deployment_skus))
         .route("/berth/v1/base-models", get(admin::list_base_models).post(admin::add_base_model))
         .route("/berth/v1/token", post(admin::issue_token))
-        .route("/berth/v1/clock", post(costs::move_clock));
+        .route("/berth/v1/clock", post(costs::move_clock))
+        .route("/berth/v1/tenants", post(identity::create_tenant))
+        .route("/berth/v1/principals", post(identity::create_principal));
+    // Role assignments at every scope level.
+    for scope in ["", "/subscriptions/{subscription}", "/subscriptions/{subscription}/resourceGroups/{resource_group}", ACCOUNT] {
+        r = r
+            .route(&format!("{scope}/providers/Microsoft.Authorization/roleAssignments"), get(identity::list_assignments))
+            .route(
+                &format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{{assignment}}"),
+                put(identity::put_assignment).get(identity::list_assignments).delete(identity::delete_assignment),
+            );
+    }
     // ARM paths are case-insensitive; clients write both spellings of the resource group collection.
     for groups in ["resourceGroups", "resourcegroups"] {
         r = r.route(

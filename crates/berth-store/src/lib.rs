@@ -7,6 +7,7 @@
 mod accounts;
 mod error;
 mod fine_tuning;
+mod identity;
 mod metering;
 mod migrations;
 pub mod rows;

@@ -207,4 +207,25 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         deleted_at TEXT NOT NULL
     );
     "#,
+    // 4: identity (issue 6): principals of tenants and role assignments at ARM scopes ("/" is every
+    // subscription of the principal's tenant).
+    r#"
+    CREATE TABLE principals (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        object_id TEXT NOT NULL,
+        display_name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, object_id)
+    );
+    CREATE TABLE role_assignments (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        role TEXT NOT NULL,
+        scope TEXT NOT NULL COLLATE NOCASE,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX role_assignments_principal ON role_assignments (tenant_id, principal);
+    "#,
 ];

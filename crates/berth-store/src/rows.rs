@@ -229,3 +229,25 @@ pub struct DeletionRow {
     pub reason: String,
     pub deleted_at: String,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrincipalRow {
+    pub tenant_id: String,
+    pub object_id: String,
+    pub display_name: String,
+    /// `User`, `ServicePrincipal` or `ManagedIdentity`.
+    pub kind: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleAssignmentRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub principal: String,
+    /// A built-in role's name (`Owner`, `Cognitive Services OpenAI User`, ...).
+    pub role: String,
+    /// `/`, `/subscriptions/{id}`, `.../resourceGroups/{rg}` or an account's id.
+    pub scope: String,
+    pub created_at: String,
+}

@@ -21,6 +21,7 @@ pub async fn list_subscriptions(
     let value = state
         .subscriptions_for(&principal)?
         .into_iter()
+        .filter(|s| state.sees_subscription(&principal, s).unwrap_or(false))
         .map(|s| Subscription {
             id: format!("/subscriptions/{}", s.id),
             subscription_id: s.id,
@@ -43,6 +44,7 @@ pub async fn list_accounts(
     let value = state
         .accounts_in_subscription(&subscription)?
         .iter()
+        .filter(|a| state.authorize(&principal, &render::account_resource_id(a), berth_control::Action::Read).is_ok())
         .map(|a| render::account(&state, a, &principal.tenant_id))
         .collect();
     Ok(Json(List { value, next_link: None }))
@@ -55,7 +57,7 @@ pub async fn get_account(
     Path(path): Path<AccountPath>,
 ) -> Result<Json<Account>, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Read)?;
     let a = state.account(&path.key())?;
     Ok(Json(render::account(&state, &a, &principal.tenant_id)))
 }
@@ -67,7 +69,7 @@ pub async fn list_keys(
     Path(path): Path<AccountPath>,
 ) -> Result<Json<AccountKeys>, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     let a = state.account(&path.key())?;
     Ok(Json(AccountKeys { key1: a.key1, key2: a.key2 }))
 }
@@ -81,7 +83,7 @@ pub async fn put_account(
     ArmJson(body): ArmJson<AccountPut>,
 ) -> Result<Response, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     let input = AccountPutInput { location: body.location, kind: body.kind, sku: body.sku.map(|s| s.name) };
     let (row, created) = state.put_account(&path.key(), input)?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -96,7 +98,7 @@ pub async fn delete_account(
     Path(path): Path<AccountPath>,
 ) -> Result<StatusCode, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     Ok(if state.delete_account(&path.key())? { StatusCode::OK } else { StatusCode::NO_CONTENT })
 }
 
@@ -108,7 +110,7 @@ pub async fn regenerate_key(
     ArmJson(body): ArmJson<RegenerateKey>,
 ) -> Result<Json<AccountKeys>, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     let a = state.regenerate_key(&path.key(), &body.key_name)?;
     Ok(Json(AccountKeys { key1: a.key1, key2: a.key2 }))
 }
@@ -117,6 +119,12 @@ pub async fn regenerate_key(
 pub struct GroupPath {
     pub subscription: String,
     pub resource_group: String,
+}
+
+impl GroupPath {
+    fn scope(&self) -> String {
+        format!("/subscriptions/{}/resourceGroups/{}", self.subscription, self.resource_group)
+    }
 }
 
 pub async fn list_accounts_in_group(
@@ -132,6 +140,7 @@ pub async fn list_accounts_in_group(
         .accounts_in_subscription(&path.subscription)?
         .iter()
         .filter(|a| a.key.resource_group.eq_ignore_ascii_case(&rg.name))
+        .filter(|a| state.authorize(&principal, &render::account_resource_id(a), berth_control::Action::Read).is_ok())
         .map(|a| render::account(&state, a, &principal.tenant_id))
         .collect();
     Ok(Json(List { value, next_link: None }))
@@ -156,7 +165,7 @@ pub async fn put_resource_group(
     ArmJson(body): ArmJson<ResourceGroupPut>,
 ) -> Result<Response, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     let (rg, created) = state.put_resource_group(&path.subscription, &path.resource_group, body.location.as_deref())?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(group(&rg))).into_response())
 }
@@ -168,7 +177,7 @@ pub async fn get_resource_group(
     Path(path): Path<GroupPath>,
 ) -> Result<Json<ResourceGroup>, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Read)?;
     Ok(Json(group(&state.resource_group(&path.subscription, &path.resource_group)?)))
 }
 
@@ -179,6 +188,6 @@ pub async fn delete_resource_group(
     Path(path): Path<GroupPath>,
 ) -> Result<StatusCode, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     Ok(if state.delete_resource_group(&path.subscription, &path.resource_group)? { StatusCode::OK } else { StatusCode::NO_CONTENT })
 }

@@ -35,6 +35,7 @@ pub async fn add_base_model(
     ArmPrincipal(_principal): ArmPrincipal,
     ArmJson(body): ArmJson<BaseModelAdd>,
 ) -> Result<(StatusCode, Json<BaseModel>), ArmApiError> {
+    state.operator(&_principal)?;
     let row = state.add_base_model(&body.name, &body.path).await?;
     Ok((StatusCode::CREATED, Json(base_model(row))))
 }
@@ -47,7 +48,7 @@ pub async fn import_model(
     ArmJson(body): ArmJson<ModelImport>,
 ) -> Result<(StatusCode, Json<ImportedModel>), ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     let source = match (body.adapter, body.weights) {
         (Some(a), None) => ModelSource::Adapter(a.into()),
         (None, Some(w)) => ModelSource::Weights(w.into()),
@@ -72,13 +73,28 @@ pub async fn import_model(
     ))
 }
 
-/// A fresh short-lived token for the caller's tenant (`berth token`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct TokenRequest {
+    tenant: Option<String>,
+    principal: Option<String>,
+}
+
+/// A fresh signed token (`berth token`): the caller's own, or (operator only) another principal's.
 pub async fn issue_token(
     State(state): State<AppState>,
     ArmPrincipal(principal): ArmPrincipal,
+    body: axum::body::Bytes,
 ) -> Result<Json<AccessToken>, ArmApiError> {
-    let row = state.issue_token(&principal)?;
-    let subscription = state.subscriptions_for(&principal)?.into_iter().next().map(|s| s.id).unwrap_or_default();
+    let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ArmApiError::bad_request("InvalidRequestContent", format!("Send {{\"tenant\": ..., \"principal\": ...}} or nothing: {e}")))?
+    };
+    let target = req.principal.map(|object_id| berth_control::Principal { tenant_id: req.tenant.clone().unwrap_or_else(|| principal.tenant_id.clone()), object_id });
+    let row = state.issue_token(&principal, target.as_ref())?;
+    let holder = berth_control::Principal { tenant_id: row.tenant_id.clone(), object_id: row.principal.clone() };
+    let subscription = state.subscriptions_for(&holder)?.into_iter().next().map(|s| s.id).unwrap_or_default();
     Ok(Json(AccessToken {
         access_token: row.token,
         expires_on: row.expires_at,

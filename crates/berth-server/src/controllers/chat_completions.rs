@@ -90,7 +90,7 @@ pub async fn chat_completions(
     OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Inference)?;
     let deployment = params.get("deployment").cloned().unwrap_or_default();
     let route = generation::route(&state, &account, &deployment)?;
     generation::limits_on_error(&state, &account, &deployment, answer(&state, &account, &deployment, &route, req).await)

@@ -36,7 +36,14 @@ pub async fn cost_report(
     Query(q): Query<CostQuery>,
 ) -> Result<Json<CostReportOut>, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    let mut scope = format!("/subscriptions/{}", path.subscription);
+    if let Some(g) = &q.resource_group {
+        scope.push_str(&format!("/resourceGroups/{g}"));
+        if let Some(a) = &q.account {
+            scope.push_str(&format!("/providers/Microsoft.CognitiveServices/accounts/{a}"));
+        }
+    }
+    state.authorize(&principal, &scope, berth_control::Action::Read)?;
     let now = berth_control::unix_now();
     let to = q.to.clone().unwrap_or_else(berth_control::now_rfc3339);
     let from = q.from.clone().unwrap_or_else(|| {
@@ -75,7 +82,7 @@ pub async fn list_deletions(
     Path(path): Path<AccountPath>,
 ) -> Result<Json<List<DeploymentDeletion>>, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Read)?;
     let value = state
         .deletions(&path.key())?
         .into_iter()

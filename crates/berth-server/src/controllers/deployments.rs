@@ -20,7 +20,7 @@ pub async fn create_or_update_deployment(
     ArmJson(body): ArmJson<DeploymentPut>,
 ) -> Result<Response, ArmApiError> {
     let api_version = arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     let model = body.properties.as_ref().and_then(|p| p.model.clone());
     let input = DeploymentPutInput {
         model_format: model.as_ref().and_then(|m| m.format.clone()),
@@ -60,7 +60,7 @@ pub async fn get_deployment(
     Path(path): Path<DeploymentPath>,
 ) -> Result<Response, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Read)?;
     let row = state.deployment(&path.key(), &path.deployment)?;
     Ok(Json(render::deployment(&state, &row)).into_response())
 }
@@ -72,7 +72,7 @@ pub async fn list_deployments(
     Path(path): Path<AccountPath>,
 ) -> Result<Response, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Read)?;
     let rows = state.deployments(&path.key())?;
     let value = rows.iter().map(|r| render::deployment(&state, r)).collect();
     Ok(Json(List { value, next_link: None }).into_response())
@@ -95,7 +95,7 @@ pub async fn update_deployment(
     ArmJson(body): ArmJson<DeploymentPatch>,
 ) -> Result<Response, ArmApiError> {
     let api_version = arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     state.deployment(&path.key(), &path.deployment)?;
     let input = DeploymentPutInput { patch: true, ..base_input(body.sku.as_ref(), body.tags, &api_version, &principal.object_id) };
     let outcome = state.0.put_deployment(&path.key(), &path.deployment, input)?;
@@ -109,7 +109,7 @@ pub async fn delete_deployment(
     Path(path): Path<DeploymentPath>,
 ) -> Result<Response, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     let existed = state.delete_deployment(&path.key(), &path.deployment).await?;
     Ok(if existed { StatusCode::OK } else { StatusCode::NO_CONTENT }.into_response())
 }

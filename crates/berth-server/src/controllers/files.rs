@@ -26,7 +26,7 @@ pub async fn upload_file(
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<FileObject>), OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     let mut multipart = multipart.map_err(|e| multipart_error(format!("The upload must be multipart/form-data with the fields 'purpose' and 'file': {e}")))?;
     let (mut purpose, mut file) = (None, None);
     loop {
@@ -55,7 +55,7 @@ pub async fn upload_file(
 
 pub async fn list_files(State(state): State<AppState>, uri: Uri, headers: HeaderMap, prefix: AccountPrefix) -> Result<Json<Page<FileObject>>, OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     Ok(Json(Page::new(state.files(&account.key)?.iter().map(render::file).collect(), false)))
 }
 
@@ -67,7 +67,7 @@ pub async fn get_file(
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Json<FileObject>, OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     Ok(Json(render::file(&state.file(&account.key, &path_id(&params, "file"))?)))
 }
 
@@ -79,7 +79,7 @@ pub async fn delete_file(
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Json<Deleted>, OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     let row = state.delete_file(&account.key, &path_id(&params, "file"))?;
     Ok(Json(Deleted { id: row.id, object: "file".into(), deleted: true }))
 }
@@ -92,7 +92,7 @@ pub async fn file_content(
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Response, OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     let (row, bytes) = state.file_content(&account.key, &path_id(&params, "file"))?;
     let kind = if row.filename.ends_with(".csv") { "text/csv" } else { "application/octet-stream" };
     Ok(([(header::CONTENT_TYPE, kind)], bytes).into_response())

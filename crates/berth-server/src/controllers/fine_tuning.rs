@@ -60,7 +60,7 @@ pub async fn create_job(
     OpenAiJson(req): OpenAiJson<JobCreateRequest>,
 ) -> Result<(StatusCode, Json<Job>), OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     if let Some(kind) = req.method.as_ref().and_then(|m| m.kind.as_deref()) {
         if kind != "supervised" {
             return Err(OpenAiApiError::invalid("method.type", "invalid_value", format!("The method '{kind}' is not supported; use 'supervised'.")));
@@ -95,7 +95,7 @@ pub async fn list_jobs(
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Page<Job>>, OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     let limit = q.limit()?;
     let mut jobs = state.jobs(&account.key, q.after.as_deref(), limit + 1)?;
     let has_more = jobs.len() > limit;
@@ -111,7 +111,7 @@ pub async fn get_job(
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Json<Job>, OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     Ok(Json(render::job(&state.job(&account.key, &job_id(&params))?)))
 }
 
@@ -123,7 +123,7 @@ pub async fn cancel_job(
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Json<Job>, OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     Ok(Json(render::job(&state.cancel_job(&account.key, &job_id(&params))?)))
 }
 
@@ -136,7 +136,7 @@ pub async fn list_events(
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Page<JobEvent>>, OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     let limit = q.limit()?;
     let mut events = state.job_events(&account.key, &job_id(&params), q.after.as_deref(), limit + 1)?;
     let has_more = events.len() > limit;
@@ -152,7 +152,7 @@ pub async fn list_checkpoints(
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Json<Page<JobCheckpoint>>, OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     let checkpoints = state.job_checkpoints(&account.key, &job_id(&params))?;
     Ok(Json(Page::new(checkpoints.iter().map(render::checkpoint).collect(), false)))
 }

@@ -37,9 +37,9 @@ impl<S: Send + Sync> FromRequestParts<S> for AccountPrefix {
     }
 }
 
-/// The account a data-plane call acts on: the key's account, or for a bearer token the one account it
-/// sees (or the one the path names).
-pub fn resolve_account(state: &AppState, headers: &HeaderMap, prefix: Option<&str>) -> Result<AccountRow, OpenAiApiError> {
+/// The account a data-plane call acts on: the key's account (a key may do anything on its account), or
+/// for a bearer token the one account it may do `action` on (or the one the path names).
+pub fn resolve_account(state: &AppState, headers: &HeaderMap, prefix: Option<&str>, action: berth_control::Action) -> Result<AccountRow, OpenAiApiError> {
     let denied = || {
         OpenAiApiError::plain(
             StatusCode::UNAUTHORIZED,
@@ -67,9 +67,23 @@ pub fn resolve_account(state: &AppState, headers: &HeaderMap, prefix: Option<&st
                 ControlError::Unauthenticated { message, .. } => OpenAiApiError::plain(StatusCode::UNAUTHORIZED, "401", message),
                 other => other.into(),
             })?;
-            let mut accounts = state.accounts_for(&principal, prefix)?;
+            let seen = state.accounts_for(&principal, prefix)?;
+            let any_seen = !seen.is_empty();
+            let mut accounts: Vec<AccountRow> = seen
+                .into_iter()
+                .filter(|a| state.authorize(&principal, &crate::render::account_resource_id(a), action).is_ok())
+                .collect();
             match accounts.len() {
                 1 => Ok(accounts.remove(0)),
+                0 if any_seen => Err(OpenAiApiError::plain(
+                    StatusCode::UNAUTHORIZED,
+                    "PermissionDenied",
+                    format!(
+                        "The principal `{}` lacks the required data action `{}` to perform this operation.",
+                        principal.object_id,
+                        action.name()
+                    ),
+                )),
                 0 => Err(denied()),
                 _ => Err(OpenAiApiError::invalid(
                     "",

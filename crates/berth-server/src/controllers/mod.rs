@@ -11,6 +11,7 @@ pub mod files;
 pub mod fine_tuning;
 pub mod generation;
 pub mod health;
+pub mod identity;
 pub mod models;
 pub mod operations;
 pub mod quota;
@@ -26,6 +27,14 @@ pub struct AccountPath {
 }
 
 impl AccountPath {
+    /// The account's ARM id, the scope its calls are authorised at.
+    pub fn scope(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.CognitiveServices/accounts/{}",
+            self.subscription, self.resource_group, self.account
+        )
+    }
+
     pub fn key(&self) -> berth_control::AccountKey {
         berth_control::AccountKey {
             subscription_id: self.subscription.clone(),
@@ -44,6 +53,13 @@ pub struct DeploymentPath {
 }
 
 impl DeploymentPath {
+    pub fn scope(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.CognitiveServices/accounts/{}/deployments/{}",
+            self.subscription, self.resource_group, self.account, self.deployment
+        )
+    }
+
     pub fn key(&self) -> berth_control::AccountKey {
         berth_control::AccountKey {
             subscription_id: self.subscription.clone(),

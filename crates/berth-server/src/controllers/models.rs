@@ -17,7 +17,7 @@ pub async fn list_account_models(
     Path(path): Path<AccountPath>,
 ) -> Result<Json<List<AccountModel>>, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Read)?;
     let value = state.account_models(&path.key())?.iter().map(render::account_model).collect();
     Ok(Json(List { value, next_link: None }))
 }
@@ -29,7 +29,7 @@ pub async fn list_models(
     prefix: AccountPrefix,
 ) -> Result<Json<ModelList<AccountModel>>, OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Inference)?;
     let data = state.account_models(&account.key)?.iter().map(render::account_model).collect();
     Ok(Json(ModelList { object: "list".into(), data }))
 }
@@ -42,7 +42,7 @@ pub async fn get_model(
     Path(params): Path<std::collections::HashMap<String, String>>,
 ) -> Result<Json<AccountModel>, OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name())?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Inference)?;
     let id = params.get("model").cloned().unwrap_or_default();
     state
         .account_models(&account.key)?

@@ -27,5 +27,6 @@ pub async fn get_operation_status(
     if !op.subscription_id.eq_ignore_ascii_case(&path.subscription) || !op.location.eq_ignore_ascii_case(&path.location) {
         return Err(berth_control::ControlError::NotFound { code: "NotFound", message: format!("Operation '{}' cannot be found.", path.operation) }.into());
     }
+    state.authorize(&principal, &op.resource_id, berth_control::Action::Read)?;
     Ok(Json(render::operation(&op)))
 }

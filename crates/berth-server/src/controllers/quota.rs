@@ -24,7 +24,7 @@ pub async fn list_usages(
     Path(path): Path<LocationPath>,
 ) -> Result<Json<List<QuotaUsage>>, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &format!("/subscriptions/{}", path.subscription), berth_control::Action::Read)?;
     let value = state
         .usages(&path.subscription, &path.location)?
         .into_iter()
@@ -48,7 +48,7 @@ pub async fn list_deployment_skus(
     Path(path): Path<DeploymentPath>,
 ) -> Result<Json<List<DeploymentSku>>, ArmApiError> {
     arm_api_version(&uri)?;
-    state.authorize_subscription(&principal, &path.subscription)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Read)?;
     let value = state
         .deployment_skus(&path.key(), &path.deployment)?
         .into_iter()

@@ -1,0 +1,96 @@
+//! Principals and role assignments.
+
+use crate::error::Result;
+use crate::rows::*;
+use crate::Store;
+use rusqlite::{params, OptionalExtension};
+
+impl Store {
+    pub fn insert_tenant(&self, t: &TenantRow, sub: &SubscriptionRow) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("INSERT INTO tenants (id, display_name, created_at) VALUES (?1, ?2, ?3)", params![t.id, t.display_name, t.created_at])?;
+        tx.execute(
+            "INSERT INTO subscriptions (id, tenant_id, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![sub.id, sub.tenant_id, sub.display_name, sub.created_at],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn insert_subscription(&self, sub: &SubscriptionRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO subscriptions (id, tenant_id, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![sub.id, sub.tenant_id, sub.display_name, sub.created_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn upsert_principal(&self, p: &PrincipalRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO principals (tenant_id, object_id, display_name, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (tenant_id, object_id) DO UPDATE SET display_name = excluded.display_name",
+            params![p.tenant_id, p.object_id, p.display_name, p.kind, p.created_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn principal(&self, tenant: &str, object_id: &str) -> Result<Option<PrincipalRow>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT tenant_id, object_id, display_name, kind, created_at FROM principals WHERE tenant_id = ?1 AND object_id = ?2",
+                params![tenant, object_id],
+                |r| Ok(PrincipalRow { tenant_id: r.get(0)?, object_id: r.get(1)?, display_name: r.get(2)?, kind: r.get(3)?, created_at: r.get(4)? }),
+            )
+            .optional()?)
+    }
+
+    /// Adds an assignment; one with the same id is replaced.
+    pub fn put_role_assignment(&self, a: &RoleAssignmentRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO role_assignments (id, tenant_id, principal, role, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![a.id, a.tenant_id, a.principal, a.role, a.scope, a.created_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_role_assignment(&self, id: &str) -> Result<Option<RoleAssignmentRow>> {
+        let row = self.role_assignment(id)?;
+        self.conn().execute("DELETE FROM role_assignments WHERE id = ?1", params![id])?;
+        Ok(row)
+    }
+
+    pub fn role_assignment(&self, id: &str) -> Result<Option<RoleAssignmentRow>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT id, tenant_id, principal, role, scope, created_at FROM role_assignments WHERE id = ?1", params![id], row)
+            .optional()?)
+    }
+
+    /// Assignments of one principal.
+    pub fn role_assignments_of(&self, tenant: &str, principal: &str) -> Result<Vec<RoleAssignmentRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, tenant_id, principal, role, scope, created_at FROM role_assignments WHERE tenant_id = ?1 AND principal = ?2 ORDER BY created_at, id",
+        )?;
+        let rows = st.query_map(params![tenant, principal], row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Assignments of a tenant (every principal).
+    pub fn role_assignments_in(&self, tenant: &str) -> Result<Vec<RoleAssignmentRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT id, tenant_id, principal, role, scope, created_at FROM role_assignments WHERE tenant_id = ?1 ORDER BY created_at, id")?;
+        let rows = st.query_map(params![tenant], row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn count_role_assignments(&self) -> Result<i64> {
+        Ok(self.conn().query_row("SELECT COUNT(*) FROM role_assignments", [], |r| r.get(0))?)
+    }
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoleAssignmentRow> {
+    Ok(RoleAssignmentRow { id: r.get(0)?, tenant_id: r.get(1)?, principal: r.get(2)?, role: r.get(3)?, scope: r.get(4)?, created_at: r.get(5)? })
+}
