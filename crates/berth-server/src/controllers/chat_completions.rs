@@ -16,11 +16,21 @@ use berth_engine::{ChatMessage, FinishReason};
 use std::collections::{BTreeMap, HashMap};
 
 const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+/// Most messages one request may carry (the context bounds their tokens; this bounds the work of
+/// rendering and tokenising a request that could never fit).
+const MAX_MESSAGES: usize = 2048;
 
 /// Validates the messages and flattens their content to text.
 fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, OpenAiApiError> {
     if req.messages.is_empty() {
         return Err(OpenAiApiError::invalid("messages", "invalid_value", "'messages' must contain at least one message."));
+    }
+    if req.messages.len() > MAX_MESSAGES {
+        return Err(OpenAiApiError::invalid(
+            "messages",
+            "array_above_max_length",
+            format!("'messages' has {} messages; at most {MAX_MESSAGES} are allowed.", req.messages.len()),
+        ));
     }
     let mut out = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
