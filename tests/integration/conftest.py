@@ -135,6 +135,16 @@ class Server:
             return self.wait_deployment(name)
         return created, headers
 
+    def wait_deployment_at(self, account_path, name, timeout=180, token=None):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status, d, _ = self.arm("GET", f"{account_path}/deployments/{name}", token=token)
+            assert status == 200, d
+            if d["properties"]["provisioningState"] in ("Succeeded", "Failed"):
+                return d
+            time.sleep(0.1)
+        raise AssertionError(f"deployment {name} did not finish provisioning")
+
     def wait_deployment(self, name, timeout=180):
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -107,19 +107,8 @@ impl Control {
         };
         let format = input.model_format.clone().unwrap_or_else(|| "OpenAI".into());
         let version = input.model_version.clone().or(existing.as_ref().map(|e| e.model_version.clone())).unwrap_or_else(|| "1".into());
-        if input.model_source.is_some() {
-            return Err(ControlError::invalid(
-                "DeploymentModelNotSupported",
-                "Deploying a model from another account ('properties.model.source') is not supported yet.",
-                "properties.model.source",
-            ));
-        }
-        if is_provisioned(sku_name) && input.patch && (input.sku_name.is_some() || input.sku_capacity.is_some()) {
-            return Err(ControlError::invalid(
-                "InvalidResourceProperties",
-                format!("The SKU '{sku_name}' is provisioned: create and scale such deployments with PUT, not PATCH."),
-                "sku",
-            ));
+        if let Some(source) = &input.model_source {
+            self.copy_model_from(&account_row, source, &model_name)?;
         }
         // Resolve now, so that a PUT naming a model that does not exist fails synchronously, as Azure's does.
         self.load_plan(&account, &model_name, &format, &version)?;

@@ -47,7 +47,7 @@ pub use host::{DeploymentKey, ModelHost, Route};
 pub use idle::Retention;
 pub use metering::{CostLine, CostReport, CostScope};
 pub use ids::new_hex_id;
-pub use models::{AccountModelInfo, ModelSource};
+pub use models::{parse_account_id, AccountModelInfo, ModelSource};
 pub use resources::AccountPutInput;
 pub use roles::{covers, role_id, role_named, Action, ROLES};
 pub use ratelimit::{Limits, RateLimiter, Refusal, Remaining, Ticket};

@@ -175,3 +175,51 @@ fn copy_dir(src: &Path, dest: &Path) -> std::io::Result<()> {
     }
     std::fs::rename(&tmp, dest)
 }
+
+/// The account key of an account's ARM id.
+pub fn parse_account_id(id: &str) -> Option<AccountKey> {
+    let parts: Vec<&str> = id.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        [s, sub, r, rg, p, ns, a, name]
+            if s.eq_ignore_ascii_case("subscriptions")
+                && r.eq_ignore_ascii_case("resourceGroups")
+                && p.eq_ignore_ascii_case("providers")
+                && ns.eq_ignore_ascii_case("Microsoft.CognitiveServices")
+                && a.eq_ignore_ascii_case("accounts") =>
+        {
+            Some(AccountKey { subscription_id: (*sub).to_owned(), resource_group: (*rg).to_owned(), account: (*name).to_owned() })
+        }
+        _ => None,
+    }
+}
+
+impl Control {
+    /// Deploying a model from another account (`properties.model.source`): the model is copied into the
+    /// target account under the same id, so that the deployment outlives the source. The target region
+    /// must support fine-tuning. The caller has been authorised on the source already.
+    pub(crate) fn copy_model_from(&self, target: &berth_store::AccountRow, source: &str, model: &str) -> Result<()> {
+        let invalid = |m: String| ControlError::invalid("InvalidResourceProperties", m, "properties.model.source");
+        let key = parse_account_id(source).ok_or_else(|| invalid(format!("'{source}' is not the resource id of an account (/subscriptions/.../accounts/{{name}}).")))?;
+        let src = self.store.account(&key)?.ok_or_else(|| ControlError::NotFound {
+            code: "ResourceNotFound",
+            message: format!("The source account '{source}' was not found."),
+        })?;
+        let region = crate::catalog::normalize_region(&target.location);
+        if !self.config.catalog.region(&region).is_some_and(|r| r.fine_tuning) {
+            return Err(invalid(format!("The region '{region}' of the target account does not support fine-tuned models, so '{model}' cannot be deployed there from another account.")));
+        }
+        let m = self.store.model(&src.key, model)?.ok_or_else(|| invalid(format!("The source account '{}' has no model '{model}'.", src.key.account)))?;
+        if self.store.model(&target.key, model)?.is_some() {
+            return Ok(());
+        }
+        let dest = self.config.data_dir.join("models").join(format!("{}-{}", model, crate::ids::new_hex_id()));
+        copy_dir(Path::new(&m.path), &dest).map_err(|e| ControlError::Internal(format!("cannot copy {} into the target account: {e}", m.path)))?;
+        let row = ModelRow { account: target.key.clone(), id: m.id.clone(), base_model: m.base_model.clone(), kind: m.kind.clone(), path: dest.display().to_string(), created_at: now_rfc3339() };
+        if let Err(e) = self.store.insert_model(&row) {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(e.into());
+        }
+        tracing::info!(model, from = %src.key.account, to = %target.key.account, "model copied across accounts");
+        Ok(())
+    }
+}

@@ -208,6 +208,19 @@ impl Control {
         Ok((tenant, sub, admin))
     }
 
+    /// Another subscription of a tenant (the operator, or an owner of `/` in that tenant).
+    pub fn create_subscription(&self, caller: &Principal, tenant: &str, display_name: &str) -> Result<SubscriptionRow> {
+        if !(caller.tenant_id == tenant && self.authorize(caller, "/", Action::ManageAccess).is_ok()) {
+            self.operator(caller)?;
+        }
+        if !self.store.tenants()?.iter().any(|t| t.id == tenant) {
+            return Err(ControlError::NotFound { code: "TenantNotFound", message: format!("The tenant '{tenant}' does not exist.") });
+        }
+        let sub = SubscriptionRow { id: uuid::Uuid::new_v4().to_string(), tenant_id: tenant.to_owned(), display_name: display_name.to_owned(), created_at: now_rfc3339() };
+        self.store.insert_subscription(&sub)?;
+        Ok(sub)
+    }
+
     /// Owner and OpenAI Contributor at `/` of a tenant.
     pub(crate) fn grant_administrator(&self, tenant: &str, object_id: &str) -> Result<()> {
         for role in ["Owner", "Cognitive Services OpenAI Contributor"] {

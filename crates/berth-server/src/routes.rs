@@ -47,7 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/berth/v1/token", post(admin::issue_token))
         .route("/berth/v1/clock", post(costs::move_clock))
         .route("/berth/v1/tenants", post(identity::create_tenant))
-        .route("/berth/v1/principals", post(identity::create_principal));
+        .route("/berth/v1/principals", post(identity::create_principal))
+        .route("/berth/v1/subscriptions", post(identity::create_subscription));
     // Role assignments at every scope level.
     for scope in ["", "/subscriptions/{subscription}", "/subscriptions/{subscription}/resourceGroups/{resource_group}", ACCOUNT] {
         r = r

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 pub async fn create_or_update_deployment(
     State(state): State<AppState>,
     uri: Uri,
+    headers: axum::http::HeaderMap,
     ArmPrincipal(principal): ArmPrincipal,
     Path(path): Path<DeploymentPath>,
     ArmJson(body): ArmJson<DeploymentPut>,
@@ -22,6 +23,9 @@ pub async fn create_or_update_deployment(
     let api_version = arm_api_version(&uri)?;
     state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     let model = body.properties.as_ref().and_then(|p| p.model.clone());
+    if let Some(source) = model.as_ref().and_then(|m| m.source.clone().or(m.source_account.clone())) {
+        authorize_source(&state, &principal, &headers, &source, &path.scope())?;
+    }
     let input = DeploymentPutInput {
         model_format: model.as_ref().and_then(|m| m.format.clone()),
         model_name: model.as_ref().and_then(|m| m.name.clone()),
@@ -112,4 +116,33 @@ pub async fn delete_deployment(
     state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     let existed = state.delete_deployment(&path.key(), &path.deployment).await?;
     Ok(if existed { StatusCode::OK } else { StatusCode::NO_CONTENT }.into_response())
+}
+
+/// Deploying from another account needs read on it: with the caller's own token inside its tenant,
+/// or, across tenants, with the source tenant's token in `x-ms-authorization-auxiliary`.
+fn authorize_source(state: &AppState, principal: &berth_control::Principal, headers: &axum::http::HeaderMap, source: &str, target: &str) -> Result<(), ArmApiError> {
+    let Some(key) = berth_control::parse_account_id(source) else {
+        return Err(ArmApiError::bad_request("InvalidResourceProperties", format!("'{source}' is not the resource id of an account (/subscriptions/.../accounts/{{name}}).")));
+    };
+    let source_tenant = state.tenant_of_subscription(&key.subscription_id)?;
+    if source_tenant.as_deref() == Some(principal.tenant_id.as_str()) || source_tenant.is_none() {
+        return Ok(state.authorize(principal, source, berth_control::Action::Read)?);
+    }
+    let linked_denied = || {
+        ArmApiError::new(
+            StatusCode::FORBIDDEN,
+            "LinkedAuthorizationFailed",
+            format!(
+                "The client '{}' has permission to perform action on scope '{target}'; however, it does not have permission to perform action 'Microsoft.CognitiveServices/accounts/read' on the linked scope '{source}'. Send a token of the source tenant in 'x-ms-authorization-auxiliary'.",
+                principal.object_id
+            ),
+        )
+    };
+    let aux = headers
+        .get("x-ms-authorization-auxiliary")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').map(str::trim).find_map(|t| t.strip_prefix("Bearer ").map(str::to_owned)))
+        .ok_or_else(linked_denied)?;
+    let linked = state.authenticate_bearer(&aux).map_err(|_| linked_denied())?;
+    state.authorize(&linked, source, berth_control::Action::Read).map_err(|_| linked_denied())
 }

@@ -35,6 +35,23 @@ pub async fn create_tenant(
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
+pub struct SubscriptionCreate {
+    tenant_id: Option<String>,
+    display_name: String,
+}
+
+pub async fn create_subscription(
+    State(state): State<AppState>,
+    ArmPrincipal(principal): ArmPrincipal,
+    ArmJson(body): ArmJson<SubscriptionCreate>,
+) -> Result<(StatusCode, Json<Value>), ArmApiError> {
+    let tenant = body.tenant_id.unwrap_or_else(|| principal.tenant_id.clone());
+    let sub = state.create_subscription(&principal, &tenant, &body.display_name)?;
+    Ok((StatusCode::CREATED, Json(json!({ "subscriptionId": sub.id, "tenantId": sub.tenant_id, "displayName": sub.display_name }))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PrincipalCreate {
     tenant_id: Option<String>,
     display_name: String,
