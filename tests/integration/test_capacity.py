@@ -64,7 +64,7 @@ def test_the_catalog_decides_types_per_model_family_and_region(gguf, adapter_dir
         status, body, _ = put(s, "ptu", "gpt-4o-mini-2024-07-18", "ProvisionedManaged", 75)
         assert status == 200 and body["sku"]["capacity"] == 75 and body["properties"]["provisioningState"] == "Succeeded"
         status, body, _ = put(s, "ptu", None, "ProvisionedManaged", 100, method="PATCH")
-        assert (status, body["error"]["code"]) == (400, "InvalidResourceProperties") and "with PUT, not PATCH" in body["error"]["message"]
+        assert status == 400 and body["error"]["code"] == "InvalidResourceProperties" and "with PUT, not PATCH" in body["error"]["message"], (status, body)
     finally:
         s.stop()
     s = region_server(gguf, tmp_path / "fr", "francecentral")

@@ -107,6 +107,13 @@ impl Control {
         };
         let format = input.model_format.clone().unwrap_or_else(|| "OpenAI".into());
         let version = input.model_version.clone().or(existing.as_ref().map(|e| e.model_version.clone())).unwrap_or_else(|| "1".into());
+        if is_provisioned(sku_name) && input.patch && (input.sku_name.is_some() || input.sku_capacity.is_some()) {
+            return Err(ControlError::invalid(
+                "InvalidResourceProperties",
+                format!("The SKU '{sku_name}' is provisioned: create and scale such deployments with PUT, not PATCH."),
+                "sku",
+            ));
+        }
         if let Some(source) = &input.model_source {
             self.copy_model_from(&account_row, source, &model_name)?;
         }
