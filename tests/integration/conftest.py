@@ -146,14 +146,7 @@ class Server:
         raise AssertionError(f"deployment {name} did not finish provisioning")
 
     def wait_deployment(self, name, timeout=180):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            status, d, _ = self.arm("GET", f"{self.account_path}/deployments/{name}")
-            assert status == 200, d
-            if d["properties"]["provisioningState"] in ("Succeeded", "Failed"):
-                return d
-            time.sleep(0.1)
-        raise AssertionError(f"deployment {name} did not finish provisioning")
+        return self.wait_deployment_at(self.account_path, name, timeout)
 
 
 @pytest.fixture(scope="session")
