@@ -1,5 +1,8 @@
 """Resource groups and accounts through the management plane: create, read, list, keys and their
 regeneration, the checks on names, regions and moves, and deletion that refuses to lose anything."""
+import hashlib
+import os
+
 import requests_shim as http
 
 VERSION = "2024-10-21"
@@ -35,6 +38,12 @@ def test_accounts_are_created_read_listed_rekeyed_and_deleted(fresh_server, gguf
     assert http.request("GET", models, headers={"api-key": fresh["key1"]})[0] == 200
     status, body, _ = s.arm("POST", acct + "/regenerateKey", {"keyName": "Key3"})
     assert (status, body["error"]["code"]) == (400, "InvalidKeyName")
+
+    # At rest the database holds digests and sealed copies, never a key or the admin token itself.
+    at_rest = b"".join(open(os.path.join(s.data_dir, f), "rb").read() for f in os.listdir(s.data_dir) if f.startswith("berth.db"))
+    for secret in (fresh["key1"], fresh["key2"], s.creds["adminToken"]):
+        assert secret.encode() not in at_rest
+    assert hashlib.sha256(fresh["key1"].encode()).hexdigest().encode() in at_rest
 
     # Deployments live in the account; deleting it is refused while it has any.
     status, body, _ = s.arm("PUT", acct + "/deployments/chat", {"sku": {"name": "Standard", "capacity": 5}, "properties": {"model": {"format": "OpenAI", "name": "smollm2", "version": "1"}}})

@@ -10,6 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use berth_store::{AccessTokenRow, AccountRow};
 use hmac::{Hmac, Mac};
+use crate::secrets::{digest, matches};
 use sha2::Sha256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +36,7 @@ impl Control {
         if token.trim().matches('.').count() == 2 {
             return self.verify_jwt(token.trim());
         }
-        let row = self.store.access_token(token.trim())?.ok_or_else(invalid)?;
+        let row = self.store.access_token(&digest(token.trim()))?.ok_or_else(invalid)?;
         let expires = unix_of(&row.expires_at).ok_or_else(invalid)?;
         if expires <= unix_now() {
             return Err(ControlError::Unauthenticated {
@@ -46,12 +47,22 @@ impl Control {
         Ok(Principal { tenant_id: row.tenant_id, object_id: row.principal })
     }
 
-    /// The account an API key belongs to.
+    /// The account an API key belongs to: found by the key's digest, which is then compared in
+    /// constant time.
     pub fn authenticate_key(&self, key: &str) -> Result<AccountRow> {
-        self.store.account_by_api_key(key.trim())?.ok_or(ControlError::Unauthenticated {
-            code: "401",
-            message: "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.".into(),
-        })
+        let key = key.trim();
+        self.store
+            .account_by_key_digest(&digest(key))?
+            .filter(|a| matches(key, &a.key1.digest) || matches(key, &a.key2.digest))
+            .ok_or(ControlError::Unauthenticated {
+                code: "401",
+                message: "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.".into(),
+            })
+    }
+
+    /// An account's two API keys, unsealed (`listKeys`).
+    pub fn account_keys(&self, account: &AccountRow) -> Result<(String, String)> {
+        Ok((self.vault.open(&account.key1)?, self.vault.open(&account.key2)?))
     }
 
     /// Refuses a principal acting on a subscription outside its tenant (listings then filter by role).

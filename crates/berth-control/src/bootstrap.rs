@@ -4,6 +4,7 @@
 use crate::clock::{now_rfc3339, rfc3339_in};
 use crate::error::Result;
 use crate::ids::new_secret;
+use crate::secrets::{digest, Vault};
 use crate::{ControlConfig, ControlError};
 use berth_store::*;
 use serde::{Deserialize, Serialize};
@@ -38,7 +39,7 @@ pub(crate) const ADMIN_PRINCIPAL: &str = "berth-admin";
 const ADMIN_TOKEN_SECONDS: i64 = 10 * 365 * 24 * 3600;
 
 /// Bootstraps on first start; on later starts re-reads the credentials and refreshes their endpoint.
-pub(crate) fn ensure_bootstrapped(store: &Store, config: &ControlConfig) -> Result<Credentials> {
+pub(crate) fn ensure_bootstrapped(store: &Store, config: &ControlConfig, vault: &Vault) -> Result<Credentials> {
     let existing = Credentials::read(&config.data_dir).ok();
     let creds = match (store.tenants()?.first(), existing) {
         (Some(_), Some(mut creds)) => {
@@ -65,13 +66,13 @@ pub(crate) fn ensure_bootstrapped(store: &Store, config: &ControlConfig) -> Resu
                 admin_token,
             }
         }
-        (None, _) => first_start(store, config)?,
+        (None, _) => first_start(store, config, vault)?,
     };
     write_credentials(&config.data_dir, &creds)?;
     Ok(creds)
 }
 
-fn first_start(store: &Store, config: &ControlConfig) -> Result<Credentials> {
+fn first_start(store: &Store, config: &ControlConfig, vault: &Vault) -> Result<Credentials> {
     let now = now_rfc3339();
     let tenant = TenantRow { id: uuid::Uuid::new_v4().to_string(), display_name: "Berth".into(), created_at: now.clone() };
     let sub = SubscriptionRow {
@@ -91,8 +92,8 @@ fn first_start(store: &Store, config: &ControlConfig) -> Result<Credentials> {
         location: config.location.clone(),
         kind: "OpenAI".into(),
         sku: "S0".into(),
-        key1: new_secret(),
-        key2: new_secret(),
+        key1: vault.store(&new_secret()),
+        key2: vault.store(&new_secret()),
         created_at: now,
     };
     store.bootstrap(&tenant, &sub, &rg, &account)?;
@@ -111,7 +112,7 @@ fn first_start(store: &Store, config: &ControlConfig) -> Result<Credentials> {
 fn mint_admin_token(store: &Store, tenant_id: &str) -> Result<String> {
     let token = new_secret();
     store.insert_access_token(&AccessTokenRow {
-        token: token.clone(),
+        token: digest(&token),
         tenant_id: tenant_id.to_owned(),
         principal: ADMIN_PRINCIPAL.into(),
         expires_at: rfc3339_in(ADMIN_TOKEN_SECONDS),

@@ -2,6 +2,7 @@ use crate::bootstrap::{ensure_bootstrapped, Credentials};
 use crate::error::Result;
 use crate::fine_tuning::FineTuningState;
 use crate::ratelimit::RateLimiter;
+use crate::secrets::{digest, is_digest, Vault};
 use crate::host::ModelHost;
 use crate::{ControlConfig, ControlError, Principal};
 use berth_store::{AccountKey, AccountRow, Store, SubscriptionRow};
@@ -23,6 +24,8 @@ pub struct Control {
     pub(crate) limiter: Arc<RateLimiter>,
     /// Signs and checks bearer tokens (`DATA_DIR/token-signing.key`).
     pub(crate) signing_key: Vec<u8>,
+    /// Seals API keys under a key derived from the signing key.
+    pub(crate) vault: Vault,
 }
 
 impl std::fmt::Debug for Control {
@@ -38,10 +41,12 @@ impl Control {
         std::fs::create_dir_all(config.data_dir.join("models"))
             .map_err(|e| ControlError::Internal(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
         let store = Store::open(&config.data_dir.join("berth.db"))?;
-        let credentials = ensure_bootstrapped(&store, &config)?;
         let signing_key = signing_key(&config.data_dir)?;
+        let vault = Vault::new(&signing_key);
+        seal_plain_secrets(&store, &vault)?;
+        let credentials = ensure_bootstrapped(&store, &config, &vault)?;
         let host = Arc::new(ModelHost::new(config.engine.clone()));
-        let control = Arc::new(Control { store, host, config, credentials, tasks: Mutex::new(JoinSet::new()), ready: AtomicBool::new(false), fine_tuning: FineTuningState::default(), limiter: Arc::new(RateLimiter::default()), signing_key });
+        let control = Arc::new(Control { store, host, config, credentials, tasks: Mutex::new(JoinSet::new()), ready: AtomicBool::new(false), fine_tuning: FineTuningState::default(), limiter: Arc::new(RateLimiter::default()), signing_key, vault });
         // Databases from before roles: the bootstrap administrator owns everything of its tenant.
         if control.store.count_role_assignments()? == 0 {
             let admin = berth_store::PrincipalRow {
@@ -149,6 +154,23 @@ impl Control {
     pub fn tenant_of_subscription(&self, subscription_id: &str) -> Result<Option<String>> {
         Ok(self.store.subscriptions()?.into_iter().find(|s| s.id == subscription_id).map(|s| s.tenant_id))
     }
+}
+
+/// Databases from before digests: API keys are digested and sealed, opaque tokens digested.
+fn seal_plain_secrets(store: &Store, vault: &Vault) -> Result<()> {
+    for account in store.all_accounts()? {
+        for (which, stored) in [(1, &account.key1), (2, &account.key2)] {
+            if let Some(sealed) = vault.upgrade(stored) {
+                store.set_account_key(&account.key, which, &sealed)?;
+            }
+        }
+    }
+    for token in store.access_token_values()? {
+        if !is_digest(&token) {
+            store.rename_access_token(&token, &digest(&token))?;
+        }
+    }
+    Ok(())
 }
 
 /// The token-signing key, made on first start (32 random bytes, readable by the owner only).

@@ -30,6 +30,7 @@ mod models;
 mod ratelimit;
 mod resources;
 mod roles;
+mod secrets;
 mod sku;
 
 pub use auth::{Caller, Principal};

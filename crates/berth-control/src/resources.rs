@@ -112,7 +112,7 @@ impl Control {
         let location = self.known_region(input.location.as_deref().ok_or_else(|| {
             ControlError::invalid("LocationRequired", "The location property is required for this definition.", "location")
         })?)?;
-        let row = AccountRow { key: key.clone(), location, kind, sku, key1: new_secret(), key2: new_secret(), created_at: now_rfc3339() };
+        let row = AccountRow { key: key.clone(), location, kind, sku, key1: self.vault.store(&new_secret()), key2: self.vault.store(&new_secret()), created_at: now_rfc3339() };
         self.store.insert_account(&row)?;
         Ok((row, true))
     }
@@ -151,7 +151,7 @@ impl Control {
             "key2" => 2,
             _ => return Err(ControlError::invalid("InvalidKeyName", format!("'{key_name}' is not a key name; use 'Key1' or 'Key2'."), "keyName")),
         };
-        self.store.set_account_key(&account.key, which, &new_secret())?;
+        self.store.set_account_key(&account.key, which, &self.vault.store(&new_secret()))?;
         self.account(&account.key)
     }
 }

@@ -79,11 +79,14 @@ impl Store {
     }
 
     /// Replaces key1 (`which` = 1) or key2.
-    pub fn set_account_key(&self, key: &AccountKey, which: u8, value: &str) -> Result<()> {
+    pub fn set_account_key(&self, key: &AccountKey, which: u8, value: &StoredKey) -> Result<()> {
         let column = if which == 1 { "key1" } else { "key2" };
         self.conn().execute(
-            &format!("UPDATE accounts SET {column} = ?4 WHERE subscription_id = ?1 AND resource_group = ?2 AND name = ?3"),
-            params![key.subscription_id, key.resource_group, key.account, value],
+            &format!(
+                "UPDATE accounts SET {column}_digest = ?4, {column}_sealed = ?5
+                 WHERE subscription_id = ?1 AND resource_group = ?2 AND name = ?3"
+            ),
+            params![key.subscription_id, key.resource_group, key.account, value.digest, value.sealed],
         )?;
         Ok(())
     }

@@ -228,4 +228,29 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX role_assignments_principal ON role_assignments (tenant_id, principal);
     "#,
+    // 5: API keys kept as a digest and a sealed copy (issue 6). Keys of older databases are carried
+    // over marked `plain:`; the control plane digests and seals them on its next start.
+    r#"
+    CREATE TABLE accounts_v5 (
+        subscription_id TEXT NOT NULL,
+        resource_group TEXT NOT NULL COLLATE NOCASE,
+        name TEXT NOT NULL COLLATE NOCASE,
+        location TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        sku TEXT NOT NULL,
+        key1_digest TEXT NOT NULL UNIQUE,
+        key1_sealed TEXT NOT NULL,
+        key2_digest TEXT NOT NULL UNIQUE,
+        key2_sealed TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (subscription_id, resource_group, name),
+        FOREIGN KEY (subscription_id, resource_group) REFERENCES resource_groups(subscription_id, name)
+    );
+    INSERT INTO accounts_v5
+        SELECT subscription_id, resource_group, name, location, kind, sku,
+               'plain:' || key1, 'plain:' || key1, 'plain:' || key2, 'plain:' || key2, created_at
+        FROM accounts;
+    DROP TABLE accounts;
+    ALTER TABLE accounts_v5 RENAME TO accounts;
+    "#,
 ];

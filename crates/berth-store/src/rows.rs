@@ -40,9 +40,17 @@ pub struct AccountRow {
     pub location: String,
     pub kind: String,
     pub sku: String,
-    pub key1: String,
-    pub key2: String,
+    pub key1: StoredKey,
+    pub key2: StoredKey,
     pub created_at: String,
+}
+
+/// An API key as the store keeps it: a digest to find its account by, and the key sealed under the
+/// data directory's secret so that `listKeys` can show it again. The key itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredKey {
+    pub digest: String,
+    pub sealed: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,7 +33,7 @@ impl Store {
         Self::migrate(conn)
     }
 
-    fn migrate(mut conn: Connection) -> Result<Self> {
+    pub(crate) fn migrate(mut conn: Connection) -> Result<Self> {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
@@ -114,10 +114,12 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The account whose key1 or key2 is `api_key`.
-    pub fn account_by_api_key(&self, api_key: &str) -> Result<Option<AccountRow>> {
+    /// The account with a key whose digest is `digest`.
+    pub fn account_by_key_digest(&self, digest: &str) -> Result<Option<AccountRow>> {
         let conn = self.conn();
-        Ok(conn.query_row(&format!("{ACCOUNT_SELECT} WHERE key1 = ?1 OR key2 = ?1"), params![api_key], account_from_row).optional()?)
+        Ok(conn
+            .query_row(&format!("{ACCOUNT_SELECT} WHERE key1_digest = ?1 OR key2_digest = ?1"), params![digest], account_from_row)
+            .optional()?)
     }
 
     // ---- access tokens ----------------------------------------------------------------------
@@ -130,6 +132,7 @@ impl Store {
         Ok(())
     }
 
+    /// The token recorded under `token` (a digest, for the tokens Berth mints).
     pub fn access_token(&self, token: &str) -> Result<Option<AccessTokenRow>> {
         Ok(self
             .conn()
@@ -139,6 +142,19 @@ impl Store {
                 |r| Ok(AccessTokenRow { token: r.get(0)?, tenant_id: r.get(1)?, principal: r.get(2)?, expires_at: r.get(3)?, created_at: r.get(4)? }),
             )
             .optional()?)
+    }
+
+    /// Replaces the recorded value of a token (to move from the token to its digest).
+    pub fn rename_access_token(&self, old: &str, new: &str) -> Result<()> {
+        self.conn().execute("UPDATE access_tokens SET token = ?2 WHERE token = ?1", params![old, new])?;
+        Ok(())
+    }
+
+    pub fn access_token_values(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT token FROM access_tokens")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Forgets tokens that expired before `now`.
@@ -340,9 +356,22 @@ impl Store {
 
 pub(crate) fn insert_account(conn: &Connection, a: &AccountRow) -> Result<()> {
     conn.execute(
-        "INSERT INTO accounts (subscription_id, resource_group, name, location, kind, sku, key1, key2, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![a.key.subscription_id, a.key.resource_group, a.key.account, a.location, a.kind, a.sku, a.key1, a.key2, a.created_at],
+        "INSERT INTO accounts (subscription_id, resource_group, name, location, kind, sku, key1_digest, key1_sealed,
+         key2_digest, key2_sealed, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            a.key.subscription_id,
+            a.key.resource_group,
+            a.key.account,
+            a.location,
+            a.kind,
+            a.sku,
+            a.key1.digest,
+            a.key1.sealed,
+            a.key2.digest,
+            a.key2.sealed,
+            a.created_at
+        ],
     )?;
     Ok(())
 }
@@ -365,7 +394,8 @@ fn insert_operation(conn: &Connection, op: &OperationRow) -> Result<()> {
     Ok(())
 }
 
-const ACCOUNT_SELECT: &str = "SELECT subscription_id, resource_group, name, location, kind, sku, key1, key2, created_at FROM accounts";
+const ACCOUNT_SELECT: &str =
+    "SELECT subscription_id, resource_group, name, location, kind, sku, key1_digest, key1_sealed, key2_digest, key2_sealed, created_at FROM accounts";
 const BASE_SELECT: &str = "SELECT name, path, format, architecture, context_length, created_at FROM base_models";
 const MODEL_SELECT: &str = "SELECT subscription_id, resource_group, account, id, base_model, kind, path, created_at FROM models";
 const DEPLOYMENT_SELECT: &str = "SELECT subscription_id, resource_group, account, name, sku_name, sku_capacity, model_format,
@@ -382,9 +412,9 @@ fn account_from_row(r: &Row<'_>) -> rusqlite::Result<AccountRow> {
         location: r.get(3)?,
         kind: r.get(4)?,
         sku: r.get(5)?,
-        key1: r.get(6)?,
-        key2: r.get(7)?,
-        created_at: r.get(8)?,
+        key1: StoredKey { digest: r.get(6)?, sealed: r.get(7)? },
+        key2: StoredKey { digest: r.get(8)?, sealed: r.get(9)? },
+        created_at: r.get(10)?,
     })
 }
 

@@ -8,10 +8,14 @@ fn seeded() -> (Store, AccountKey) {
         &TenantRow { id: "t".into(), display_name: "T".into(), created_at: "2026-01-01T00:00:00Z".into() },
         &SubscriptionRow { id: "sub".into(), tenant_id: "t".into(), display_name: "S".into(), created_at: "2026-01-01T00:00:00Z".into() },
         &ResourceGroupRow { subscription_id: "sub".into(), name: "rg".into(), location: "local".into(), created_at: "2026-01-01T00:00:00Z".into() },
-        &AccountRow { key: key.clone(), location: "local".into(), kind: "OpenAI".into(), sku: "S0".into(), key1: "k1".into(), key2: "k2".into(), created_at: "2026-01-01T00:00:00Z".into() },
+        &AccountRow { key: key.clone(), location: "local".into(), kind: "OpenAI".into(), sku: "S0".into(), key1: stored("k1"), key2: stored("k2"), created_at: "2026-01-01T00:00:00Z".into() },
     )
     .unwrap();
     (s, key)
+}
+
+fn stored(key: &str) -> StoredKey {
+    StoredKey { digest: format!("digest-of-{key}"), sealed: format!("sealed-{key}") }
 }
 
 fn deployment(key: &AccountKey, op: &str) -> (DeploymentRow, OperationRow) {
@@ -54,8 +58,34 @@ fn names_are_case_insensitive_and_keys_find_accounts() {
     let (s, key) = seeded();
     let upper = AccountKey { subscription_id: "sub".into(), resource_group: "RG".into(), account: "ACCT".into() };
     assert!(s.account(&upper).unwrap().is_some());
-    assert_eq!(s.account_by_api_key("k2").unwrap().unwrap().key, key);
-    assert!(s.account_by_api_key("nope").unwrap().is_none());
+    assert_eq!(s.account_by_key_digest("digest-of-k2").unwrap().unwrap().key, key);
+    assert!(s.account_by_key_digest("k2").unwrap().is_none());
+    s.set_account_key(&key, 2, &stored("k3")).unwrap();
+    assert!(s.account_by_key_digest("digest-of-k2").unwrap().is_none());
+    let a = s.account_by_key_digest("digest-of-k3").unwrap().unwrap();
+    assert_eq!((a.key1, a.key2), (stored("k1"), stored("k3")));
+}
+
+#[test]
+fn plaintext_keys_of_an_older_database_are_carried_over_marked() {
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    for (i, sql) in crate::migrations::MIGRATIONS.iter().take(4).enumerate() {
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(sql).unwrap();
+        tx.pragma_update(None, "user_version", (i + 1) as i64).unwrap();
+        tx.commit().unwrap();
+    }
+    conn.execute_batch(
+        "INSERT INTO tenants VALUES ('t', 'T', 'x');
+         INSERT INTO subscriptions VALUES ('sub', 't', 'S', 'x');
+         INSERT INTO resource_groups VALUES ('sub', 'rg', 'local', 'x');
+         INSERT INTO accounts VALUES ('sub', 'rg', 'acct', 'local', 'OpenAI', 'S0', 'old1', 'old2', 'x');",
+    )
+    .unwrap();
+    let s = Store::migrate(conn).unwrap();
+    let a = s.all_accounts().unwrap().remove(0);
+    assert_eq!(a.key1, StoredKey { digest: "plain:old1".into(), sealed: "plain:old1".into() });
+    assert_eq!(a.key2.digest, "plain:old2");
 }
 
 #[test]

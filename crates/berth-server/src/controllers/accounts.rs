@@ -71,7 +71,8 @@ pub async fn list_keys(
     arm_api_version(&uri)?;
     state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     let a = state.account(&path.key())?;
-    Ok(Json(AccountKeys { key1: a.key1, key2: a.key2 }))
+    let (key1, key2) = state.account_keys(&a)?;
+    Ok(Json(AccountKeys { key1, key2 }))
 }
 
 /// `PUT .../accounts/{name}`: 201 created, 200 updated (synchronous: an account needs no provisioning).
@@ -112,7 +113,8 @@ pub async fn regenerate_key(
     arm_api_version(&uri)?;
     state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     let a = state.regenerate_key(&path.key(), &body.key_name)?;
-    Ok(Json(AccountKeys { key1: a.key1, key2: a.key2 }))
+    let (key1, key2) = state.account_keys(&a)?;
+    Ok(Json(AccountKeys { key1, key2 }))
 }
 
 #[derive(Debug, Deserialize)]
