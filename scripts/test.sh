@@ -8,6 +8,14 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements
 BERTH_TEST_GGUF="$(scripts/fetch-model.sh)"
 BERTH_TEST_VOCABS="$(scripts/fetch-vocabs.sh)"
 export BERTH_TEST_GGUF BERTH_TEST_VOCABS
+# The Azure CLI is large and pins its own SDKs: it gets a virtual environment of its own, kept under
+# target/ between runs.
+AZ_VENV="${BERTH_AZ_VENV:-$PWD/target/azure-cli}"
+if [ ! -x "$AZ_VENV/bin/az" ]; then
+    python3 -m venv "$AZ_VENV"
+    "$AZ_VENV/bin/pip" install --quiet --disable-pip-version-check azure-cli==2.91.0
+fi
+export BERTH_TEST_AZ="$AZ_VENV/bin/az"
 cargo build --release --locked
 cargo test --release --locked --workspace
 python3 -m pytest -q tests/integration

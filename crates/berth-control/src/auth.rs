@@ -119,6 +119,24 @@ impl Control {
         })
     }
 
+    /// A token for the managed identity whose secret is `identity_header` (the identity endpoint, as
+    /// App Service serves it to `az login --identity`). `client_id` or `object_id`, when given, must
+    /// name that identity.
+    pub fn managed_identity_token(&self, identity_header: &str, requested_id: Option<&str>) -> Result<AccessTokenRow> {
+        let unknown = || ControlError::Unauthenticated { code: "InvalidIdentityHeader", message: "The X-IDENTITY-HEADER is not the secret of a managed identity.".into() };
+        let digest = digest(identity_header.trim());
+        let (tenant_id, object_id) = self.store.identity_secret(&digest)?.ok_or_else(unknown)?;
+        if requested_id.is_some_and(|id| !id.eq_ignore_ascii_case(&object_id)) {
+            return Err(ControlError::invalid(
+                "IdentityNotFound",
+                format!("No managed identity with id '{}' is assigned to this workload.", requested_id.unwrap_or_default()),
+                "client_id",
+            ));
+        }
+        let me = Principal { tenant_id, object_id };
+        self.issue_token(&me, None)
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         Hmac::<Sha256>::new_from_slice(&self.signing_key).expect("HMAC takes keys of any length")
     }

@@ -31,7 +31,7 @@ pub(crate) fn rfc3339_in(seconds: i64) -> String {
     (now() + chrono::Duration::seconds(seconds)).to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-pub(crate) fn unix_of(rfc3339: &str) -> Option<i64> {
+pub fn unix_of(rfc3339: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(rfc3339).ok().map(|t| t.timestamp())
 }
 

@@ -37,7 +37,7 @@ pub use auth::{Caller, Principal};
 pub use bootstrap::Credentials;
 pub use capacity::{QuotaUsage, SkuOption};
 pub use catalog::{normalize_region, Catalog, DEFAULT_CATALOG};
-pub use clock::{advance_clock, now_rfc3339, unix_now};
+pub use clock::{advance_clock, now_rfc3339, unix_now, unix_of};
 pub use config::ControlConfig;
 pub use control::Control;
 pub use deployments::{DeploymentPutInput, PutOutcome};

@@ -158,7 +158,9 @@ impl Control {
     }
 
     /// A principal of the caller's tenant (or, for an owner of `/`, of any tenant).
-    pub fn add_principal(&self, caller: &Principal, tenant: &str, display_name: &str, kind: &str) -> Result<PrincipalRow> {
+    /// Adds a principal to a tenant. A managed identity also gets the secret its workload presents to
+    /// the identity endpoint (`X-IDENTITY-HEADER`), returned here once and stored as a digest.
+    pub fn add_principal(&self, caller: &Principal, tenant: &str, display_name: &str, kind: &str) -> Result<(PrincipalRow, Option<String>)> {
         if tenant != caller.tenant_id || self.authorize(caller, "/", Action::ManageAccess).is_err() {
             self.operator(caller)?;
         }
@@ -173,7 +175,12 @@ impl Control {
             created_at: now_rfc3339(),
         };
         self.store.upsert_principal(&row)?;
-        Ok(row)
+        if kind != "ManagedIdentity" {
+            return Ok((row, None));
+        }
+        let secret = crate::ids::new_secret();
+        self.store.insert_identity_secret(&crate::secrets::digest(&secret), &row.tenant_id, &row.object_id, &row.created_at)?;
+        Ok((row, Some(secret)))
     }
 
     /// The operator: an owner of `/` in the first tenant (the bootstrap administrator).

@@ -1,6 +1,6 @@
 //! Every route of the server, in one place.
 
-use crate::controllers::{accounts, admin, chat_completions, completions, costs, deployments, files, fine_tuning, health, identity, models, operations, quota};
+use crate::controllers::{accounts, admin, chat_completions, completions, costs, deployments, files, fine_tuning, health, identity, managed_identity, models, operations, quota};
 use crate::headers::common_headers;
 use crate::{AppState, ArmApiError, OpenAiApiError};
 use axum::http::{HeaderValue, StatusCode, Uri};
@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/berth/v1/clock", post(costs::move_clock))
         .route("/berth/v1/tenants", post(identity::create_tenant))
         .route("/berth/v1/principals", post(identity::create_principal))
+        .route(managed_identity::IDENTITY_TOKEN_PATH, get(managed_identity::identity_token))
         .route("/berth/v1/subscriptions", post(identity::create_subscription));
     // Role assignments at every scope level.
     for scope in ["", "/subscriptions/{subscription}", "/subscriptions/{subscription}/resourceGroups/{resource_group}", ACCOUNT] {

@@ -46,6 +46,23 @@ impl Store {
             .optional()?)
     }
 
+    /// Records the digest of a managed identity's secret.
+    pub fn insert_identity_secret(&self, digest: &str, tenant: &str, principal: &str, created_at: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO identity_secrets (digest, tenant_id, principal, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![digest, tenant, principal, created_at],
+        )?;
+        Ok(())
+    }
+
+    /// The managed identity (tenant, object id) whose secret has this digest.
+    pub fn identity_secret(&self, digest: &str) -> Result<Option<(String, String)>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT tenant_id, principal FROM identity_secrets WHERE digest = ?1", params![digest], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
     /// Adds an assignment; one with the same id is replaced.
     pub fn put_role_assignment(&self, a: &RoleAssignmentRow) -> Result<()> {
         self.conn().execute(

@@ -252,5 +252,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         FROM accounts;
     DROP TABLE accounts;
     ALTER TABLE accounts_v5 RENAME TO accounts;
+    -- Managed identities: the digest of the secret a workload sends as X-IDENTITY-HEADER.
+    CREATE TABLE identity_secrets (
+        digest TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        FOREIGN KEY (tenant_id, principal) REFERENCES principals(tenant_id, object_id)
+    );
     "#,
 ];

@@ -2,6 +2,7 @@
 //! role assignments at any ARM scope (`{scope}/providers/Microsoft.Authorization/roleAssignments/{name}`,
 //! as `az role assignment` and the management SDKs write them).
 
+use super::managed_identity::IDENTITY_TOKEN_PATH;
 use crate::extract::{arm_api_version, ArmJson, ArmPrincipal};
 use crate::{AppState, ArmApiError};
 use axum::extract::State;
@@ -69,8 +70,14 @@ pub async fn create_principal(
         return Err(ArmApiError::bad_request("InvalidPrincipalKind", format!("'{kind}' is not a principal kind; use User, ServicePrincipal or ManagedIdentity.")));
     }
     let tenant = body.tenant_id.unwrap_or_else(|| principal.tenant_id.clone());
-    let p = state.add_principal(&principal, &tenant, &body.display_name, &kind)?;
-    Ok((StatusCode::CREATED, Json(json!({ "tenantId": p.tenant_id, "objectId": p.object_id, "displayName": p.display_name, "kind": p.kind }))))
+    let (p, secret) = state.add_principal(&principal, &tenant, &body.display_name, &kind)?;
+    let mut out = json!({ "tenantId": p.tenant_id, "objectId": p.object_id, "displayName": p.display_name, "kind": p.kind });
+    if let Some(secret) = secret {
+        // What a host injects into a workload as IDENTITY_ENDPOINT and IDENTITY_HEADER.
+        out["identityEndpoint"] = json!(format!("{}{IDENTITY_TOKEN_PATH}", state.config().public_url.trim_end_matches('/')));
+        out["identityHeader"] = json!(secret);
+    }
+    Ok((StatusCode::CREATED, Json(out)))
 }
 
 /// The scope and assignment name of a role-assignment path.

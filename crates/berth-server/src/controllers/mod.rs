@@ -12,6 +12,7 @@ pub mod fine_tuning;
 pub mod generation;
 pub mod health;
 pub mod identity;
+pub mod managed_identity;
 pub mod models;
 pub mod operations;
 pub mod quota;
