@@ -34,6 +34,12 @@ def test_a_self_signed_certificate_is_made_once_and_verifies(gguf, tmp_path):
         )
         r = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
         assert r.choices[0].message.content
+        # The berth CLI trusts the data directory's certificate, or the one it is given.
+        assert '"smol"' in s.cli("deployment", "list").stdout
+        p = s.cli("deployment", "list", "--ca-bundle", str(tmp_path / "tls" / "key.pem"), check=False)
+        assert p.returncode != 0 and "holds no certificate" in p.stderr, p.stderr
+        p = s.cli("deployment", "list", "--ca-bundle", "/etc/hostname", check=False)
+        assert p.returncode != 0 and "holds no certificate" in p.stderr, p.stderr
         # An unverified client is refused by its own TLS stack; plain HTTP gets no HTTP answer.
         with pytest.raises(httpx.ConnectError):
             httpx.get(s.url + "/healthz")

@@ -13,6 +13,10 @@ pub struct Cli {
     /// Bearer token [default: the admin token in the data directory's credentials].
     #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// Certificates (PEM) to trust for an https endpoint [default: the data directory's self-signed
+    /// tls/cert.pem when there is one, else the Mozilla roots].
+    #[arg(long, env = "BERTH_CA_BUNDLE", global = true)]
+    pub ca_bundle: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -5,7 +5,25 @@ use anyhow::{anyhow, bail, Context, Result};
 use berth_control::Credentials;
 use serde_json::Value;
 use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
+use ureq::tls::{parse_pem, Certificate, PemItem, RootCerts, TlsConfig};
 use ureq::Agent;
+
+/// The certificates of a PEM file.
+fn read_certificates(path: &Path) -> Result<Vec<Certificate<'static>>> {
+    let pem = std::fs::read(path).with_context(|| format!("cannot read the CA bundle {}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in parse_pem(&pem) {
+        if let PemItem::Certificate(c) = item.with_context(|| format!("{} is not valid PEM", path.display()))? {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        bail!("{} holds no certificate", path.display());
+    }
+    Ok(certs)
+}
 
 pub const ARM_API_VERSION: &str = "2024-10-01";
 pub const OPENAI_API_VERSION: &str = "2024-10-21";
@@ -22,16 +40,23 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(data_dir: Option<PathBuf>, endpoint: Option<String>, token: Option<String>) -> Self {
-        let credentials = Credentials::read(&data_dir.unwrap_or_else(default_data_dir)).ok();
+    pub fn new(data_dir: Option<PathBuf>, endpoint: Option<String>, token: Option<String>, ca_bundle: Option<PathBuf>) -> Result<Self> {
+        let data_dir = data_dir.unwrap_or_else(default_data_dir);
+        let credentials = Credentials::read(&data_dir).ok();
         let endpoint = endpoint
             .or_else(|| credentials.as_ref().map(|c| c.endpoint.clone()))
             .unwrap_or_else(|| "http://127.0.0.1:8080".into())
             .trim_end_matches('/')
             .to_owned();
         let token = token.or_else(|| credentials.as_ref().map(|c| c.admin_token.clone()));
-        let agent: Agent = Agent::config_builder().http_status_as_error(false).build().into();
-        Client { agent, endpoint, token, credentials }
+        let self_signed = data_dir.join("tls").join("cert.pem");
+        let roots = match ca_bundle.or_else(|| self_signed.exists().then_some(self_signed)) {
+            Some(path) => RootCerts::Specific(Arc::new(read_certificates(&path)?)),
+            None => RootCerts::WebPki,
+        };
+        let tls = TlsConfig::builder().root_certs(roots).build();
+        let agent: Agent = Agent::config_builder().http_status_as_error(false).tls_config(tls).build().into();
+        Ok(Client { agent, endpoint, token, credentials })
     }
 
     fn auth(&self) -> Result<String> {

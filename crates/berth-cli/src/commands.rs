@@ -8,29 +8,29 @@ use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
 pub fn run(cli: Cli) -> Result<()> {
-    let client = || Client::new(cli.data_dir.clone(), cli.endpoint.clone(), cli.token.clone());
+    let client = || Client::new(cli.data_dir.clone(), cli.endpoint.clone(), cli.token.clone(), cli.ca_bundle.clone());
     match cli.command {
         Command::Serve(args) => crate::serve::serve(args, cli.data_dir.clone()),
         Command::Debug { command: DebugCommand::Logits { model, adapter, tokens, text } } => {
             crate::debug::logits(&model, adapter.as_deref(), tokens.as_deref(), text.as_deref())
         }
         Command::Debug { command: DebugCommand::Tokenize { model, inp } } => crate::debug::tokenize(&model, &inp),
-        Command::Account { command } => account(&client(), command),
+        Command::Account { command } => account(&client()?, command),
         Command::Token { tenant, principal } => {
             let body = (tenant.is_some() || principal.is_some()).then(|| json!({ "tenant": tenant, "principal": principal }));
-            print(&client().send("POST", "/berth/v1/token", body.as_ref())?.1)
+            print(&client()?.send("POST", "/berth/v1/token", body.as_ref())?.1)
         }
-        Command::BaseModel { command } => base_model(&client(), command),
-        Command::Model { command } => model(&client(), command),
-        Command::Deployment { command } => deployment(&client(), command),
-        Command::Chat(args) => chat(&client(), args),
+        Command::BaseModel { command } => base_model(&client()?, command),
+        Command::Model { command } => model(&client()?, command),
+        Command::Deployment { command } => deployment(&client()?, command),
+        Command::Chat(args) => chat(&client()?, args),
         Command::Usage { command: UsageCommand::List { location, subscription } } => {
-            let c = client();
+            let c = client()?;
             let sub = subscription.or_else(|| c.credentials.as_ref().map(|c| c.subscription_id.clone())).context("say which subscription with --subscription")?;
             print(&c.get(&format!("/subscriptions/{sub}/providers/Microsoft.CognitiveServices/locations/{location}/usages?api-version={ARM_API_VERSION}"))?)
         }
         Command::Cost { command: CostCommand::Show { from, to, resource_group, account, deployment, subscription } } => {
-            let c = client();
+            let c = client()?;
             let sub = subscription.or_else(|| c.credentials.as_ref().map(|c| c.subscription_id.clone())).context("say which subscription with --subscription")?;
             let mut query: Vec<(&str, String)> = vec![("api-version", ARM_API_VERSION.to_owned())];
             for (k, v) in [("from", from), ("to", to), ("resourceGroup", resource_group), ("account", account), ("deployment", deployment)] {
@@ -45,8 +45,8 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", berth_control::DEFAULT_CATALOG);
             Ok(())
         }
-        Command::File { command } => crate::fine_tuning::file(&client(), command),
-        Command::FineTuning { command } => crate::fine_tuning::fine_tuning(&client(), command),
+        Command::File { command } => crate::fine_tuning::file(&client()?, command),
+        Command::FineTuning { command } => crate::fine_tuning::fine_tuning(&client()?, command),
     }
 }
 
