@@ -10,6 +10,7 @@ mod controllers;
 mod extract;
 mod headers;
 mod openai_error;
+mod rejections;
 mod render;
 mod routes;
 pub mod tls;

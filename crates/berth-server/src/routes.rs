@@ -85,6 +85,7 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{prefix}/openai/fine_tuning/jobs/{{job}}/checkpoints"), get(fine_tuning::list_checkpoints));
     }
     r.fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::rejections::shape_rejections))
         .layer(axum::middleware::from_fn(move |req, next| common_headers(region.clone(), req, next)))
         .with_state(state)
 }

@@ -11,6 +11,8 @@ use serde_json::Value;
 use std::sync::Arc;
 use tower::ServiceExt;
 
+mod fuzz;
+
 struct Harness {
     control: Arc<Control>,
     dir: std::path::PathBuf,
