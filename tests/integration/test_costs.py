@@ -81,7 +81,7 @@ def test_hosting_hours_and_tokens_are_charged_by_the_price_sheet(clocked, adapte
     r = report(s, **{"from": iso(start), "to": iso(later)})
     ft_after = {l["deployment"]: l for l in r["value"]}["ft"]
     assert ft_after["hostingHours"] == pytest.approx(ft_line["hostingHours"], abs=0.02)
-    assert ft in [m["id"] for m in s.arm("GET", s.account_path + "/models")[1]["value"]]
+    assert ft in [m["name"] for m in s.arm("GET", s.account_path + "/models")[1]["value"]]
     # Bad periods are refused in the management plane's shape.
     status, body, _ = s.arm("GET", f"/subscriptions/{s.creds['subscriptionId']}/providers/Microsoft.CognitiveServices/costs?from=yesterday")
     assert (status, body["error"]["code"]) == (400, "InvalidTimeRange"), body
@@ -94,10 +94,21 @@ def test_idle_and_developer_deployments_are_deleted_and_the_model_stays(clocked,
     s.deploy("busy", "smollm2")
     s.deploy("dev", ft, sku="Developer", capacity=1)
     assert chat(s, "busy")[0] == 200
+
+    # Each deployment shows when it will go if nothing changes.
+    def times(name):
+        d = s.arm("GET", f"{s.account_path}/deployments/{name}")[1]
+        parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))
+        return parse(d["systemData"]["createdAt"]), parse(d["properties"]["scheduledDeletionTime"])
+
+    for name, lifetime in [("dev", timedelta(hours=24)), ("quiet", timedelta(days=15))]:
+        created, scheduled = times(name)
+        assert abs(scheduled - created - lifetime) < timedelta(seconds=2), (name, created, scheduled)
     assert advance(s, 23 * 3600)["deleted"] == []
     assert advance(s, 3600)["deleted"] == ["dev"]  # 24 hours after it was deployed
     assert advance(s, 9 * 86400)["deleted"] == []  # 10 days
     assert chat(s, "busy")[0] == 200  # a call on day 10
+    assert times("busy")[1] - times("quiet")[1] > timedelta(days=9)  # the call moved busy's date
     assert advance(s, 5 * 86400 - 60)["deleted"] == []  # a minute short of 15 days
     assert advance(s, 86400 + 60)["deleted"] == ["quiet"]  # 16 days without a call; busy was called 6 days ago
     status, listed, _ = s.arm("GET", s.account_path + "/deployments")

@@ -187,8 +187,11 @@ def test_the_job_records_a_falling_loss_checkpoints_and_results(tuned):
     assert len(page.data) == 5 and page.has_more
     after = c.fine_tuning.jobs.list_events(job.id, limit=5, after=page.data[-1].id).data
     assert after[0].id != page.data[-1].id and len(after) == 5
-    models = [m["id"] for m in tuned.arm("GET", tuned.account_path + "/models")[1]["value"]]
+    models = {m["name"]: m for m in tuned.arm("GET", tuned.account_path + "/models")[1]["value"]}
     assert job.fine_tuned_model in models and all(cp.id in models for cp in checkpoints)
+    # ARM lists them with their base model and the deployment types the region offers them.
+    listed = models[job.fine_tuned_model]
+    assert listed["baseModel"]["name"] == "smollm2" and {"Standard", "Developer"} <= {s["name"] for s in listed["skus"]}
 
 
 def answers(client, deployment, prompts):

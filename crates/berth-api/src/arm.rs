@@ -122,6 +122,10 @@ pub struct DeploymentProperties {
     /// Why provisioning failed (Berth's addition; Azure puts it only on the operation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ArmErrorBody>,
+    /// When Berth deletes the deployment if it stays idle (Berth's addition: Azure's 15-day rule,
+    /// or a Developer deployment's end).
+    #[serde(rename = "scheduledDeletionTime", default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_deletion_time: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,6 +226,45 @@ pub struct AccountModel {
     pub status: String,
     pub capabilities: BTreeMap<String, bool>,
     pub lifecycle_status: String,
+}
+
+/// A model an account can deploy, as ARM lists it (`GET .../accounts/{a}/models`), with the deployment
+/// types its region offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArmAccountModel {
+    pub format: String,
+    pub name: String,
+    pub version: String,
+    /// The base model of a fine-tune or checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<ModelRef>,
+    pub is_default_version: bool,
+    pub capabilities: BTreeMap<String, String>,
+    pub skus: Vec<ModelSku>,
+    pub lifecycle_status: String,
+    pub system_data: ModelSystemData,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub format: String,
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSku {
+    pub name: String,
+    pub usage_name: String,
+    pub capacity: CapacityRange,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSystemData {
+    pub created_at: String,
 }
 
 /// Capacity range of a deployment type (`.../deployments/{name}/skus`).

@@ -21,6 +21,8 @@ pub struct QuotaUsage {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SkuOption {
     pub name: &'static str,
+    /// The quota the type draws on (`OpenAI.Standard.<family>`, ...).
+    pub usage_name: String,
     pub minimum: i64,
     pub maximum: i64,
     pub step: i64,
@@ -164,10 +166,16 @@ impl Control {
 
     /// The deployment types a deployment can move to in its region, with capacity ranges.
     pub fn deployment_skus(&self, account: &AccountKey, name: &str) -> Result<Vec<SkuOption>> {
-        let account_row = self.account(account)?;
         let d = self.deployment(account, name)?;
+        self.model_skus(account, &d.model_name)
+    }
+
+    /// The deployment types a model of an account can be deployed with in the account's region, with
+    /// capacity ranges (what the portal's deploy dialog offers).
+    pub fn model_skus(&self, account: &AccountKey, model: &str) -> Result<Vec<SkuOption>> {
+        let account_row = self.account(account)?;
         let catalog = &self.config.catalog;
-        let Some(p) = self.placement(&account_row.key, &d.model_name)? else { return Ok(vec![]) };
+        let Some(p) = self.placement(&account_row.key, model)? else { return Ok(vec![]) };
         let region = normalize_region(&account_row.location);
         Ok(catalog
             .skus_for(&p.family, &region)
@@ -177,7 +185,7 @@ impl Control {
                 let provisioned = is_provisioned(s);
                 let limit = if provisioned { catalog.quota.provisioned_ptu } else { catalog.quota.standard_ktpm };
                 let (minimum, step) = if provisioned { (catalog.ptu_rule(&p.family, s).min, catalog.ptu_rule(&p.family, s).step) } else { (1, 1) };
-                SkuOption { name: s, minimum, maximum: limit, step, default: minimum }
+                SkuOption { name: s, usage_name: quota_label(provisioned, &p.family).0, minimum, maximum: limit, step, default: minimum }
             })
             .collect())
     }

@@ -3,7 +3,7 @@
 //! it was deployed. The model stays and can be deployed again; the deletion is recorded with its reason.
 //! A sweeper runs every `idle_sweep_seconds`, and after every move of the test clock.
 
-use crate::clock::{now_rfc3339, unix_now, unix_of};
+use crate::clock::{now_rfc3339, rfc3339_of, unix_now, unix_of};
 use crate::error::Result;
 use crate::host::DeploymentKey;
 use crate::Control;
@@ -53,6 +53,20 @@ impl Control {
             }
         }
         Ok(deleted)
+    }
+
+    /// When the sweeper will delete a deployment if nothing changes (no call comes): its creation
+    /// plus the Developer lifetime, or the later of its creation and last call plus the idle period.
+    pub fn scheduled_deletion(&self, d: &berth_store::DeploymentRow) -> Result<Option<String>> {
+        let r = self.config.retention;
+        let Some(created) = unix_of(&d.created_at) else { return Ok(None) };
+        let at = if d.sku_name == "Developer" {
+            created + r.developer_hours * 3600
+        } else {
+            let last_call = self.store.last_call_hour(&d.account, &d.name)?.map(|h| h + 3600).unwrap_or(created);
+            last_call.max(created) + r.idle_days * 86_400
+        };
+        Ok(Some(rfc3339_of(at)))
     }
 
     /// Deployments of an account Berth deleted itself, oldest first.

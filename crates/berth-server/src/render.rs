@@ -88,6 +88,7 @@ pub fn deployment(control: &Control, d: &DeploymentRow) -> Deployment {
             rai_policy_name: "Microsoft.DefaultV2".into(),
             version_upgrade_option: "NoAutoUpgrade".into(),
             error: error_body(&d.error_code, &d.error_message),
+            scheduled_deletion_time: control.scheduled_deletion(d).ok().flatten(),
         },
     }
 }
@@ -140,6 +141,33 @@ pub fn account_model(m: &AccountModelInfo) -> AccountModel {
             ("inference".to_string(), true),
         ]),
         lifecycle_status: "generally-available".into(),
+    }
+}
+
+pub fn arm_account_model(m: &AccountModelInfo, skus: &[berth_control::SkuOption]) -> berth_api::arm::ArmAccountModel {
+    use berth_api::arm::{ArmAccountModel, CapacityRange, ModelRef, ModelSku, ModelSystemData};
+    let yes = |b: bool| if b { "true" } else { "false" }.to_string();
+    ArmAccountModel {
+        format: "OpenAI".into(),
+        name: m.id.clone(),
+        version: "1".into(),
+        base_model: m.base_model.clone().map(|name| ModelRef { format: "OpenAI".into(), name, version: "1".into() }),
+        is_default_version: true,
+        capabilities: BTreeMap::from([
+            ("chatCompletion".to_string(), yes(true)),
+            ("completion".to_string(), yes(true)),
+            ("fineTune".to_string(), yes(m.base_model.is_none())),
+        ]),
+        skus: skus
+            .iter()
+            .map(|s| ModelSku {
+                name: s.name.into(),
+                usage_name: s.usage_name.clone(),
+                capacity: CapacityRange { minimum: s.minimum, maximum: s.maximum, step: s.step, default: s.default },
+            })
+            .collect(),
+        lifecycle_status: "GenerallyAvailable".into(),
+        system_data: ModelSystemData { created_at: m.created_at.clone() },
     }
 }
 

@@ -7,7 +7,7 @@ use crate::{render, AppState, ArmApiError, OpenAiApiError};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Json;
-use berth_api::arm::{AccountModel, List};
+use berth_api::arm::{AccountModel, ArmAccountModel, List};
 use berth_api::openai::ModelList;
 
 pub async fn list_account_models(
@@ -15,10 +15,15 @@ pub async fn list_account_models(
     uri: Uri,
     ArmPrincipal(principal): ArmPrincipal,
     Path(path): Path<AccountPath>,
-) -> Result<Json<List<AccountModel>>, ArmApiError> {
+) -> Result<Json<List<ArmAccountModel>>, ArmApiError> {
     arm_api_version(&uri)?;
     state.authorize(&principal, &path.scope(), berth_control::Action::Read)?;
-    let value = state.account_models(&path.key())?.iter().map(render::account_model).collect();
+    let key = path.key();
+    let mut value = Vec::new();
+    for m in state.account_models(&key)? {
+        let skus = state.model_skus(&key, &m.id)?;
+        value.push(render::arm_account_model(&m, &skus));
+    }
     Ok(Json(List { value, next_link: None }))
 }
 
