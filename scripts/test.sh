@@ -16,6 +16,13 @@ if [ ! -x "$AZ_VENV/bin/az" ]; then
     "$AZ_VENV/bin/pip" install --quiet --disable-pip-version-check azure-cli==2.91.0
 fi
 export BERTH_TEST_AZ="$AZ_VENV/bin/az"
+# The portal's browser test: Debian's chromium, driven by playwright-core from npm.
+if ! command -v chromium >/dev/null; then
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+npm ci --prefix tests/portal --no-audit --no-fund --silent
 cargo build --release --locked
 cargo test --release --locked --workspace
 python3 -m pytest -q tests/integration

@@ -1,6 +1,6 @@
 //! Every route of the server, in one place.
 
-use crate::controllers::{accounts, admin, chat_completions, completions, costs, deployments, files, fine_tuning, health, identity, managed_identity, models, operations, quota};
+use crate::controllers::{accounts, admin, chat_completions, completions, costs, deployments, files, fine_tuning, health, identity, managed_identity, models, operations, portal, quota};
 use crate::headers::common_headers;
 use crate::{AppState, ArmApiError, OpenAiApiError};
 use axum::http::{HeaderValue, StatusCode, Uri};
@@ -16,6 +16,10 @@ pub fn router(state: AppState) -> Router {
     let region = HeaderValue::from_str(&state.config().location).unwrap_or(HeaderValue::from_static("local"));
     let mut r = Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/portal", get(portal::index))
+        .route("/portal/", get(portal::index))
+        .route("/portal/portal.js", get(portal::script))
+        .route("/portal/portal.css", get(portal::style))
         .route("/subscriptions", get(accounts::list_subscriptions))
         .route("/subscriptions/{subscription}/providers/Microsoft.CognitiveServices/accounts", get(accounts::list_accounts))
         .route(

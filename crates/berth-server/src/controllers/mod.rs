@@ -15,6 +15,7 @@ pub mod identity;
 pub mod managed_identity;
 pub mod models;
 pub mod operations;
+pub mod portal;
 pub mod quota;
 
 use serde::Deserialize;
