@@ -156,6 +156,24 @@ try {
   await shot("08-deleted.png");
   step("deleted from the pane");
 
+  // An API key reaches only its account's playground.
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByLabel("Or an account's API key").fill(process.env.BERTH_API_KEY);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Chat playground" }).waitFor();
+  assert.equal(await page.getByRole("link", { name: "Models" }).isVisible(), false);
+  await page.getByLabel("Deployment", { exact: true }).fill("smol");
+  await page.getByLabel("Max tokens").fill("8");
+  await page.getByLabel("Message", { exact: true }).fill("Hi");
+  await page.getByLabel("Message", { exact: true }).press("Enter");
+  await page.locator(".msg.assistant .usage", { hasText: "completion tokens" }).waitFor({ timeout: 120_000 });
+  await page.getByLabel("Deployment", { exact: true }).fill("nowhere");
+  await page.getByLabel("Message", { exact: true }).fill("Hi");
+  await page.getByLabel("Message", { exact: true }).press("Enter");
+  await page.getByText(/does not exist.*DeploymentNotFound, HTTP 404/).waitFor();
+  await shot("09-playground-with-a-key.png");
+  step("with an API key: the playground only, and a missing deployment explained in words");
+
   const unexpected = consoleErrors.filter((e) => !/status of 4\d\d/.test(e));
   assert.deepEqual(unexpected, [], `script errors: ${unexpected.join(" | ")}`);
 } catch (e) {

@@ -218,7 +218,8 @@ const COLORS = ["#0b5cad", "#d4731c", "#1a7f37", "#8250df", "#cf222e"];
 
 /** A line chart: series of [x, y] points; returns an <svg> with axes and a title for screen readers. */
 function lineChart(title, series, { xLabel = "step", yLabel = "" } = {}) {
-  const W = 640, H = 240, L = 48, R = 12, T = 12, B = 32;
+  const W = 640, H = 250, L = 48, R = 12, T = 24, B = 32;
+  series = series.filter((s) => s.points.length);
   const points = series.flatMap((s) => s.points);
   const figure = el("figure", { class: "chart-figure" });
   if (!points.length) {
@@ -237,7 +238,7 @@ function lineChart(title, series, { xLabel = "step", yLabel = "" } = {}) {
     chart.append(svg("text", { x: L - 6, y: sy(y) + 4, "text-anchor": "end" }, y.toFixed(2)), svg("line", { class: "axis", x1: L, y1: sy(y), x2: W - R, y2: sy(y), "stroke-dasharray": "2 4" }));
   }
   for (const x of [x0, Math.round((x0 + x1) / 2), x1]) chart.append(svg("text", { x: sx(x), y: H - B + 16, "text-anchor": "middle" }, x));
-  chart.append(svg("text", { x: (L + W - R) / 2, y: H - 2, "text-anchor": "middle" }, xLabel), svg("text", { x: 4, y: T + 4 }, yLabel));
+  chart.append(svg("text", { x: (L + W - R) / 2, y: H - 2, "text-anchor": "middle" }, xLabel), svg("text", { x: L, y: 12, "text-anchor": "middle" }, yLabel));
   series.forEach((s, i) => {
     if (!s.points.length) return;
     const d = s.points.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
