@@ -82,4 +82,6 @@ Berth is running (pid $(cat "$BERTH_DATA_DIR/server.pid" 2>/dev/null || echo "?"
     -d '{"messages":[{"role":"user","content":"Hello!"}],"max_tokens":40}'
 
   python: AzureOpenAI(azure_endpoint="$endpoint", api_key="$key", api_version="2024-10-21")
+
+  portal:   ${endpoint}portal  (sign in with the token \`BERTH_DATA_DIR=$BERTH_DATA_DIR $berth token\` prints, or the api key)
 MSG
