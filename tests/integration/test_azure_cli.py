@@ -87,7 +87,7 @@ def test_the_azure_cli_logs_in_with_a_managed_identity_and_manages_deployments(b
                           "--model-format", "OpenAI", "--sku-name", "Standard", "--sku-capacity", "5")
     # The CLI sends the PUT without polling (polling=False), so it prints the accepted state.
     assert (created["name"], created["sku"]["capacity"], created["properties"]["provisioningState"]) == ("from-cli", 5, "Creating"), created
-    assert created["systemData"]["createdBy"] == w.object_id
+    assert (created["systemData"]["createdBy"], created["systemData"]["createdByType"]) == (w.object_id, "ManagedIdentity")
     deadline = time.time() + 120
     while (shown := w.run("cognitiveservices", "account", "deployment", "show", *dep)[1])["properties"]["provisioningState"] == "Creating":
         assert time.time() < deadline, shown

@@ -151,6 +151,22 @@ impl Control {
         Ok(out)
     }
 
+    /// ARM's `createdByType` for a principal acting in a subscription: `ManagedIdentity`,
+    /// `Application` (a service principal) or `User`.
+    pub fn principal_type(&self, subscription_id: &str, object_id: &str) -> &'static str {
+        let kind = self
+            .tenant_of_subscription(subscription_id)
+            .ok()
+            .flatten()
+            .and_then(|t| self.store.principal(&t, object_id).ok().flatten())
+            .map(|p| p.kind);
+        match kind.as_deref() {
+            Some("ManagedIdentity") => "ManagedIdentity",
+            Some("ServicePrincipal") => "Application",
+            _ => "User",
+        }
+    }
+
     pub fn tenant_of_subscription(&self, subscription_id: &str) -> Result<Option<String>> {
         Ok(self.store.subscriptions()?.into_iter().find(|s| s.id == subscription_id).map(|s| s.tenant_id))
     }

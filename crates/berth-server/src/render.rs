@@ -62,10 +62,10 @@ pub fn deployment(control: &Control, d: &DeploymentRow) -> Deployment {
         sku: Sku { name: d.sku_name.clone(), capacity: Some(d.sku_capacity) },
         system_data: SystemData {
             created_by: d.created_by.clone(),
-            created_by_type: "User".into(),
+            created_by_type: control.principal_type(&d.account.subscription_id, &d.created_by).into(),
             created_at: d.created_at.clone(),
             last_modified_by: d.modified_by.clone(),
-            last_modified_by_type: "User".into(),
+            last_modified_by_type: control.principal_type(&d.account.subscription_id, &d.modified_by).into(),
             last_modified_at: d.modified_at.clone(),
         },
         etag: d.etag.clone(),
