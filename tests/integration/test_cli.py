@@ -15,7 +15,7 @@ def test_cli_account_keys_models_and_deployments(fresh_server, adapter_dir):
     imported = json.loads(s.cli("model", "import", "--base", "smollm2", "--adapter", adapter_dir, "-g", rg, "-n", name).stdout)
     assert imported["id"].startswith("smollm2.ft-") and len(imported["id"].split(".ft-")[1]) == 32
     listed = json.loads(s.cli("model", "list", "-g", rg, "-n", name).stdout)["value"]
-    assert imported["id"] in [m["id"] for m in listed]
+    assert imported["id"] in [m["name"] for m in listed]
     p = s.cli("deployment", "create", "-g", rg, "-n", name, "--deployment-name", "ft", "--model-name", imported["id"],
               "--model-version", "1", "--model-format", "OpenAI", "--sku-name", "Standard", "--sku-capacity", "1")
     assert json.loads(p.stdout)["properties"]["provisioningState"] == "Succeeded"
