@@ -4,7 +4,9 @@
 //! processing and start-up cancel out. Prints one JSON object per scenario.
 
 use anyhow::{bail, Context, Result};
-use berth_engine::{load_model, AdapterId, Engine, EngineHandle, EngineOptions, GenerateEvent, GenerateRequest, Model, SamplingParams};
+use berth_engine::{
+    load_model, AdapterId, Engine, EngineHandle, EngineOptions, GenerateEvent, GenerateRequest, Model, SamplingParams,
+};
 use clap::{Parser, ValueEnum};
 use serde_json::json;
 use std::path::PathBuf;
@@ -214,7 +216,8 @@ fn load_adapter(model: &Model, engine: &EngineHandle, dir: &PathBuf, index: usiz
 
 fn parallel(model: &Arc<Model>, a: &Args) -> Result<serde_json::Value> {
     let engine = Engine::start(model.clone(), options(model, a.streams, false))?;
-    let ids = a.adapters.iter().enumerate().map(|(i, d)| load_adapter(model, &engine, d, i)).collect::<Result<Vec<_>>>()?;
+    let ids =
+        a.adapters.iter().enumerate().map(|(i, d)| load_adapter(model, &engine, d, i)).collect::<Result<Vec<_>>>()?;
     let vocab = model.config().vocab_size;
     let prompts: Vec<Vec<u32>> = (0..a.streams).map(|i| tokens(vocab, a.prompt_tokens, 100 + i as u64)).collect();
     let batch = |max_tokens: usize| -> Vec<GenerateRequest> {

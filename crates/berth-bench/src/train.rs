@@ -30,7 +30,14 @@ impl Observer for Log {
     fn event(&mut self, event: TrainEvent) -> berth_train::Result<()> {
         match event {
             TrainEvent::Step(m) => {
-                eprintln!("step {}/{} loss {:.3} acc {:.3} ({:.0} tok/s)", m.step, m.total_steps, m.train_loss, m.train_mean_token_accuracy, m.tokens as f64 / m.elapsed_seconds);
+                eprintln!(
+                    "step {}/{} loss {:.3} acc {:.3} ({:.0} tok/s)",
+                    m.step,
+                    m.total_steps,
+                    m.train_loss,
+                    m.train_mean_token_accuracy,
+                    m.tokens as f64 / m.elapsed_seconds
+                );
                 self.losses.push(m.train_loss);
             }
             other => eprintln!("{other:?}"),
@@ -93,7 +100,8 @@ pub fn run_train(a: &TrainArgs) -> Result<serde_json::Value> {
         "last_step_loss": log.losses.last(),
     });
     if let Some(heldout) = a.heldout {
-        let prompts: Vec<String> = std::fs::read_to_string(heldout)?.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
+        let prompts: Vec<String> =
+            std::fs::read_to_string(heldout)?.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
         let (base, tuned) = heldout_rates(a.model, &outcome.adapter_dir, &prompts, a.expect)?;
         out["heldout_prompts"] = json!(prompts.len());
         out["expect"] = json!(a.expect);
@@ -106,7 +114,12 @@ pub fn run_train(a: &TrainArgs) -> Result<serde_json::Value> {
 }
 
 /// (matching answers, answers) for the base model and for the adapter.
-fn heldout_rates(model_path: &Path, adapter: &Path, prompts: &[String], expect: &str) -> Result<((usize, Vec<String>), (usize, Vec<String>))> {
+fn heldout_rates(
+    model_path: &Path,
+    adapter: &Path,
+    prompts: &[String],
+    expect: &str,
+) -> Result<((usize, Vec<String>), (usize, Vec<String>))> {
     let model = Arc::new(load_model(model_path, None)?);
     let adapter = Arc::new(model.load_adapter(adapter)?);
     let engine = Engine::start(model.clone(), crate::options(&model, 8, false))?;

@@ -4,8 +4,8 @@
 use anyhow::{anyhow, bail, Context, Result};
 use berth_control::Credentials;
 use serde_json::Value;
-use std::path::PathBuf;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use ureq::tls::{parse_pem, Certificate, PemItem, RootCerts, TlsConfig};
 use ureq::Agent;
@@ -40,7 +40,12 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(data_dir: Option<PathBuf>, endpoint: Option<String>, token: Option<String>, ca_bundle: Option<PathBuf>) -> Result<Self> {
+    pub fn new(
+        data_dir: Option<PathBuf>,
+        endpoint: Option<String>,
+        token: Option<String>,
+        ca_bundle: Option<PathBuf>,
+    ) -> Result<Self> {
         let data_dir = data_dir.unwrap_or_else(default_data_dir);
         let credentials = Credentials::read(&data_dir).ok();
         let endpoint = endpoint
@@ -74,9 +79,17 @@ impl Client {
         let mut resp = resp.with_context(|| format!("cannot reach Berth at {} ({what})", self.endpoint))?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let body = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let body = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         if status >= 400 {
-            let msg = body.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| body.to_string());
+            let msg = body
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| body.to_string());
             let code = body.pointer("/error/code").and_then(Value::as_str).unwrap_or("");
             bail!("{what} failed: HTTP {status} {code}: {msg}");
         }
@@ -117,7 +130,8 @@ impl Client {
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         if status >= 400 {
             let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            let msg = v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| v.to_string());
+            let msg =
+                v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| v.to_string());
             bail!("GET {path} failed: HTTP {status}: {msg}");
         }
         Ok(text)
@@ -128,7 +142,10 @@ impl Client {
         let boundary = format!("berth-{}", berth_control::new_hex_id());
         let mut body = Vec::with_capacity(bytes.len() + 512);
         for (name, value) in fields {
-            body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                    .as_bytes(),
+            );
         }
         let safe_name = file_name.replace(['"', '\r', '\n'], "_");
         body.extend_from_slice(
@@ -154,7 +171,8 @@ impl Client {
             let status = resp.status().as_u16();
             let text = resp.into_body().read_to_string().unwrap_or_default();
             let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            let msg = v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| v.to_string());
+            let msg =
+                v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| v.to_string());
             bail!("chat failed: HTTP {status}: {msg}");
         }
         Ok(std::io::BufReader::new(resp.into_body().into_reader()))

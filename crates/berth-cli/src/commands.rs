@@ -17,7 +17,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Debug { command: DebugCommand::Tokenize { model, inp } } => crate::debug::tokenize(&model, &inp),
         Command::Account { command } => account(&client()?, command),
         Command::Token { tenant, principal } => {
-            let body = (tenant.is_some() || principal.is_some()).then(|| json!({ "tenant": tenant, "principal": principal }));
+            let body =
+                (tenant.is_some() || principal.is_some()).then(|| json!({ "tenant": tenant, "principal": principal }));
             print(&client()?.send("POST", "/berth/v1/token", body.as_ref())?.1)
         }
         Command::BaseModel { command } => base_model(&client()?, command),
@@ -26,14 +27,26 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Chat(args) => chat(&client()?, args),
         Command::Usage { command: UsageCommand::List { location, subscription } } => {
             let c = client()?;
-            let sub = subscription.or_else(|| c.credentials.as_ref().map(|c| c.subscription_id.clone())).context("say which subscription with --subscription")?;
+            let sub = subscription
+                .or_else(|| c.credentials.as_ref().map(|c| c.subscription_id.clone()))
+                .context("say which subscription with --subscription")?;
             print(&c.get(&format!("/subscriptions/{sub}/providers/Microsoft.CognitiveServices/locations/{location}/usages?api-version={ARM_API_VERSION}"))?)
         }
-        Command::Cost { command: CostCommand::Show { from, to, resource_group, account, deployment, subscription } } => {
+        Command::Cost {
+            command: CostCommand::Show { from, to, resource_group, account, deployment, subscription },
+        } => {
             let c = client()?;
-            let sub = subscription.or_else(|| c.credentials.as_ref().map(|c| c.subscription_id.clone())).context("say which subscription with --subscription")?;
+            let sub = subscription
+                .or_else(|| c.credentials.as_ref().map(|c| c.subscription_id.clone()))
+                .context("say which subscription with --subscription")?;
             let mut query: Vec<(&str, String)> = vec![("api-version", ARM_API_VERSION.to_owned())];
-            for (k, v) in [("from", from), ("to", to), ("resourceGroup", resource_group), ("account", account), ("deployment", deployment)] {
+            for (k, v) in [
+                ("from", from),
+                ("to", to),
+                ("resourceGroup", resource_group),
+                ("account", account),
+                ("deployment", deployment),
+            ] {
                 if let Some(v) = v {
                     query.push((k, v));
                 }
@@ -62,7 +75,9 @@ fn account_path(c: &Client, a: &AccountRef) -> Result<String> {
     let rg = a.resource_group.clone().or_else(|| creds.map(|c| c.resource_group.clone()));
     let name = a.name.clone().or_else(|| creds.map(|c| c.account.clone()));
     match (sub, rg, name) {
-        (Some(s), Some(g), Some(n)) => Ok(format!("/subscriptions/{s}/resourceGroups/{g}/providers/Microsoft.CognitiveServices/accounts/{n}")),
+        (Some(s), Some(g), Some(n)) => {
+            Ok(format!("/subscriptions/{s}/resourceGroups/{g}/providers/Microsoft.CognitiveServices/accounts/{n}"))
+        }
         _ => bail!("say which account with --subscription, -g and -n (no credentials.json to default from)"),
     }
 }
@@ -90,21 +105,31 @@ fn model(c: &Client, command: ModelCommand) -> Result<()> {
     match command {
         ModelCommand::Import { base, adapter, weights, account } => {
             let abs = |p: Option<std::path::PathBuf>| -> Result<Option<String>> {
-                p.map(|p| std::fs::canonicalize(&p).map(|p| p.display().to_string()).with_context(|| format!("{}", p.display())))
-                    .transpose()
+                p.map(|p| {
+                    std::fs::canonicalize(&p)
+                        .map(|p| p.display().to_string())
+                        .with_context(|| format!("{}", p.display()))
+                })
+                .transpose()
             };
             let body = json!({"base": base, "adapter": abs(adapter)?, "weights": abs(weights)?});
             let path = format!("{}/models/import?api-version={ARM_API_VERSION}", account_path(c, &account)?);
             print(&c.send("POST", &path, Some(&body))?.1)
         }
-        ModelCommand::List(a) => print(&c.get(&format!("{}/models?api-version={ARM_API_VERSION}", account_path(c, &a)?))?),
+        ModelCommand::List(a) => {
+            print(&c.get(&format!("{}/models?api-version={ARM_API_VERSION}", account_path(c, &a)?))?)
+        }
     }
 }
 
 fn deployment(c: &Client, command: DeploymentCommand) -> Result<()> {
     match command {
         DeploymentCommand::Create(d) => {
-            let path = format!("{}/deployments/{}?api-version={ARM_API_VERSION}", account_path(c, &d.account)?, d.deployment_name);
+            let path = format!(
+                "{}/deployments/{}?api-version={ARM_API_VERSION}",
+                account_path(c, &d.account)?,
+                d.deployment_name
+            );
             let body = json!({
                 "sku": {"name": d.sku_name, "capacity": d.sku_capacity},
                 "properties": {"model": {"format": d.model_format, "name": d.model_name, "version": d.model_version}},
@@ -130,15 +155,23 @@ fn deployment(c: &Client, command: DeploymentCommand) -> Result<()> {
             account_path(c, &d.account)?,
             d.deployment_name
         ))?),
-        DeploymentCommand::Show(d) => {
-            print(&c.get(&format!("{}/deployments/{}?api-version={ARM_API_VERSION}", account_path(c, &d.account)?, d.deployment_name))?)
-        }
+        DeploymentCommand::Show(d) => print(&c.get(&format!(
+            "{}/deployments/{}?api-version={ARM_API_VERSION}",
+            account_path(c, &d.account)?,
+            d.deployment_name
+        ))?),
         DeploymentCommand::Delete(d) => {
-            let path = format!("{}/deployments/{}?api-version={ARM_API_VERSION}", account_path(c, &d.account)?, d.deployment_name);
+            let path = format!(
+                "{}/deployments/{}?api-version={ARM_API_VERSION}",
+                account_path(c, &d.account)?,
+                d.deployment_name
+            );
             let (status, _, _) = c.send("DELETE", &path, None)?;
             print(&json!({"deleted": status == 200, "name": d.deployment_name}))
         }
-        DeploymentCommand::List(a) => print(&c.get(&format!("{}/deployments?api-version={ARM_API_VERSION}", account_path(c, &a)?))?),
+        DeploymentCommand::List(a) => {
+            print(&c.get(&format!("{}/deployments?api-version={ARM_API_VERSION}", account_path(c, &a)?))?)
+        }
     }
 }
 
@@ -159,7 +192,11 @@ fn wait_for_operation(c: &Client, url: &str, started: Instant) -> Result<()> {
         let status = op.get("status").and_then(Value::as_str).unwrap_or("InProgress").to_owned();
         let elapsed = started.elapsed();
         if status != "InProgress" {
-            eprintln!("{}provisioning {status} after {:.1}s", if interactive { "\r" } else { "" }, elapsed.as_secs_f64());
+            eprintln!(
+                "{}provisioning {status} after {:.1}s",
+                if interactive { "\r" } else { "" },
+                elapsed.as_secs_f64()
+            );
             if let Some(msg) = op.pointer("/error/message").and_then(Value::as_str) {
                 eprintln!("{msg}");
             }
@@ -188,7 +225,8 @@ fn chat(c: &Client, args: ChatArgs) -> Result<()> {
         body["max_tokens"] = json!(m);
     }
     body["temperature"] = json!(args.temperature);
-    let path = format!("{prefix}/openai/deployments/{}/chat/completions?api-version={OPENAI_API_VERSION}", args.deployment);
+    let path =
+        format!("{prefix}/openai/deployments/{}/chat/completions?api-version={OPENAI_API_VERSION}", args.deployment);
     let started = Instant::now();
     let mut first_token = None;
     let reader = c.stream(&path, &body)?;
@@ -202,7 +240,10 @@ fn chat(c: &Client, args: ChatArgs) -> Result<()> {
         }
         let chunk: Value = serde_json::from_str(data).context("malformed stream frame")?;
         if let Some(err) = chunk.get("error") {
-            return Err(anyhow!("the server failed mid-answer: {}", err.get("message").and_then(Value::as_str).unwrap_or("")));
+            return Err(anyhow!(
+                "the server failed mid-answer: {}",
+                err.get("message").and_then(Value::as_str).unwrap_or("")
+            ));
         }
         if let Some(text) = chunk.pointer("/choices/0/delta/content").and_then(Value::as_str) {
             if !text.is_empty() {

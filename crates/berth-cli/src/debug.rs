@@ -8,7 +8,11 @@ use std::path::Path;
 pub fn logits(model: &Path, adapter: Option<&Path>, tokens: Option<&str>, text: Option<&str>) -> Result<()> {
     let m = load_model(model, None).with_context(|| format!("loading {}", model.display()))?;
     let ids: Vec<u32> = match (tokens, text) {
-        (Some(t), _) => t.split(',').map(|s| s.trim().parse::<u32>()).collect::<Result<_, _>>().context("--tokens must be comma-separated ids")?,
+        (Some(t), _) => t
+            .split(',')
+            .map(|s| s.trim().parse::<u32>())
+            .collect::<Result<_, _>>()
+            .context("--tokens must be comma-separated ids")?,
         (None, Some(text)) => m.text().encode(text)?,
         (None, None) => anyhow::bail!("give --tokens or --text"),
     };

@@ -36,7 +36,9 @@ pub fn file(c: &Client, command: FileCommand) -> Result<()> {
             print!("{}", c.get_text(&data_path(c, &account, &format!("/files/{id}/content")))?);
             Ok(())
         }
-        FileCommand::Delete { id, account } => print(&c.send("DELETE", &data_path(c, &account, &format!("/files/{id}")), None)?.1),
+        FileCommand::Delete { id, account } => {
+            print(&c.send("DELETE", &data_path(c, &account, &format!("/files/{id}")), None)?.1)
+        }
     }
 }
 
@@ -85,9 +87,15 @@ pub fn fine_tuning(c: &Client, command: FineTuningCommand) -> Result<()> {
             let id = job.get("id").and_then(Value::as_str).context("the server returned no job id")?.to_owned();
             wait(c, &j.account, &id)
         }
-        JobCommand::List { limit, account } => print(&c.get(&data_path(c, &account, &format!("/fine_tuning/jobs?limit={limit}")))?),
-        JobCommand::Show { id, account } => print(&c.get(&data_path(c, &account, &format!("/fine_tuning/jobs/{id}")))?),
-        JobCommand::Cancel { id, account } => print(&c.send("POST", &data_path(c, &account, &format!("/fine_tuning/jobs/{id}/cancel")), None)?.1),
+        JobCommand::List { limit, account } => {
+            print(&c.get(&data_path(c, &account, &format!("/fine_tuning/jobs?limit={limit}")))?)
+        }
+        JobCommand::Show { id, account } => {
+            print(&c.get(&data_path(c, &account, &format!("/fine_tuning/jobs/{id}")))?)
+        }
+        JobCommand::Cancel { id, account } => {
+            print(&c.send("POST", &data_path(c, &account, &format!("/fine_tuning/jobs/{id}/cancel")), None)?.1)
+        }
         JobCommand::Events { id, limit, account } => {
             let mut page = c.get(&data_path(c, &account, &format!("/fine_tuning/jobs/{id}/events?limit={limit}")))?;
             if let Some(data) = page.get_mut("data").and_then(Value::as_array_mut) {
@@ -95,7 +103,9 @@ pub fn fine_tuning(c: &Client, command: FineTuningCommand) -> Result<()> {
             }
             print(&page)
         }
-        JobCommand::Checkpoints { id, account } => print(&c.get(&data_path(c, &account, &format!("/fine_tuning/jobs/{id}/checkpoints")))?),
+        JobCommand::Checkpoints { id, account } => {
+            print(&c.get(&data_path(c, &account, &format!("/fine_tuning/jobs/{id}/checkpoints")))?)
+        }
         JobCommand::Wait { id, account } => wait(c, &account, &id),
     }
 }

@@ -65,12 +65,18 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
 }
 
 /// The TLS identity asked for: given files, or a self-signed certificate kept under DATA_DIR/tls.
-fn tls_config(args: &ServeArgs, data_dir: &std::path::Path, local: std::net::SocketAddr) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+fn tls_config(
+    args: &ServeArgs,
+    data_dir: &std::path::Path,
+    local: std::net::SocketAddr,
+) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
     let (cert, key) = match (&args.tls_cert, &args.tls_key, args.tls_self_signed) {
         (Some(c), Some(k), _) => (c.clone(), k.clone()),
         (_, _, true) => {
             let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), local.ip().to_string()];
-            if let Some(host) = args.public_url.as_deref().and_then(|u| u.split("://").nth(1)).and_then(|r| r.split(['/', ':']).next()) {
+            if let Some(host) =
+                args.public_url.as_deref().and_then(|u| u.split("://").nth(1)).and_then(|r| r.split(['/', ':']).next())
+            {
                 hosts.push(host.to_string());
             }
             hosts.sort();

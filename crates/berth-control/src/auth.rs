@@ -5,12 +5,12 @@
 
 use crate::clock::{now_rfc3339, rfc3339_in, unix_now, unix_of};
 use crate::error::Result;
+use crate::secrets::{digest, matches};
 use crate::{Control, ControlError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use berth_store::{AccessTokenRow, AccountRow};
 use hmac::{Hmac, Mac};
-use crate::secrets::{digest, matches};
 use sha2::Sha256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +92,10 @@ impl Control {
             Some(p) if p != caller => {
                 self.operator(caller)?;
                 if self.store.principal(&p.tenant_id, &p.object_id)?.is_none() {
-                    return Err(ControlError::NotFound { code: "PrincipalNotFound", message: format!("Principal {} does not exist in the directory {}.", p.object_id, p.tenant_id) });
+                    return Err(ControlError::NotFound {
+                        code: "PrincipalNotFound",
+                        message: format!("Principal {} does not exist in the directory {}.", p.object_id, p.tenant_id),
+                    });
                 }
                 p.clone()
             }
@@ -123,13 +126,19 @@ impl Control {
     /// App Service serves it to `az login --identity`). `client_id` or `object_id`, when given, must
     /// name that identity.
     pub fn managed_identity_token(&self, identity_header: &str, requested_id: Option<&str>) -> Result<AccessTokenRow> {
-        let unknown = || ControlError::Unauthenticated { code: "InvalidIdentityHeader", message: "The X-IDENTITY-HEADER is not the secret of a managed identity.".into() };
+        let unknown = || ControlError::Unauthenticated {
+            code: "InvalidIdentityHeader",
+            message: "The X-IDENTITY-HEADER is not the secret of a managed identity.".into(),
+        };
         let digest = digest(identity_header.trim());
         let (tenant_id, object_id) = self.store.identity_secret(&digest)?.ok_or_else(unknown)?;
         if requested_id.is_some_and(|id| !id.eq_ignore_ascii_case(&object_id)) {
             return Err(ControlError::invalid(
                 "IdentityNotFound",
-                format!("No managed identity with id '{}' is assigned to this workload.", requested_id.unwrap_or_default()),
+                format!(
+                    "No managed identity with id '{}' is assigned to this workload.",
+                    requested_id.unwrap_or_default()
+                ),
                 "client_id",
             ));
         }
@@ -150,16 +159,22 @@ impl Control {
     }
 
     fn verify_jwt(&self, token: &str) -> Result<Principal> {
-        let invalid = |why: &str| ControlError::Unauthenticated { code: "InvalidAuthenticationToken", message: format!("The access token is invalid: {why}.") };
+        let invalid = |why: &str| ControlError::Unauthenticated {
+            code: "InvalidAuthenticationToken",
+            message: format!("The access token is invalid: {why}."),
+        };
         let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(sig)) = (parts.next(), parts.next(), parts.next()) else { return Err(invalid("not a JWT")) };
+        let (Some(header), Some(payload), Some(sig)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(invalid("not a JWT"));
+        };
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| invalid("bad signature encoding"))?;
         let mut mac = self.mac();
         mac.update(format!("{header}.{payload}").as_bytes());
         // Constant-time comparison.
         mac.verify_slice(&sig).map_err(|_| invalid("the signature does not match"))?;
         let claims: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).map_err(|_| invalid("bad payload encoding"))?).map_err(|_| invalid("bad payload"))?;
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).map_err(|_| invalid("bad payload encoding"))?)
+                .map_err(|_| invalid("bad payload"))?;
         let exp = claims.get("exp").and_then(|v| v.as_i64()).ok_or_else(|| invalid("no expiry"))?;
         if exp <= unix_now() {
             return Err(ControlError::Unauthenticated {
@@ -167,7 +182,9 @@ impl Control {
                 message: format!("The access token expired at '{}'.", crate::clock::rfc3339_of(exp)),
             });
         }
-        let field = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_owned).ok_or_else(|| invalid("missing tid or oid"));
+        let field = |k: &str| {
+            claims.get(k).and_then(|v| v.as_str()).map(str::to_owned).ok_or_else(|| invalid("missing tid or oid"))
+        };
         Ok(Principal { tenant_id: field("tid")?, object_id: field("oid")? })
     }
 }

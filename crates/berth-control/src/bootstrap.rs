@@ -48,9 +48,11 @@ pub(crate) fn ensure_bootstrapped(store: &Store, config: &ControlConfig, vault: 
         }
         (Some(t), None) => {
             // The file was lost: mint a new admin token for the existing first account.
-            let sub = store.subscriptions()?.into_iter().find(|s| s.tenant_id == t.id).ok_or_else(|| {
-                ControlError::Internal("the database has a tenant without a subscription".into())
-            })?;
+            let sub = store
+                .subscriptions()?
+                .into_iter()
+                .find(|s| s.tenant_id == t.id)
+                .ok_or_else(|| ControlError::Internal("the database has a tenant without a subscription".into()))?;
             let account = store
                 .accounts_in_subscription(&sub.id)?
                 .into_iter()
@@ -74,7 +76,8 @@ pub(crate) fn ensure_bootstrapped(store: &Store, config: &ControlConfig, vault: 
 
 fn first_start(store: &Store, config: &ControlConfig, vault: &Vault) -> Result<Credentials> {
     let now = now_rfc3339();
-    let tenant = TenantRow { id: uuid::Uuid::new_v4().to_string(), display_name: "Berth".into(), created_at: now.clone() };
+    let tenant =
+        TenantRow { id: uuid::Uuid::new_v4().to_string(), display_name: "Berth".into(), created_at: now.clone() };
     let sub = SubscriptionRow {
         id: uuid::Uuid::new_v4().to_string(),
         tenant_id: tenant.id.clone(),
@@ -123,7 +126,9 @@ fn mint_admin_token(store: &Store, tenant_id: &str) -> Result<String> {
 
 /// Written to a temporary file and renamed, so a crash never leaves half a file; readable by the owner only.
 fn write_credentials(dir: &Path, creds: &Credentials) -> Result<()> {
-    let io = |e: std::io::Error| ControlError::Internal(format!("cannot write {}: {e}", dir.join(Credentials::FILE).display()));
+    let io = |e: std::io::Error| {
+        ControlError::Internal(format!("cannot write {}: {e}", dir.join(Credentials::FILE).display()))
+    };
     let tmp = dir.join(format!("{}.tmp", Credentials::FILE));
     let body = serde_json::to_string_pretty(creds).map_err(|e| ControlError::Internal(e.to_string()))?;
     std::fs::write(&tmp, body).map_err(io)?;

@@ -55,7 +55,11 @@ impl Control {
                 None => return Ok(None),
             },
         };
-        Ok(self.config.catalog.family_of(&base).map(|(family, _)| Placement { base_model: base.clone(), family: family.to_owned(), fine_tuned }))
+        Ok(self.config.catalog.family_of(&base).map(|(family, _)| Placement {
+            base_model: base.clone(),
+            family: family.to_owned(),
+            fine_tuned,
+        }))
     }
 
     /// Checks a deployment against the catalog and the quota; `replacing` is the deployment it updates.
@@ -69,12 +73,21 @@ impl Control {
     ) -> Result<Placement> {
         let catalog = &self.config.catalog;
         let region = normalize_region(&account.location);
-        let invalid = |message: String, target: &'static str| ControlError::invalid("InvalidResourceProperties", message, target);
+        let invalid =
+            |message: String, target: &'static str| ControlError::invalid("InvalidResourceProperties", message, target);
         let placement = self.placement(&account.key, model_name)?.ok_or_else(|| {
-            invalid(format!("The model '{model_name}' belongs to no model family of the catalog, so it cannot be deployed."), "properties.model.name")
+            invalid(
+                format!(
+                    "The model '{model_name}' belongs to no model family of the catalog, so it cannot be deployed."
+                ),
+                "properties.model.name",
+            )
         })?;
         let Some(region_info) = catalog.region(&region) else {
-            return Err(invalid(format!("The region '{region}' of account '{}' is not in the catalog.", account.key.account), "location"));
+            return Err(invalid(
+                format!("The region '{region}' of account '{}' is not in the catalog.", account.key.account),
+                "location",
+            ));
         };
         if placement.fine_tuned && !region_info.fine_tuning {
             return Err(invalid(
@@ -83,11 +96,17 @@ impl Control {
             ));
         }
         if sku == "Developer" && !placement.fine_tuned {
-            return Err(invalid(format!("The SKU 'Developer' is for fine-tuned models only; '{model_name}' is a base model."), "sku.name"));
+            return Err(invalid(
+                format!("The SKU 'Developer' is for fine-tuned models only; '{model_name}' is a base model."),
+                "sku.name",
+            ));
         }
         if !catalog.offers(sku, &placement.family, &region) {
             return Err(invalid(
-                format!("The specified SKU '{sku}' for model '{}' is not supported in this region '{region}'.", placement.base_model),
+                format!(
+                    "The specified SKU '{sku}' for model '{}' is not supported in this region '{region}'.",
+                    placement.base_model
+                ),
                 "sku.name",
             ));
         }
@@ -121,7 +140,14 @@ impl Control {
     }
 
     /// Capacity the subscription's deployments use in a region for a family, by kind; `except` is left out.
-    fn quota_used(&self, subscription: &str, region: &str, family: &str, provisioned: bool, except: Option<&DeploymentRow>) -> Result<i64> {
+    fn quota_used(
+        &self,
+        subscription: &str,
+        region: &str,
+        family: &str,
+        provisioned: bool,
+        except: Option<&DeploymentRow>,
+    ) -> Result<i64> {
         let mut used = 0;
         for account in self.store.accounts_in_subscription(subscription)? {
             if normalize_region(&account.location) != region {
@@ -147,7 +173,10 @@ impl Control {
         let catalog = &self.config.catalog;
         let region = normalize_region(location);
         if catalog.region(&region).is_none() {
-            return Err(ControlError::NotFound { code: "LocationNotFound", message: format!("The location '{location}' is not in the catalog.") });
+            return Err(ControlError::NotFound {
+                code: "LocationNotFound",
+                message: format!("The location '{location}' is not in the catalog."),
+            });
         }
         let mut out = Vec::new();
         for family in catalog.families.keys() {
@@ -158,7 +187,12 @@ impl Control {
                 }
                 let (name, localized_name) = quota_label(provisioned, family);
                 let limit = if provisioned { catalog.quota.provisioned_ptu } else { catalog.quota.standard_ktpm };
-                out.push(QuotaUsage { name, localized_name, current: self.quota_used(subscription, &region, family, provisioned, None)?, limit });
+                out.push(QuotaUsage {
+                    name,
+                    localized_name,
+                    current: self.quota_used(subscription, &region, family, provisioned, None)?,
+                    limit,
+                });
             }
         }
         Ok(out)
@@ -184,8 +218,19 @@ impl Control {
             .map(|s| {
                 let provisioned = is_provisioned(s);
                 let limit = if provisioned { catalog.quota.provisioned_ptu } else { catalog.quota.standard_ktpm };
-                let (minimum, step) = if provisioned { (catalog.ptu_rule(&p.family, s).min, catalog.ptu_rule(&p.family, s).step) } else { (1, 1) };
-                SkuOption { name: s, usage_name: quota_label(provisioned, &p.family).0, minimum, maximum: limit, step, default: minimum }
+                let (minimum, step) = if provisioned {
+                    (catalog.ptu_rule(&p.family, s).min, catalog.ptu_rule(&p.family, s).step)
+                } else {
+                    (1, 1)
+                };
+                SkuOption {
+                    name: s,
+                    usage_name: quota_label(provisioned, &p.family).0,
+                    minimum,
+                    maximum: limit,
+                    step,
+                    default: minimum,
+                }
             })
             .collect())
     }

@@ -98,7 +98,14 @@ impl Catalog {
         for offer in &mut c.offers {
             for sku in &mut offer.skus {
                 if sku != "*" {
-                    *sku = canonical_sku(sku).ok_or_else(|| format!("the catalog offers an unknown deployment type '{sku}'; use one of {}", SKUS.join(", ")))?.to_owned();
+                    *sku = canonical_sku(sku)
+                        .ok_or_else(|| {
+                            format!(
+                                "the catalog offers an unknown deployment type '{sku}'; use one of {}",
+                                SKUS.join(", ")
+                            )
+                        })?
+                        .to_owned();
                 }
             }
             for f in &offer.families {
@@ -119,7 +126,10 @@ impl Catalog {
         }
         for (name, f) in &c.families {
             let p = f.price;
-            if [p.hosting_per_hour, p.input_per_million, p.cached_input_per_million, p.output_per_million].iter().any(|v| !(*v >= 0.0)) {
+            if [p.hosting_per_hour, p.input_per_million, p.cached_input_per_million, p.output_per_million]
+                .iter()
+                .any(|v| !(*v >= 0.0))
+            {
                 return Err(format!("model family '{name}': prices must be numbers of at least 0"));
             }
             if f.ptu_tokens_per_minute <= 0 {

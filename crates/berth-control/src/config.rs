@@ -32,7 +32,11 @@ impl ControlConfig {
         ControlConfig {
             data_dir,
             public_url,
-            location: "local".into(), token_ttl_seconds: 3600, engine: EngineOptions::default(), fine_tuning_slots: 1, catalog: Arc::new(Catalog::builtin()),
+            location: "local".into(),
+            token_ttl_seconds: 3600,
+            engine: EngineOptions::default(),
+            fine_tuning_slots: 1,
+            catalog: Arc::new(Catalog::builtin()),
             retention: Retention::default(),
             test_clock: false,
         }

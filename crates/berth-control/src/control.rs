@@ -1,9 +1,9 @@
 use crate::bootstrap::{ensure_bootstrapped, Credentials};
 use crate::error::Result;
 use crate::fine_tuning::FineTuningState;
+use crate::host::ModelHost;
 use crate::ratelimit::RateLimiter;
 use crate::secrets::{digest, is_digest, Vault};
-use crate::host::ModelHost;
 use crate::{ControlConfig, ControlError, Principal};
 use berth_store::{AccountKey, AccountRow, Store, SubscriptionRow};
 use std::future::Future;
@@ -38,15 +38,27 @@ impl Control {
     /// Opens the data directory (creating it), migrates the database and bootstraps on first start.
     /// Deployments are not loaded yet: call [`Control::restore`].
     pub fn open(config: ControlConfig) -> Result<Arc<Self>> {
-        std::fs::create_dir_all(config.data_dir.join("models"))
-            .map_err(|e| ControlError::Internal(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
+        std::fs::create_dir_all(config.data_dir.join("models")).map_err(|e| {
+            ControlError::Internal(format!("cannot create data directory {}: {e}", config.data_dir.display()))
+        })?;
         let store = Store::open(&config.data_dir.join("berth.db"))?;
         let signing_key = signing_key(&config.data_dir)?;
         let vault = Vault::new(&signing_key);
         seal_plain_secrets(&store, &vault)?;
         let credentials = ensure_bootstrapped(&store, &config, &vault)?;
         let host = Arc::new(ModelHost::new(config.engine.clone()));
-        let control = Arc::new(Control { store, host, config, credentials, tasks: Mutex::new(JoinSet::new()), ready: AtomicBool::new(false), fine_tuning: FineTuningState::default(), limiter: Arc::new(RateLimiter::default()), signing_key, vault });
+        let control = Arc::new(Control {
+            store,
+            host,
+            config,
+            credentials,
+            tasks: Mutex::new(JoinSet::new()),
+            ready: AtomicBool::new(false),
+            fine_tuning: FineTuningState::default(),
+            limiter: Arc::new(RateLimiter::default()),
+            signing_key,
+            vault,
+        });
         // Databases from before roles: the bootstrap administrator owns everything of its tenant.
         if control.store.count_role_assignments()? == 0 {
             let admin = berth_store::PrincipalRow {
@@ -211,5 +223,7 @@ fn signing_key(dir: &std::path::Path) -> Result<Vec<u8>> {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    (s.len() == 64).then(|| (0..32).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>()).flatten()
+    (s.len() == 64)
+        .then(|| (0..32).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>())
+        .flatten()
 }

@@ -69,7 +69,12 @@ impl Control {
 
     /// Creates or updates a deployment. A new model starts provisioning in the background; a change of
     /// SKU, capacity or tags alone applies at once.
-    pub fn put_deployment(self: &Arc<Self>, account: &AccountKey, name: &str, input: DeploymentPutInput) -> Result<PutOutcome> {
+    pub fn put_deployment(
+        self: &Arc<Self>,
+        account: &AccountKey,
+        name: &str,
+        input: DeploymentPutInput,
+    ) -> Result<PutOutcome> {
         let account_row = self.account(account)?;
         let account = account_row.key.clone();
         if !valid_resource_name(name) {
@@ -82,31 +87,61 @@ impl Control {
         let existing = self.store.deployment(&account, name)?;
         let sku_name = match &input.sku_name {
             Some(s) => canonical_sku(s).ok_or_else(|| {
-                ControlError::invalid("InvalidResourceProperties", format!("The specified SKU '{s}' is not a deployment type. Use one of: {}.", crate::SKUS.join(", ")), "sku.name")
+                ControlError::invalid(
+                    "InvalidResourceProperties",
+                    format!(
+                        "The specified SKU '{s}' is not a deployment type. Use one of: {}.",
+                        crate::SKUS.join(", ")
+                    ),
+                    "sku.name",
+                )
             })?,
             None => match &existing {
                 Some(e) => canonical_sku(&e.sku_name).unwrap_or("Standard"),
-                None => return Err(ControlError::invalid("InvalidResourceProperties", "The deployment's 'sku' is required.", "sku")),
+                None => {
+                    return Err(ControlError::invalid(
+                        "InvalidResourceProperties",
+                        "The deployment's 'sku' is required.",
+                        "sku",
+                    ))
+                }
             },
         };
         let capacity = input.sku_capacity.or(existing.as_ref().map(|e| e.sku_capacity)).unwrap_or(1);
         if capacity < 1 {
-            return Err(ControlError::invalid("InvalidResourceProperties", format!("The capacity {capacity} is invalid: it must be at least 1."), "sku.capacity"));
+            return Err(ControlError::invalid(
+                "InvalidResourceProperties",
+                format!("The capacity {capacity} is invalid: it must be at least 1."),
+                "sku.capacity",
+            ));
         }
         if is_provisioned(sku_name) && input.api_version.as_str() < "2024-10-01" {
             return Err(ControlError::invalid(
                 "InvalidResourceProperties",
-                format!("The SKU '{sku_name}' requires api-version 2024-10-01 or later; the request used '{}'.", input.api_version),
+                format!(
+                    "The SKU '{sku_name}' requires api-version 2024-10-01 or later; the request used '{}'.",
+                    input.api_version
+                ),
                 "sku.name",
             ));
         }
         let model_name = match (&input.model_name, &existing) {
             (Some(m), _) => m.clone(),
             (None, Some(e)) => e.model_name.clone(),
-            (None, None) => return Err(ControlError::invalid("InvalidResourceProperties", "The deployment's 'properties.model.name' is required.", "properties.model.name")),
+            (None, None) => {
+                return Err(ControlError::invalid(
+                    "InvalidResourceProperties",
+                    "The deployment's 'properties.model.name' is required.",
+                    "properties.model.name",
+                ))
+            }
         };
         let format = input.model_format.clone().unwrap_or_else(|| "OpenAI".into());
-        let version = input.model_version.clone().or(existing.as_ref().map(|e| e.model_version.clone())).unwrap_or_else(|| "1".into());
+        let version = input
+            .model_version
+            .clone()
+            .or(existing.as_ref().map(|e| e.model_version.clone()))
+            .unwrap_or_else(|| "1".into());
         if is_provisioned(sku_name) && input.patch && (input.sku_name.is_some() || input.sku_capacity.is_some()) {
             return Err(ControlError::invalid(
                 "InvalidResourceProperties",
@@ -170,7 +205,9 @@ impl Control {
         let host = self.host.clone();
         let key = DeploymentKey::new(&account, &row.name);
         self.limiter.forget(&key);
-        tokio::task::spawn_blocking(move || host.unprovision(&key)).await.map_err(|e| ControlError::Internal(e.to_string()))?;
+        tokio::task::spawn_blocking(move || host.unprovision(&key))
+            .await
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
         Ok(true)
     }
 
@@ -182,7 +219,13 @@ impl Control {
     }
 
     /// What to load for `model_name` in this account: an imported fine-tune, or a base model.
-    pub(crate) fn load_plan(&self, account: &AccountKey, model_name: &str, format: &str, version: &str) -> Result<LoadPlan> {
+    pub(crate) fn load_plan(
+        &self,
+        account: &AccountKey,
+        model_name: &str,
+        format: &str,
+        version: &str,
+    ) -> Result<LoadPlan> {
         let not_supported = || {
             ControlError::invalid(
                 "DeploymentModelNotSupported",
@@ -203,11 +246,23 @@ impl Control {
                     adapter_id: Some(AdapterId(m.id.clone())),
                     model_name: m.id,
                 },
-                _ => LoadPlan { weights: m.path, text_from: Some(base.path), adapter_dir: None, adapter_id: None, model_name: m.id },
+                _ => LoadPlan {
+                    weights: m.path,
+                    text_from: Some(base.path),
+                    adapter_dir: None,
+                    adapter_id: None,
+                    model_name: m.id,
+                },
             });
         }
         if let Some(b) = self.store.base_model(model_name)? {
-            return Ok(LoadPlan { weights: b.path, text_from: None, adapter_dir: None, adapter_id: None, model_name: b.name });
+            return Ok(LoadPlan {
+                weights: b.path,
+                text_from: None,
+                adapter_dir: None,
+                adapter_id: None,
+                model_name: b.name,
+            });
         }
         Err(not_supported())
     }
@@ -244,13 +299,18 @@ impl Control {
             &now_rfc3339(),
         );
         match (&applied, &error) {
-            (Ok(true), None) => tracing::info!(deployment = %row.name, ms = started.elapsed().as_millis() as u64, "deployment succeeded"),
+            (Ok(true), None) => {
+                tracing::info!(deployment = %row.name, ms = started.elapsed().as_millis() as u64, "deployment succeeded")
+            }
             (Ok(true), Some(m)) => tracing::warn!(deployment = %row.name, error = %m, "deployment failed"),
             (Ok(false), _) => {}
             (Err(e), _) => tracing::error!(deployment = %row.name, error = %e, "cannot record the provisioning result"),
         }
         // Deleted while we were loading: drop what we loaded for it.
-        if !matches!(applied, Ok(true)) && result.is_ok() && matches!(self.store.deployment(&row.account, &row.name), Ok(None)) {
+        if !matches!(applied, Ok(true))
+            && result.is_ok()
+            && matches!(self.store.deployment(&row.account, &row.name), Ok(None))
+        {
             let host = self.host.clone();
             let _ = tokio::task::spawn_blocking(move || host.unprovision(&key)).await;
         }

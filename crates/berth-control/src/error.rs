@@ -29,7 +29,11 @@ pub enum ControlError {
 }
 
 impl ControlError {
-    pub(crate) fn invalid(code: &'static str, message: impl Into<String>, target: impl Into<Option<&'static str>>) -> Self {
+    pub(crate) fn invalid(
+        code: &'static str,
+        message: impl Into<String>,
+        target: impl Into<Option<&'static str>>,
+    ) -> Self {
         ControlError::Invalid { code, message: message.into(), target: target.into().map(str::to_owned) }
     }
 }

@@ -26,12 +26,21 @@ impl Control {
         }
         let filename = Path::new(filename).file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
         if filename.is_empty() || filename.len() > 255 {
-            return Err(ControlError::invalid("invalidFileName", "The file needs a name of 1 to 255 characters.", "file"));
+            return Err(ControlError::invalid(
+                "invalidFileName",
+                "The file needs a name of 1 to 255 characters.",
+                "file",
+            ));
         }
         if bytes.len() > MAX_FILE_BYTES {
-            return Err(ControlError::invalid("fileTooLarge", format!("The file is {} bytes; the limit is {MAX_FILE_BYTES}.", bytes.len()), "file"));
+            return Err(ControlError::invalid(
+                "fileTooLarge",
+                format!("The file is {} bytes; the limit is {MAX_FILE_BYTES}.", bytes.len()),
+                "file",
+            ));
         }
-        let examples = parse_jsonl(bytes).map_err(|p| ControlError::invalid("invalidPayload", p.to_string(), "file"))?;
+        let examples =
+            parse_jsonl(bytes).map_err(|p| ControlError::invalid("invalidPayload", p.to_string(), "file"))?;
         let id = format!("file-{}", new_hex_id());
         let path = self.write_file_atomically(&format!("{id}.jsonl"), bytes)?;
         let row = FileRow {
@@ -77,7 +86,8 @@ impl Control {
 
     pub fn file_content(&self, account: &AccountKey, id: &str) -> Result<(FileRow, Vec<u8>)> {
         let row = self.file(account, id)?;
-        let bytes = std::fs::read(&row.path).map_err(|e| ControlError::Internal(format!("cannot read {}: {e}", row.path)))?;
+        let bytes =
+            std::fs::read(&row.path).map_err(|e| ControlError::Internal(format!("cannot read {}: {e}", row.path)))?;
         Ok((row, bytes))
     }
 
@@ -86,7 +96,9 @@ impl Control {
         let account = self.account(account)?.key;
         match self.store.delete_file(&account, id)? {
             None => Err(file_not_found(id)),
-            Some(Err(job)) => Err(ControlError::Conflict(format!("The file '{id}' is used by the fine-tuning job '{job}', which has not finished."))),
+            Some(Err(job)) => Err(ControlError::Conflict(format!(
+                "The file '{id}' is used by the fine-tuning job '{job}', which has not finished."
+            ))),
             Some(Ok(row)) => {
                 let _ = std::fs::remove_file(&row.path);
                 Ok(row)

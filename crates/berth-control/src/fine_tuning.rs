@@ -9,7 +9,8 @@ use crate::files::file_not_found;
 use crate::ids::new_hex_id;
 use crate::{Control, ControlError};
 use berth_store::{
-    AccountKey, FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow, FineTuningMetricRow, JobEnd, ModelRow,
+    AccountKey, FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow, FineTuningMetricRow, JobEnd,
+    ModelRow,
 };
 use berth_train::{parse_jsonl, train, Hyperparameters, LoraSettings, Observer, TrainError, TrainEvent, TrainSpec};
 use std::collections::HashMap;
@@ -51,7 +52,10 @@ impl FineTuningState {
 const TERMINAL: [&str; 3] = ["succeeded", "failed", "cancelled"];
 
 fn job_not_found(id: &str) -> ControlError {
-    ControlError::NotFound { code: "jobNotFound", message: format!("The fine-tuning job '{id}' does not exist in this account.") }
+    ControlError::NotFound {
+        code: "jobNotFound",
+        message: format!("The fine-tuning job '{id}' does not exist in this account."),
+    }
 }
 
 impl Control {
@@ -64,7 +68,11 @@ impl Control {
             let message = if self.store.model(&account, &input.model)?.is_some() {
                 format!("The model '{}' is a fine-tuned model; fine-tune its base model instead.", input.model)
             } else {
-                format!("The model '{}' cannot be fine-tuned here; the base models are: {}.", input.model, known.join(", "))
+                format!(
+                    "The model '{}' cannot be fine-tuned here; the base models are: {}.",
+                    input.model,
+                    known.join(", ")
+                )
             };
             return Err(ControlError::invalid("invalidModel", message, "model"));
         }
@@ -73,7 +81,11 @@ impl Control {
                 ControlError::invalid("invalidFile", format!("The file '{id}' does not exist in this account."), param)
             })?;
             if f.purpose != "fine-tune" {
-                return Err(ControlError::invalid("invalidFile", format!("The file '{id}' has purpose '{}', not 'fine-tune'.", f.purpose), param));
+                return Err(ControlError::invalid(
+                    "invalidFile",
+                    format!("The file '{id}' has purpose '{}', not 'fine-tune'.", f.purpose),
+                    param,
+                ));
             }
             Ok(f)
         };
@@ -83,11 +95,19 @@ impl Control {
         }
         let n_epochs = input.n_epochs.unwrap_or(3);
         if !(1..=50).contains(&n_epochs) {
-            return Err(ControlError::invalid("invalidHyperparameters", format!("n_epochs must be between 1 and 50, not {n_epochs}."), "hyperparameters.n_epochs"));
+            return Err(ControlError::invalid(
+                "invalidHyperparameters",
+                format!("n_epochs must be between 1 and 50, not {n_epochs}."),
+                "hyperparameters.n_epochs",
+            ));
         }
         let batch_size = input.batch_size.unwrap_or_else(|| (training.examples / 10).clamp(1, 8));
         if !(1..=256).contains(&batch_size) {
-            return Err(ControlError::invalid("invalidHyperparameters", format!("batch_size must be between 1 and 256, not {batch_size}."), "hyperparameters.batch_size"));
+            return Err(ControlError::invalid(
+                "invalidHyperparameters",
+                format!("batch_size must be between 1 and 256, not {batch_size}."),
+                "hyperparameters.batch_size",
+            ));
         }
         let lr = input.learning_rate_multiplier.unwrap_or(1.0);
         if !(lr > 0.0 && lr <= 10.0) {
@@ -99,12 +119,20 @@ impl Control {
         }
         if let Some(s) = &input.suffix {
             if s.is_empty() || s.len() > 40 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(ControlError::invalid("invalidSuffix", "The suffix must be 1 to 40 letters, digits, '-' or '_'.", "suffix"));
+                return Err(ControlError::invalid(
+                    "invalidSuffix",
+                    "The suffix must be 1 to 40 letters, digits, '-' or '_'.",
+                    "suffix",
+                ));
             }
         }
         let seed = match input.seed {
             Some(s) if !(0..=i32::MAX as i64).contains(&s) => {
-                return Err(ControlError::invalid("invalidSeed", format!("The seed must be between 0 and {}, not {s}.", i32::MAX), "seed"));
+                return Err(ControlError::invalid(
+                    "invalidSeed",
+                    format!("The seed must be between 0 and {}, not {s}.", i32::MAX),
+                    "seed",
+                ));
             }
             Some(s) => s,
             None => (rand::random::<u32>() >> 1) as i64,
@@ -131,7 +159,10 @@ impl Control {
             finished_at: None,
             estimated_finish: None,
         };
-        self.store.insert_job(&job, &format!("Job created; it will run {n_epochs} epochs over {} examples.", training.examples))?;
+        self.store.insert_job(
+            &job,
+            &format!("Job created; it will run {n_epochs} epochs over {} examples.", training.examples),
+        )?;
         self.fine_tuning.wake.notify_waiters();
         Ok(job)
     }
@@ -150,7 +181,11 @@ impl Control {
     pub fn cancel_job(&self, account: &AccountKey, id: &str) -> Result<FineTuningJobRow> {
         let job = self.job(account, id)?;
         if TERMINAL.contains(&job.status.as_str()) {
-            return Err(ControlError::invalid("jobNotCancellable", format!("The job '{id}' has already {} and cannot be cancelled.", job.status), ""));
+            return Err(ControlError::invalid(
+                "jobNotCancellable",
+                format!("The job '{id}' has already {} and cannot be cancelled.", job.status),
+                "",
+            ));
         }
         if let Some(flag) = self.fine_tuning.cancel.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             flag.store(true, Ordering::Release);
@@ -159,7 +194,13 @@ impl Control {
         self.job(account, id)
     }
 
-    pub fn job_events(&self, account: &AccountKey, id: &str, after: Option<&str>, limit: usize) -> Result<Vec<FineTuningEventRow>> {
+    pub fn job_events(
+        &self,
+        account: &AccountKey,
+        id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FineTuningEventRow>> {
         self.job(account, id)?;
         Ok(self.store.job_events(id, after, limit)?)
     }
@@ -207,13 +248,20 @@ impl Control {
                 }
             };
             let claimed = match &next {
-                Some(job) => self.store.transition_job(&job.id, &["pending"], "running", unix_now(), "Fine-tuning started.").unwrap_or(false),
+                Some(job) => self
+                    .store
+                    .transition_job(&job.id, &["pending"], "running", unix_now(), "Fine-tuning started.")
+                    .unwrap_or(false),
                 None => false,
             };
             match next {
                 Some(job) if claimed => {
                     let flag = Arc::new(AtomicBool::new(false));
-                    self.fine_tuning.cancel.lock().unwrap_or_else(|p| p.into_inner()).insert(job.id.clone(), flag.clone());
+                    self.fine_tuning
+                        .cancel
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(job.id.clone(), flag.clone());
                     let control = self.clone();
                     let id = job.id.clone();
                     let outcome = tokio::task::spawn_blocking(move || control.run_job(job, flag)).await;
@@ -242,10 +290,19 @@ impl Control {
         let result = self.train_job(&job, &cancel);
         let end = match result {
             Ok(end) => end,
-            Err(TrainError::Cancelled) if !cancel.load(Ordering::Acquire) || self.fine_tuning.stopping.load(Ordering::Acquire) => {
+            Err(TrainError::Cancelled)
+                if !cancel.load(Ordering::Acquire) || self.fine_tuning.stopping.load(Ordering::Acquire) =>
+            {
                 // Stopped by a shutdown: the job stays `running` and resumes at the next start.
                 tracing::info!(job = %job.id, "fine-tuning interrupted by shutdown");
-                let _ = self.store.add_job_event(&job.id, unix_now(), "info", "The server is stopping; the job will resume from its last checkpoint.", "message", None);
+                let _ = self.store.add_job_event(
+                    &job.id,
+                    unix_now(),
+                    "info",
+                    "The server is stopping; the job will resume from its last checkpoint.",
+                    "message",
+                    None,
+                );
                 return;
             }
             Err(TrainError::Cancelled) => return, // already recorded by cancel_job
@@ -260,7 +317,10 @@ impl Control {
             }
         };
         let event = match end.status.as_str() {
-            "succeeded" => format!("The job has succeeded. New model created: {}", end.fine_tuned_model.as_ref().map(|m| m.id.as_str()).unwrap_or("")),
+            "succeeded" => format!(
+                "The job has succeeded. New model created: {}",
+                end.fine_tuned_model.as_ref().map(|m| m.id.as_str()).unwrap_or("")
+            ),
             _ => end.error.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
         };
         match self.store.finish_job(&job.id, &end, &event) {
@@ -284,8 +344,13 @@ impl Control {
     }
 
     fn read_examples(&self, account: &AccountKey, id: &str) -> Result<Vec<berth_train::Example>, TrainError> {
-        let row = self.store.file(account, id).map_err(|e| TrainError::Data(e.to_string()))?.ok_or_else(|| TrainError::Data(file_not_found(id).to_string()))?;
-        let bytes = std::fs::read(&row.path).map_err(|e| TrainError::Data(format!("cannot read the file '{id}': {e}")))?;
+        let row = self
+            .store
+            .file(account, id)
+            .map_err(|e| TrainError::Data(e.to_string()))?
+            .ok_or_else(|| TrainError::Data(file_not_found(id).to_string()))?;
+        let bytes =
+            std::fs::read(&row.path).map_err(|e| TrainError::Data(format!("cannot read the file '{id}': {e}")))?;
         parse_jsonl(&bytes).map_err(|p| TrainError::Data(format!("the file '{id}' cannot be used: {p}")))
     }
 
@@ -314,7 +379,14 @@ impl Control {
             },
             work_dir: self.job_dir(&job.id),
         };
-        let mut observer = JobObserver { control: self.clone(), job: job.clone(), cancel: cancel.clone(), started: std::time::Instant::now(), first_step: None, epoch_tokens: 0 };
+        let mut observer = JobObserver {
+            control: self.clone(),
+            job: job.clone(),
+            cancel: cancel.clone(),
+            started: std::time::Instant::now(),
+            first_step: None,
+            epoch_tokens: 0,
+        };
         let outcome = train(&spec, &mut observer)?;
         let hex = job.id.strip_prefix("ftjob-").unwrap_or(&job.id);
         let model_id = match &job.suffix {
@@ -322,10 +394,13 @@ impl Control {
             None => format!("{}.ft-{hex}", job.model),
         };
         let model_dir = self.config.data_dir.join("models").join(&model_id);
-        copy_adapter(&outcome.adapter_dir, &model_dir).map_err(|e| TrainError::Io { path: model_dir.display().to_string(), reason: e.to_string() })?;
+        copy_adapter(&outcome.adapter_dir, &model_dir)
+            .map_err(|e| TrainError::Io { path: model_dir.display().to_string(), reason: e.to_string() })?;
         let csv = results_csv(&self.store.job_metrics(&job.id).map_err(|e| TrainError::Data(e.to_string()))?);
         let file_id = format!("file-{}", new_hex_id());
-        let path = self.write_file_atomically(&format!("{file_id}.csv"), csv.as_bytes()).map_err(|e| TrainError::Data(e.to_string()))?;
+        let path = self
+            .write_file_atomically(&format!("{file_id}.csv"), csv.as_bytes())
+            .map_err(|e| TrainError::Data(e.to_string()))?;
         let now = unix_now();
         Ok(JobEnd {
             status: "succeeded".into(),
@@ -357,7 +432,14 @@ impl Control {
 }
 
 fn failed(code: &str, message: String) -> JobEnd {
-    JobEnd { status: "failed".into(), error: Some((code.into(), message)), fine_tuned_model: None, result_file: None, trained_tokens: None, finished_at: unix_now() }
+    JobEnd {
+        status: "failed".into(),
+        error: Some((code.into(), message)),
+        fine_tuned_model: None,
+        result_file: None,
+        trained_tokens: None,
+        finished_at: unix_now(),
+    }
 }
 
 /// Azure's results file: one row per step.
@@ -408,14 +490,21 @@ impl JobObserver {
     }
 
     /// Registers the checkpoint of `epoch` as a deployable `ftchkpt-` model (once).
-    fn record_checkpoint(&self, epoch: usize, step: usize, dir: &Path, metrics: serde_json::Value) -> Result<(), TrainError> {
+    fn record_checkpoint(
+        &self,
+        epoch: usize,
+        step: usize,
+        dir: &Path,
+        metrics: serde_json::Value,
+    ) -> Result<(), TrainError> {
         let store = &self.control.store;
         if store.job_checkpoints(&self.job.id).map_err(Self::store_err)?.iter().any(|c| c.epoch == epoch as i64) {
             return Ok(());
         }
         let id = format!("ftchkpt-{}", new_hex_id());
         let model_dir = self.control.config.data_dir.join("models").join(&id);
-        copy_adapter(dir, &model_dir).map_err(|e| TrainError::Io { path: model_dir.display().to_string(), reason: e.to_string() })?;
+        copy_adapter(dir, &model_dir)
+            .map_err(|e| TrainError::Io { path: model_dir.display().to_string(), reason: e.to_string() })?;
         let hex = self.job.id.strip_prefix("ftjob-").unwrap_or(&self.job.id);
         let row = FineTuningCheckpointRow {
             id: id.clone(),
@@ -436,7 +525,14 @@ impl JobObserver {
         };
         store.insert_checkpoint(&row, &model).map_err(Self::store_err)?;
         store
-            .add_job_event(&self.job.id, unix_now(), "info", &format!("Checkpoint created at step {step} (epoch {epoch}): {id}"), "message", None)
+            .add_job_event(
+                &self.job.id,
+                unix_now(),
+                "info",
+                &format!("Checkpoint created at step {step} (epoch {epoch}): {id}"),
+                "message",
+                None,
+            )
             .map_err(Self::store_err)
     }
 }
@@ -455,7 +551,12 @@ impl Observer for JobObserver {
                     // A crash between writing a checkpoint and recording it leaves it unrecorded.
                     for e in 1..=epoch {
                         let dir = self.control.job_dir(&self.job.id).join(format!("epoch-{e}"));
-                        self.record_checkpoint(e, e * steps_per_epoch, &dir, serde_json::json!({ "step": e * steps_per_epoch }))?;
+                        self.record_checkpoint(
+                            e,
+                            e * steps_per_epoch,
+                            &dir,
+                            serde_json::json!({ "step": e * steps_per_epoch }),
+                        )?;
                     }
                     self.first_step = Some(step);
                 }
@@ -496,9 +597,18 @@ impl Observer for JobObserver {
             }
             TrainEvent::Checkpoint(c) => {
                 store
-                    .set_full_validation(&self.job.id, c.step as i64, c.full_valid_loss.map(f64::from), c.full_valid_mean_token_accuracy.map(f64::from))
+                    .set_full_validation(
+                        &self.job.id,
+                        c.step as i64,
+                        c.full_valid_loss.map(f64::from),
+                        c.full_valid_mean_token_accuracy.map(f64::from),
+                    )
                     .map_err(Self::store_err)?;
-                let last = store.job_metrics(&self.job.id).map_err(Self::store_err)?.into_iter().find(|m| m.step == c.step as i64);
+                let last = store
+                    .job_metrics(&self.job.id)
+                    .map_err(Self::store_err)?
+                    .into_iter()
+                    .find(|m| m.step == c.step as i64);
                 let metrics = serde_json::json!({
                     "step": c.step,
                     "train_loss": last.as_ref().map(|m| m.train_loss),

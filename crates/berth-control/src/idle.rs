@@ -33,7 +33,8 @@ impl Control {
         for d in self.store.all_deployments()? {
             let Some(created) = unix_of(&d.created_at) else { continue };
             let reason = if d.sku_name == "Developer" {
-                (now - created >= r.developer_hours * 3600).then(|| format!("Developer deployments end {} hours after they are deployed.", r.developer_hours))
+                (now - created >= r.developer_hours * 3600)
+                    .then(|| format!("Developer deployments end {} hours after they are deployed.", r.developer_hours))
             } else {
                 // A call in an hour counts as made at that hour's end.
                 let last_call = self.store.last_call_hour(&d.account, &d.name)?.map(|h| h + 3600).unwrap_or(created);

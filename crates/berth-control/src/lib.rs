@@ -34,6 +34,12 @@ mod secrets;
 mod sku;
 
 pub use auth::{Caller, Principal};
+/// Rows the control plane hands out, re-exported so that callers need not depend on the store.
+pub use berth_store::{
+    AccountKey, AccountRow, BaseModelRow, DeletionRow, DeploymentRow, FileRow, FineTuningCheckpointRow,
+    FineTuningEventRow, FineTuningJobRow, FineTuningMetricRow, ModelRow, OperationRow, PrincipalRow, ResourceGroupRow,
+    RoleAssignmentRow, SubscriptionRow, TenantRow,
+};
 pub use bootstrap::Credentials;
 pub use capacity::{QuotaUsage, SkuOption};
 pub use catalog::{normalize_region, Catalog, DEFAULT_CATALOG};
@@ -46,18 +52,13 @@ pub use files::MAX_FILE_BYTES;
 pub use fine_tuning::JobCreateInput;
 pub use host::{DeploymentKey, ModelHost, Route};
 pub use idle::Retention;
-pub use metering::{CostLine, CostReport, CostScope};
 pub use ids::new_hex_id;
+pub use metering::{CostLine, CostReport, CostScope};
 pub use models::{parse_account_id, AccountModelInfo, ModelSource};
+pub use ratelimit::{Limits, RateLimiter, Refusal, Remaining, Ticket};
 pub use resources::AccountPutInput;
 pub use roles::{covers, role_id, role_named, Action, ROLES};
-pub use ratelimit::{Limits, RateLimiter, Refusal, Remaining, Ticket};
 pub use sku::{canonical_sku, SKUS};
-/// Rows the control plane hands out, re-exported so that callers need not depend on the store.
-pub use berth_store::{
-    AccountKey, AccountRow, BaseModelRow, PrincipalRow, ResourceGroupRow, RoleAssignmentRow, SubscriptionRow, TenantRow, DeploymentRow, FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow,
-    DeletionRow, FineTuningMetricRow, ModelRow, OperationRow,
-};
 
 #[cfg(test)]
 mod tests;

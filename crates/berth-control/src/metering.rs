@@ -73,10 +73,18 @@ impl Control {
     /// Charges of the deployments in `scope` over `[from, to)` (RFC 3339).
     pub fn cost_report(&self, scope: &CostScope, from: &str, to: &str) -> Result<CostReport> {
         let (Some(from_s), Some(to_s)) = (unix_of(from), unix_of(to)) else {
-            return Err(ControlError::invalid("InvalidTimeRange", format!("'{from}' and '{to}' must be RFC 3339 times such as 2026-11-01T00:00:00Z."), "from"));
+            return Err(ControlError::invalid(
+                "InvalidTimeRange",
+                format!("'{from}' and '{to}' must be RFC 3339 times such as 2026-11-01T00:00:00Z."),
+                "from",
+            ));
         };
         if to_s <= from_s {
-            return Err(ControlError::invalid("InvalidTimeRange", format!("The period must end after it starts ('{from}' to '{to}')."), "to"));
+            return Err(ControlError::invalid(
+                "InvalidTimeRange",
+                format!("The period must end after it starts ('{from}' to '{to}')."),
+                "to",
+            ));
         }
         let (from, to) = (rfc3339_of(from_s), rfc3339_of(to_s));
         let catalog = &self.config.catalog;
@@ -87,7 +95,9 @@ impl Control {
         };
         let price_of = |base: &str| catalog.family_of(base).map(|(_, f)| f.price).unwrap_or_default();
         let mut lines: BTreeMap<(String, String, String), CostLine> = BTreeMap::new();
-        let key = |a: &AccountKey, d: &str| (a.resource_group.to_ascii_lowercase(), a.account.to_ascii_lowercase(), d.to_ascii_lowercase());
+        let key = |a: &AccountKey, d: &str| {
+            (a.resource_group.to_ascii_lowercase(), a.account.to_ascii_lowercase(), d.to_ascii_lowercase())
+        };
         for h in self.store.hosting(&scope.subscription, &from, &to)? {
             if !in_scope(&h.account, &h.deployment) {
                 continue;
@@ -123,7 +133,10 @@ impl Control {
             line.cached_tokens += u.cached_tokens;
             line.output_tokens += u.output_tokens;
             let uncached = (u.input_tokens - u.cached_tokens).max(0) as f64;
-            line.token_cost += (uncached * p.input_per_million + u.cached_tokens as f64 * p.cached_input_per_million + u.output_tokens as f64 * p.output_per_million) / 1e6;
+            line.token_cost += (uncached * p.input_per_million
+                + u.cached_tokens as f64 * p.cached_input_per_million
+                + u.output_tokens as f64 * p.output_per_million)
+                / 1e6;
         }
         let lines = lines
             .into_values()

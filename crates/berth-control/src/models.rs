@@ -52,7 +52,13 @@ impl Control {
         let config = tokio::task::spawn_blocking(move || probe_config(&probe_path))
             .await
             .map_err(|e| ControlError::Internal(e.to_string()))?
-            .map_err(|e| ControlError::invalid("InvalidModel", format!("'{}' is not a model Berth can run: {e}.", path.display()), "path"))?;
+            .map_err(|e| {
+                ControlError::invalid(
+                    "InvalidModel",
+                    format!("'{}' is not a model Berth can run: {e}.", path.display()),
+                    "path",
+                )
+            })?;
         let row = BaseModelRow {
             name: name.to_owned(),
             path: path.display().to_string(),
@@ -87,13 +93,19 @@ impl Control {
         let dest2 = dest.clone();
         let checked = tokio::task::spawn_blocking(move || -> Result<()> {
             let base_config = probe_config(&base_path).map_err(|e| {
-                ControlError::invalid("InvalidModel", format!("Base model '{}' cannot be read: {e}.", base_path.display()), "base")
+                ControlError::invalid(
+                    "InvalidModel",
+                    format!("Base model '{}' cannot be read: {e}.", base_path.display()),
+                    "base",
+                )
             })?;
             match source {
                 ModelSource::Adapter(dir) => check_adapter(&dir, &base_config)?,
                 ModelSource::Weights(dir) => check_weights(&dir, &base_config)?,
             }
-            copy_dir(&src, &dest2).map_err(|e| ControlError::Internal(format!("cannot copy {} into the data directory: {e}", src.display())))
+            copy_dir(&src, &dest2).map_err(|e| {
+                ControlError::Internal(format!("cannot copy {} into the data directory: {e}", src.display()))
+            })
         })
         .await
         .map_err(|e| ControlError::Internal(e.to_string()))?;
@@ -136,15 +148,27 @@ impl Control {
 }
 
 fn check_adapter(dir: &Path, base: &ModelConfig) -> Result<()> {
-    LoraAdapter::load(dir, base)
-        .map(|_| ())
-        .map_err(|e| ControlError::invalid("InvalidAdapter", format!("The adapter in '{}' cannot be used: {e}.", dir.display()), "adapter"))
+    LoraAdapter::load(dir, base).map(|_| ()).map_err(|e| {
+        ControlError::invalid(
+            "InvalidAdapter",
+            format!("The adapter in '{}' cannot be used: {e}.", dir.display()),
+            "adapter",
+        )
+    })
 }
 
 fn check_weights(dir: &Path, base: &ModelConfig) -> Result<()> {
-    let config = probe_config(dir)
-        .map_err(|e| ControlError::invalid("InvalidModel", format!("The weights in '{}' cannot be used: {e}.", dir.display()), "weights"))?;
-    if config.architecture != base.architecture || config.hidden_size != base.hidden_size || config.num_layers != base.num_layers {
+    let config = probe_config(dir).map_err(|e| {
+        ControlError::invalid(
+            "InvalidModel",
+            format!("The weights in '{}' cannot be used: {e}.", dir.display()),
+            "weights",
+        )
+    })?;
+    if config.architecture != base.architecture
+        || config.hidden_size != base.hidden_size
+        || config.num_layers != base.num_layers
+    {
         return Err(ControlError::invalid(
             "InvalidModel",
             format!(
@@ -187,7 +211,11 @@ pub fn parse_account_id(id: &str) -> Option<AccountKey> {
                 && ns.eq_ignore_ascii_case("Microsoft.CognitiveServices")
                 && a.eq_ignore_ascii_case("accounts") =>
         {
-            Some(AccountKey { subscription_id: (*sub).to_owned(), resource_group: (*rg).to_owned(), account: (*name).to_owned() })
+            Some(AccountKey {
+                subscription_id: (*sub).to_owned(),
+                resource_group: (*rg).to_owned(),
+                account: (*name).to_owned(),
+            })
         }
         _ => None,
     }
@@ -199,7 +227,9 @@ impl Control {
     /// must support fine-tuning. The caller has been authorised on the source already.
     pub(crate) fn copy_model_from(&self, target: &berth_store::AccountRow, source: &str, model: &str) -> Result<()> {
         let invalid = |m: String| ControlError::invalid("InvalidResourceProperties", m, "properties.model.source");
-        let key = parse_account_id(source).ok_or_else(|| invalid(format!("'{source}' is not the resource id of an account (/subscriptions/.../accounts/{{name}}).")))?;
+        let key = parse_account_id(source).ok_or_else(|| {
+            invalid(format!("'{source}' is not the resource id of an account (/subscriptions/.../accounts/{{name}})."))
+        })?;
         let src = self.store.account(&key)?.ok_or_else(|| ControlError::NotFound {
             code: "ResourceNotFound",
             message: format!("The source account '{source}' was not found."),
@@ -208,13 +238,24 @@ impl Control {
         if !self.config.catalog.region(&region).is_some_and(|r| r.fine_tuning) {
             return Err(invalid(format!("The region '{region}' of the target account does not support fine-tuned models, so '{model}' cannot be deployed there from another account.")));
         }
-        let m = self.store.model(&src.key, model)?.ok_or_else(|| invalid(format!("The source account '{}' has no model '{model}'.", src.key.account)))?;
+        let m = self
+            .store
+            .model(&src.key, model)?
+            .ok_or_else(|| invalid(format!("The source account '{}' has no model '{model}'.", src.key.account)))?;
         if self.store.model(&target.key, model)?.is_some() {
             return Ok(());
         }
         let dest = self.config.data_dir.join("models").join(format!("{}-{}", model, crate::ids::new_hex_id()));
-        copy_dir(Path::new(&m.path), &dest).map_err(|e| ControlError::Internal(format!("cannot copy {} into the target account: {e}", m.path)))?;
-        let row = ModelRow { account: target.key.clone(), id: m.id.clone(), base_model: m.base_model.clone(), kind: m.kind.clone(), path: dest.display().to_string(), created_at: now_rfc3339() };
+        copy_dir(Path::new(&m.path), &dest)
+            .map_err(|e| ControlError::Internal(format!("cannot copy {} into the target account: {e}", m.path)))?;
+        let row = ModelRow {
+            account: target.key.clone(),
+            id: m.id.clone(),
+            base_model: m.base_model.clone(),
+            kind: m.kind.clone(),
+            path: dest.display().to_string(),
+            created_at: now_rfc3339(),
+        };
         if let Err(e) = self.store.insert_model(&row) {
             let _ = std::fs::remove_dir_all(&dest);
             return Err(e.into());

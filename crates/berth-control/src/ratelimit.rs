@@ -91,7 +91,13 @@ impl RateLimiter {
     }
 
     /// Admits and charges `estimate` tokens, or refuses.
-    pub fn admit(self: &Arc<Self>, key: &DeploymentKey, limits: Limits, estimate: u64, now: Instant) -> Result<Ticket, Refusal> {
+    pub fn admit(
+        self: &Arc<Self>,
+        key: &DeploymentKey,
+        limits: Limits,
+        estimate: u64,
+        now: Instant,
+    ) -> Result<Ticket, Refusal> {
         match limits {
             Limits::Standard { requests_per_window, tokens_per_minute } => self.with_state(key, |st| {
                 prune(st, now);
@@ -203,7 +209,11 @@ impl RateLimiter {
             Limits::Provisioned { tokens_per_minute } => self.with_state(key, |st| {
                 drain(st, tokens_per_minute as f64 / 60.0, now);
                 let left = (tokens_per_minute as f64 - st.level).max(0.0) as u64;
-                Remaining { requests: u64::from(left > 0), tokens: left, utilization_percent: Some((st.level / (tokens_per_minute.max(1) as f64) * 100.0).round() as u64) }
+                Remaining {
+                    requests: u64::from(left > 0),
+                    tokens: left,
+                    utilization_percent: Some((st.level / (tokens_per_minute.max(1) as f64) * 100.0).round() as u64),
+                }
             }),
         }
     }
@@ -236,7 +246,10 @@ mod tests {
     use super::*;
 
     fn key() -> DeploymentKey {
-        DeploymentKey::new(&berth_store::AccountKey { subscription_id: "s".into(), resource_group: "g".into(), account: "a".into() }, "d")
+        DeploymentKey::new(
+            &berth_store::AccountKey { subscription_id: "s".into(), resource_group: "g".into(), account: "a".into() },
+            "d",
+        )
     }
 
     #[test]
@@ -255,7 +268,7 @@ mod tests {
         let r = rl.admit(&key(), limits, 600, t0 + Duration::from_secs(11)).unwrap_err();
         assert!(r.message.contains("token rate limit of 2000 tokens per minute"), "{}", r.message);
         assert_eq!(r.retry_after, Duration::from_secs(49)); // the first admission leaves the minute at 60 s
-        // Correcting the first request to what it used frees its tokens at once.
+                                                            // Correcting the first request to what it used frees its tokens at once.
         a.settle(100, t0 + Duration::from_secs(12));
         rl.admit(&key(), limits, 600, t0 + Duration::from_secs(12)).unwrap();
         // An estimate over the whole minute's budget can never pass.

@@ -24,7 +24,10 @@ impl Control {
         if self.store.subscriptions()?.iter().any(|s| s.id.eq_ignore_ascii_case(subscription)) {
             Ok(())
         } else {
-            Err(ControlError::NotFound { code: "SubscriptionNotFound", message: format!("The subscription '{subscription}' could not be found.") })
+            Err(ControlError::NotFound {
+                code: "SubscriptionNotFound",
+                message: format!("The subscription '{subscription}' could not be found."),
+            })
         }
     }
 
@@ -50,16 +53,40 @@ impl Control {
     }
 
     /// Creates a resource group (or returns the existing one); true when created.
-    pub fn put_resource_group(&self, subscription: &str, name: &str, location: Option<&str>) -> Result<(ResourceGroupRow, bool)> {
+    pub fn put_resource_group(
+        &self,
+        subscription: &str,
+        name: &str,
+        location: Option<&str>,
+    ) -> Result<(ResourceGroupRow, bool)> {
         self.subscription_exists(subscription)?;
-        if name.is_empty() || name.len() > 90 || !name.chars().all(|c| c.is_alphanumeric() || "-_.()".contains(c)) || name.ends_with('.') {
-            return Err(ControlError::invalid("InvalidResourceGroup", format!("The resource group name '{name}' is invalid."), "name"));
+        if name.is_empty()
+            || name.len() > 90
+            || !name.chars().all(|c| c.is_alphanumeric() || "-_.()".contains(c))
+            || name.ends_with('.')
+        {
+            return Err(ControlError::invalid(
+                "InvalidResourceGroup",
+                format!("The resource group name '{name}' is invalid."),
+                "name",
+            ));
         }
         if let Some(existing) = self.store.resource_group(subscription, name)? {
             return Ok((existing, false));
         }
-        let location = self.known_region(location.ok_or_else(|| ControlError::invalid("LocationRequired", "The location property is required for this definition.", "location"))?)?;
-        let row = ResourceGroupRow { subscription_id: subscription.to_owned(), name: name.to_owned(), location, created_at: now_rfc3339() };
+        let location = self.known_region(location.ok_or_else(|| {
+            ControlError::invalid(
+                "LocationRequired",
+                "The location property is required for this definition.",
+                "location",
+            )
+        })?)?;
+        let row = ResourceGroupRow {
+            subscription_id: subscription.to_owned(),
+            name: name.to_owned(),
+            location,
+            created_at: now_rfc3339(),
+        };
         let created = self.store.insert_resource_group(&row)?;
         Ok((self.store.resource_group(subscription, name)?.unwrap_or(row), created))
     }
@@ -70,9 +97,10 @@ impl Control {
         match self.store.delete_resource_group(subscription, name)? {
             None => Ok(false),
             Some(Ok(())) => Ok(true),
-            Some(Err(DeleteRefusal::HasAccounts(a))) => {
-                Err(ControlError::Conflict(format!("The resource group '{name}' still holds the accounts {}; delete them first.", a.join(", "))))
-            }
+            Some(Err(DeleteRefusal::HasAccounts(a))) => Err(ControlError::Conflict(format!(
+                "The resource group '{name}' still holds the accounts {}; delete them first.",
+                a.join(", ")
+            ))),
             Some(Err(other)) => Err(ControlError::Internal(format!("unexpected refusal {other:?}"))),
         }
     }
@@ -91,7 +119,11 @@ impl Control {
         let kind = match input.kind.as_deref() {
             None => "OpenAI".to_owned(),
             Some(k) => KINDS.iter().find(|x| x.eq_ignore_ascii_case(k)).map(|x| x.to_string()).ok_or_else(|| {
-                ControlError::invalid("InvalidKind", format!("The kind '{k}' is not supported; use {}.", KINDS.join(" or ")), "kind")
+                ControlError::invalid(
+                    "InvalidKind",
+                    format!("The kind '{k}' is not supported; use {}.", KINDS.join(" or ")),
+                    "kind",
+                )
             })?,
         };
         let sku = input.sku.clone().unwrap_or_else(|| "S0".into());
@@ -101,7 +133,10 @@ impl Control {
                 if normalize_region(loc) != normalize_region(&existing.location) {
                     return Err(ControlError::invalid(
                         "InvalidResourceLocation",
-                        format!("The resource '{}' already exists in location '{}'; it cannot move to '{loc}'.", existing.key.account, existing.location),
+                        format!(
+                            "The resource '{}' already exists in location '{}'; it cannot move to '{loc}'.",
+                            existing.key.account, existing.location
+                        ),
                         "location",
                     ));
                 }
@@ -110,9 +145,21 @@ impl Control {
             return Ok((self.account(&existing.key)?, false));
         }
         let location = self.known_region(input.location.as_deref().ok_or_else(|| {
-            ControlError::invalid("LocationRequired", "The location property is required for this definition.", "location")
+            ControlError::invalid(
+                "LocationRequired",
+                "The location property is required for this definition.",
+                "location",
+            )
         })?)?;
-        let row = AccountRow { key: key.clone(), location, kind, sku, key1: self.vault.store(&new_secret()), key2: self.vault.store(&new_secret()), created_at: now_rfc3339() };
+        let row = AccountRow {
+            key: key.clone(),
+            location,
+            kind,
+            sku,
+            key1: self.vault.store(&new_secret()),
+            key2: self.vault.store(&new_secret()),
+            created_at: now_rfc3339(),
+        };
         self.store.insert_account(&row)?;
         Ok((row, true))
     }
@@ -136,9 +183,10 @@ impl Control {
                 key.account,
                 d.join(", ")
             ))),
-            Some(Err(DeleteRefusal::HasRunningJob(j))) => {
-                Err(ControlError::Conflict(format!("The account '{}' has the fine-tuning job '{j}' running; cancel it first.", key.account)))
-            }
+            Some(Err(DeleteRefusal::HasRunningJob(j))) => Err(ControlError::Conflict(format!(
+                "The account '{}' has the fine-tuning job '{j}' running; cancel it first.",
+                key.account
+            ))),
             Some(Err(other)) => Err(ControlError::Internal(format!("unexpected refusal {other:?}"))),
         }
     }
@@ -149,7 +197,13 @@ impl Control {
         let which = match key_name.to_ascii_lowercase().as_str() {
             "key1" => 1,
             "key2" => 2,
-            _ => return Err(ControlError::invalid("InvalidKeyName", format!("'{key_name}' is not a key name; use 'Key1' or 'Key2'."), "keyName")),
+            _ => {
+                return Err(ControlError::invalid(
+                    "InvalidKeyName",
+                    format!("'{key_name}' is not a key name; use 'Key1' or 'Key2'."),
+                    "keyName",
+                ))
+            }
         };
         self.store.set_account_key(&account.key, which, &self.vault.store(&new_secret()))?;
         self.account(&account.key)

@@ -40,14 +40,21 @@ pub const ROLES: [(&str, &str, &[Action]); 5] = [
     ("Owner", "8e3af657-a8ff-443c-a75c-2fe8c4bcb635", &[Action::Read, Action::Write, Action::ManageAccess]),
     ("Contributor", "b24988ac-6180-42a0-ab88-20f7382dd24c", &[Action::Read, Action::Write]),
     ("Reader", "acdd72a7-3385-48ef-bd42-f606fba81ae7", &[Action::Read]),
-    ("Cognitive Services OpenAI Contributor", "a001fd3d-188f-4b5d-821b-7da978bf7442", &[Action::Read, Action::Inference, Action::Authoring]),
+    (
+        "Cognitive Services OpenAI Contributor",
+        "a001fd3d-188f-4b5d-821b-7da978bf7442",
+        &[Action::Read, Action::Inference, Action::Authoring],
+    ),
     ("Cognitive Services OpenAI User", "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd", &[Action::Read, Action::Inference]),
 ];
 
 /// A role by name or by (the last segment of) its role definition id.
 pub fn role_named(name_or_id: &str) -> Option<&'static str> {
     let last = name_or_id.rsplit('/').next().unwrap_or(name_or_id);
-    ROLES.iter().find(|(n, id, _)| n.eq_ignore_ascii_case(name_or_id) || id.eq_ignore_ascii_case(last)).map(|(n, _, _)| *n)
+    ROLES
+        .iter()
+        .find(|(n, id, _)| n.eq_ignore_ascii_case(name_or_id) || id.eq_ignore_ascii_case(last))
+        .map(|(n, _, _)| *n)
 }
 
 pub fn role_id(name: &str) -> &'static str {
@@ -77,7 +84,8 @@ fn subscription_of(scope: &str) -> Option<&str> {
 impl Control {
     /// Refuses unless `principal` may do `action` at `scope` (an ARM id, or `/`).
     pub fn authorize(&self, principal: &Principal, scope: &str, action: Action) -> Result<()> {
-        let denied = || ControlError::Forbidden {
+        let denied = || {
+            ControlError::Forbidden {
             code: "AuthorizationFailed",
             message: format!(
                 "The client '{}' with object id '{}' does not have authorization to perform action '{}' over scope '{scope}' or the scope is invalid. If access was recently granted, please refresh your credentials.",
@@ -85,11 +93,15 @@ impl Control {
                 principal.object_id,
                 action.name()
             ),
+        }
         };
         if let Some(sub) = subscription_of(scope) {
             match self.store.subscriptions()?.into_iter().find(|s| s.id.eq_ignore_ascii_case(sub)) {
                 None => {
-                    return Err(ControlError::NotFound { code: "SubscriptionNotFound", message: format!("The subscription '{sub}' could not be found.") })
+                    return Err(ControlError::NotFound {
+                        code: "SubscriptionNotFound",
+                        message: format!("The subscription '{sub}' could not be found."),
+                    })
                 }
                 Some(s) if s.tenant_id != principal.tenant_id => return Err(denied()),
                 Some(_) => {}
@@ -111,11 +123,22 @@ impl Control {
     pub fn sees_subscription(&self, principal: &Principal, sub: &SubscriptionRow) -> Result<bool> {
         let scope = format!("/subscriptions/{}", sub.id);
         Ok(sub.tenant_id == principal.tenant_id
-            && self.store.role_assignments_of(&principal.tenant_id, &principal.object_id)?.iter().any(|a| covers(&a.scope, &scope) || covers(&scope, &a.scope)))
+            && self
+                .store
+                .role_assignments_of(&principal.tenant_id, &principal.object_id)?
+                .iter()
+                .any(|a| covers(&a.scope, &scope) || covers(&scope, &a.scope)))
     }
 
     /// Assigns a role at a scope; the principal must exist in the scope's tenant.
-    pub fn assign_role(&self, caller: &Principal, id: &str, scope: &str, role: &str, principal_id: &str) -> Result<RoleAssignmentRow> {
+    pub fn assign_role(
+        &self,
+        caller: &Principal,
+        id: &str,
+        scope: &str,
+        role: &str,
+        principal_id: &str,
+    ) -> Result<RoleAssignmentRow> {
         self.authorize(caller, scope, Action::ManageAccess)?;
         let role = role_named(role).ok_or_else(|| {
             ControlError::invalid(
@@ -146,13 +169,20 @@ impl Control {
     /// Assignments at or below a scope of the caller's tenant.
     pub fn role_assignments(&self, caller: &Principal, scope: &str) -> Result<Vec<RoleAssignmentRow>> {
         self.authorize(caller, scope, Action::Read)?;
-        Ok(self.store.role_assignments_in(&caller.tenant_id)?.into_iter().filter(|a| covers(scope, &a.scope) || covers(&a.scope, scope)).collect())
+        Ok(self
+            .store
+            .role_assignments_in(&caller.tenant_id)?
+            .into_iter()
+            .filter(|a| covers(scope, &a.scope) || covers(&a.scope, scope))
+            .collect())
     }
 
     pub fn remove_role_assignment(&self, caller: &Principal, scope: &str, id: &str) -> Result<bool> {
         self.authorize(caller, scope, Action::ManageAccess)?;
         match self.store.role_assignment(id)? {
-            Some(a) if a.tenant_id == caller.tenant_id && covers(scope, &a.scope) => Ok(self.store.delete_role_assignment(id)?.is_some()),
+            Some(a) if a.tenant_id == caller.tenant_id && covers(scope, &a.scope) => {
+                Ok(self.store.delete_role_assignment(id)?.is_some())
+            }
             _ => Ok(false),
         }
     }
@@ -160,12 +190,21 @@ impl Control {
     /// A principal of the caller's tenant (or, for an owner of `/`, of any tenant).
     /// Adds a principal to a tenant. A managed identity also gets the secret its workload presents to
     /// the identity endpoint (`X-IDENTITY-HEADER`), returned here once and stored as a digest.
-    pub fn add_principal(&self, caller: &Principal, tenant: &str, display_name: &str, kind: &str) -> Result<(PrincipalRow, Option<String>)> {
+    pub fn add_principal(
+        &self,
+        caller: &Principal,
+        tenant: &str,
+        display_name: &str,
+        kind: &str,
+    ) -> Result<(PrincipalRow, Option<String>)> {
         if tenant != caller.tenant_id || self.authorize(caller, "/", Action::ManageAccess).is_err() {
             self.operator(caller)?;
         }
         if !self.store.tenants()?.iter().any(|t| t.id == tenant) {
-            return Err(ControlError::NotFound { code: "TenantNotFound", message: format!("The tenant '{tenant}' does not exist.") });
+            return Err(ControlError::NotFound {
+                code: "TenantNotFound",
+                message: format!("The tenant '{tenant}' does not exist."),
+            });
         }
         let row = PrincipalRow {
             tenant_id: tenant.to_owned(),
@@ -179,7 +218,12 @@ impl Control {
             return Ok((row, None));
         }
         let secret = crate::ids::new_secret();
-        self.store.insert_identity_secret(&crate::secrets::digest(&secret), &row.tenant_id, &row.object_id, &row.created_at)?;
+        self.store.insert_identity_secret(
+            &crate::secrets::digest(&secret),
+            &row.tenant_id,
+            &row.object_id,
+            &row.created_at,
+        )?;
         Ok((row, Some(secret)))
     }
 
@@ -193,15 +237,26 @@ impl Control {
         }
         Err(ControlError::Forbidden {
             code: "AuthorizationFailed",
-            message: format!("The client '{}' is not an operator of this Berth (Owner at '/' in its first tenant).", caller.object_id),
+            message: format!(
+                "The client '{}' is not an operator of this Berth (Owner at '/' in its first tenant).",
+                caller.object_id
+            ),
         })
     }
 
     /// A new tenant with one subscription and an administrator who owns it (operator only).
-    pub fn create_tenant(&self, caller: &Principal, display_name: &str) -> Result<(TenantRow, SubscriptionRow, PrincipalRow)> {
+    pub fn create_tenant(
+        &self,
+        caller: &Principal,
+        display_name: &str,
+    ) -> Result<(TenantRow, SubscriptionRow, PrincipalRow)> {
         self.operator(caller)?;
         let now = now_rfc3339();
-        let tenant = TenantRow { id: uuid::Uuid::new_v4().to_string(), display_name: display_name.to_owned(), created_at: now.clone() };
+        let tenant = TenantRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            display_name: display_name.to_owned(),
+            created_at: now.clone(),
+        };
         let sub = SubscriptionRow {
             id: uuid::Uuid::new_v4().to_string(),
             tenant_id: tenant.id.clone(),
@@ -209,7 +264,13 @@ impl Control {
             created_at: now.clone(),
         };
         self.store.insert_tenant(&tenant, &sub)?;
-        let admin = PrincipalRow { tenant_id: tenant.id.clone(), object_id: uuid::Uuid::new_v4().to_string(), display_name: "admin".into(), kind: "User".into(), created_at: now };
+        let admin = PrincipalRow {
+            tenant_id: tenant.id.clone(),
+            object_id: uuid::Uuid::new_v4().to_string(),
+            display_name: "admin".into(),
+            kind: "User".into(),
+            created_at: now,
+        };
         self.store.upsert_principal(&admin)?;
         self.grant_administrator(&tenant.id, &admin.object_id)?;
         Ok((tenant, sub, admin))
@@ -221,9 +282,17 @@ impl Control {
             self.operator(caller)?;
         }
         if !self.store.tenants()?.iter().any(|t| t.id == tenant) {
-            return Err(ControlError::NotFound { code: "TenantNotFound", message: format!("The tenant '{tenant}' does not exist.") });
+            return Err(ControlError::NotFound {
+                code: "TenantNotFound",
+                message: format!("The tenant '{tenant}' does not exist."),
+            });
         }
-        let sub = SubscriptionRow { id: uuid::Uuid::new_v4().to_string(), tenant_id: tenant.to_owned(), display_name: display_name.to_owned(), created_at: now_rfc3339() };
+        let sub = SubscriptionRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: tenant.to_owned(),
+            display_name: display_name.to_owned(),
+            created_at: now_rfc3339(),
+        };
         self.store.insert_subscription(&sub)?;
         Ok(sub)
     }
@@ -256,6 +325,8 @@ mod tests {
         assert!(!covers("/subscriptions/a/resourceGroups/g", "/subscriptions/a"));
         assert_eq!(role_named("/subscriptions/x/providers/Microsoft.Authorization/roleDefinitions/5e0bd9bd-7b93-4f28-af87-19fc36ad61bd"), Some("Cognitive Services OpenAI User"));
         assert_eq!(role_named("reader"), Some("Reader"));
-        assert!(grants("Owner", Action::Write) && !grants("Owner", Action::Inference) && !grants("Reader", Action::Write));
+        assert!(
+            grants("Owner", Action::Write) && !grants("Owner", Action::Inference) && !grants("Reader", Action::Write)
+        );
     }
 }

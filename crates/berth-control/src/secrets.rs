@@ -51,7 +51,10 @@ impl Vault {
         let (nonce, sealed) = bytes.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| broken())?;
         let mut in_out = sealed.to_vec();
-        let plain = self.sealing.open_in_place(nonce, Aad::from(stored.digest.as_bytes()), &mut in_out).map_err(|_| broken())?;
+        let plain = self
+            .sealing
+            .open_in_place(nonce, Aad::from(stored.digest.as_bytes()), &mut in_out)
+            .map_err(|_| broken())?;
         String::from_utf8(plain.to_vec()).map_err(|_| broken())
     }
 
@@ -61,7 +64,11 @@ impl Vault {
         let mut in_out = key.as_bytes().to_vec();
         // The digest is the associated data: a sealed key moved to another row does not open.
         self.sealing
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(digest(key).as_bytes()), &mut in_out)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(digest(key).as_bytes()),
+                &mut in_out,
+            )
             .expect("AES-GCM seals any key-sized input");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&in_out);

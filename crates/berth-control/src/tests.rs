@@ -41,7 +41,11 @@ async fn first_start_bootstraps_once_and_credentials_survive_a_restart() {
 async fn a_put_for_an_unknown_model_fails_synchronously_and_stores_nothing() {
     let (control, dir) = temp_control();
     let c = control.credentials().clone();
-    let account = berth_store::AccountKey { subscription_id: c.subscription_id, resource_group: c.resource_group, account: c.account };
+    let account = berth_store::AccountKey {
+        subscription_id: c.subscription_id,
+        resource_group: c.resource_group,
+        account: c.account,
+    };
     let err = control
         .put_deployment(
             &account,

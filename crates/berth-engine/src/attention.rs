@@ -27,7 +27,14 @@ const BLOCKS_PER_TASK: usize = 8;
 /// positions, and computes every query head that shares the KV head, so each key and value is read
 /// once per group, not once per head. Tasks over different blocks of one row are merged afterwards
 /// with the usual rescaling of their softmax sums.
-pub(crate) fn paged_attention(q: &[f32], out: &mut [f32], pool: &KvPool, layer: usize, views: &[SegmentView<'_>], shape: AttentionShape) {
+pub(crate) fn paged_attention(
+    q: &[f32],
+    out: &mut [f32],
+    pool: &KvPool,
+    layer: usize,
+    views: &[SegmentView<'_>],
+    shape: AttentionShape,
+) {
     let group = shape.heads / shape.kv_heads;
     let hd = shape.head_dim;
     let mut tasks = Vec::new();

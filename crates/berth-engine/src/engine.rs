@@ -6,9 +6,9 @@
 use crate::error::Result;
 use crate::scheduler::Worker;
 use crate::{AdapterId, EngineError, GenerateEvent, GenerateRequest, KvPool, LoraAdapter, Model, BLOCK_TOKENS};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use tokio::sync::mpsc::Sender;
@@ -54,11 +54,20 @@ impl Default for EngineOptions {
 
 /// What the engine thread is told.
 pub enum Command {
-    Generate { request: GenerateRequest, events: Sender<GenerateEvent> },
+    Generate {
+        request: GenerateRequest,
+        events: Sender<GenerateEvent>,
+    },
     /// An adapter requests may name: already loaded, or loaded from `dir` on first use (and again
     /// after the adapter pool evicted it), or both.
-    AddAdapter { id: AdapterId, adapter: Option<Arc<LoraAdapter>>, dir: Option<PathBuf> },
-    RemoveAdapter { id: AdapterId },
+    AddAdapter {
+        id: AdapterId,
+        adapter: Option<Arc<LoraAdapter>>,
+        dir: Option<PathBuf>,
+    },
+    RemoveAdapter {
+        id: AdapterId,
+    },
     Shutdown,
 }
 
@@ -141,7 +150,10 @@ impl Engine {
         let block_bytes = model.kv_bytes_per_token() * BLOCK_TOKENS;
         let blocks = (options.kv_cache_bytes / block_bytes).max(1);
         if blocks > u32::MAX as usize {
-            return Err(EngineError::Tensor(format!("a KV cache of {} bytes has too many blocks", options.kv_cache_bytes)));
+            return Err(EngineError::Tensor(format!(
+                "a KV cache of {} bytes has too many blocks",
+                options.kv_cache_bytes
+            )));
         }
         let pool: KvPool = model.new_kv_pool(blocks);
         // Commands other than requests (adapters, shutdown) must always find room.
@@ -236,4 +248,3 @@ impl Drop for EngineHandle {
         self.stop();
     }
 }
-

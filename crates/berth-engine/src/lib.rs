@@ -36,7 +36,7 @@ pub use engine::{Command, Engine, EngineHandle, EngineOptions, EngineStats};
 pub use error::EngineError;
 pub use kv_cache::{KvPool, BLOCK_TOKENS};
 pub use lora::{AdapterId, LoraAdapter};
-pub use model::{load_dense_weights, load_model, probe_config, DenseWeights, text_model_of_gguf, Logits, Model};
+pub use model::{load_dense_weights, load_model, probe_config, text_model_of_gguf, DenseWeights, Logits, Model};
 pub use request::{FinishReason, GenerateEvent, GenerateRequest, SamplingParams};
 
 #[cfg(test)]

@@ -57,7 +57,12 @@ impl Linear {
 
     /// Several layers applied to the same input (Q, K, V; gate, up), with the base matmuls of
     /// quantised weights run as one group.
-    pub(crate) fn forward_group<const N: usize>(layers: [&Linear; N], x: &[f32], rows: usize, segments: &[SegmentView<'_>]) -> Result<[Vec<f32>; N]> {
+    pub(crate) fn forward_group<const N: usize>(
+        layers: [&Linear; N],
+        x: &[f32],
+        rows: usize,
+        segments: &[SegmentView<'_>],
+    ) -> Result<[Vec<f32>; N]> {
         let quant: Vec<&QuantMatrix> = layers
             .iter()
             .filter_map(|l| match &l.weight {
@@ -117,7 +122,10 @@ impl Linear {
             let mut at = 0;
             for &si in &members {
                 let s = &segments[si];
-                crate::ops::add_assign(&mut y[s.start * out..(s.start + s.len) * out], &delta[at * out..(at + s.len) * out]);
+                crate::ops::add_assign(
+                    &mut y[s.start * out..(s.start + s.len) * out],
+                    &delta[at * out..(at + s.len) * out],
+                );
                 at += s.len;
             }
         }

@@ -26,7 +26,8 @@ pub(crate) enum Target {
 }
 
 impl Target {
-    pub(crate) const ALL: [Target; 7] = [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
+    pub(crate) const ALL: [Target; 7] =
+        [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
 
     pub(crate) fn module_name(self) -> &'static str {
         match self {
@@ -75,7 +76,12 @@ pub(crate) struct LoraPair {
 impl LoraPair {
     fn new(a: Tensor, b: Tensor, scale: f64) -> crate::error::Result<Self> {
         let rank = a.dim(0)?;
-        Ok(LoraPair { a: a.flatten_all()?.to_vec1()?, b_t: b.t()?.flatten_all()?.to_vec1()?, scale: scale as f32, rank })
+        Ok(LoraPair {
+            a: a.flatten_all()?.to_vec1()?,
+            b_t: b.t()?.flatten_all()?.to_vec1()?,
+            scale: scale as f32,
+            rank,
+        })
     }
 
     pub(crate) fn bytes(&self) -> usize {
@@ -164,8 +170,8 @@ impl LoraAdapter {
     pub fn load(dir: &Path, config: &ModelConfig) -> Result<Self> {
         let cfg_path = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| io_err(&cfg_path, e))?;
-        let cfg: AdapterConfig = serde_json::from_str(&text)
-            .map_err(|e| EngineError::Malformed(format!("{}: {e}", cfg_path.display())))?;
+        let cfg: AdapterConfig =
+            serde_json::from_str(&text).map_err(|e| EngineError::Malformed(format!("{}: {e}", cfg_path.display())))?;
         if cfg.use_dora {
             return Err(EngineError::Unsupported("DoRA adapters (use_dora = true)".into()));
         }
@@ -214,10 +220,7 @@ impl LoraAdapter {
                 let rank = pattern_value(&cfg.rank_pattern, &stem).unwrap_or(cfg.r);
                 let alpha = pattern_value(&cfg.alpha_pattern, &stem).unwrap_or(cfg.lora_alpha);
                 let scale = if cfg.use_rslora { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 };
-                pairs.insert(
-                    (layer, target),
-                    LoraPair::new(a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?, scale)?,
-                );
+                pairs.insert((layer, target), LoraPair::new(a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?, scale)?);
             }
         }
         let lora_tensors = names.iter().filter(|k| k.contains("lora_")).count();

@@ -2,10 +2,10 @@
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{io_err, Result};
+use crate::kv_cache::BLOCK_TOKENS;
 use crate::models::decoder::Decoder;
 use crate::models::{spec_for, ArchSpec};
 use crate::weights::{load_gguf_tensors, load_safetensors_dir, read_gguf_content, unpermute_weight, TensorMap};
-use crate::kv_cache::BLOCK_TOKENS;
 use crate::{BatchContext, EngineError, KvPool, LoraAdapter, Segment};
 use berth_text::TextModel;
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -68,8 +68,9 @@ fn read_model(path: &Path, text_fallback: Option<Arc<TextModel>>) -> Result<(Mod
 fn read_gguf(path: &Path) -> Result<(ModelConfig, TensorMap, Arc<TextModel>)> {
     let (content, mut file) = read_gguf_content(path)?;
     let arch_name = gguf_str(&content, "general.architecture")?;
-    let spec = spec_for(&arch_name)
-        .ok_or_else(|| EngineError::Unsupported(format!("architecture `{arch_name}` (supported: llama, mistral, qwen2)")))?;
+    let spec = spec_for(&arch_name).ok_or_else(|| {
+        EngineError::Unsupported(format!("architecture `{arch_name}` (supported: llama, mistral, qwen2)"))
+    })?;
     let config = gguf_config(&content, &arch_name, spec)?;
     let mut weights = load_gguf_tensors(path, &content, &mut file)?;
     if spec.gguf_permutes_qk {
@@ -91,7 +92,8 @@ fn read_gguf(path: &Path) -> Result<(ModelConfig, TensorMap, Arc<TextModel>)> {
 fn read_hf_dir(dir: &Path, text_fallback: Option<Arc<TextModel>>) -> Result<(ModelConfig, TensorMap, Arc<TextModel>)> {
     let cfg_path = dir.join("config.json");
     let raw = std::fs::read_to_string(&cfg_path).map_err(|e| io_err(&cfg_path, e))?;
-    let json: Json = serde_json::from_str(&raw).map_err(|e| EngineError::Malformed(format!("{}: {e}", cfg_path.display())))?;
+    let json: Json =
+        serde_json::from_str(&raw).map_err(|e| EngineError::Malformed(format!("{}: {e}", cfg_path.display())))?;
     let config = hf_config(&json)?;
     let weights = load_safetensors_dir(dir)?;
     let text = if dir.join("tokenizer.json").exists() {
@@ -193,13 +195,15 @@ pub fn probe_config(path: &Path) -> Result<ModelConfig> {
     let config = if path.is_dir() {
         let cfg_path = path.join("config.json");
         let raw = std::fs::read_to_string(&cfg_path).map_err(|e| io_err(&cfg_path, e))?;
-        let json: Json = serde_json::from_str(&raw).map_err(|e| EngineError::Malformed(format!("{}: {e}", cfg_path.display())))?;
+        let json: Json =
+            serde_json::from_str(&raw).map_err(|e| EngineError::Malformed(format!("{}: {e}", cfg_path.display())))?;
         hf_config(&json)?
     } else {
         let (content, _) = read_gguf_content(path)?;
         let arch_name = gguf_str(&content, "general.architecture")?;
-        let spec = spec_for(&arch_name)
-            .ok_or_else(|| EngineError::Unsupported(format!("architecture `{arch_name}` (supported: llama, mistral, qwen2)")))?;
+        let spec = spec_for(&arch_name).ok_or_else(|| {
+            EngineError::Unsupported(format!("architecture `{arch_name}` (supported: llama, mistral, qwen2)"))
+        })?;
         gguf_config(&content, &arch_name, spec)?
     };
     config.validate()?;
@@ -214,8 +218,11 @@ fn gguf_config(ct: &Content, arch: &str, spec: &ArchSpec) -> Result<ModelConfig>
     };
     let hidden_size = need("embedding_length")?;
     let num_heads = need("attention.head_count")?;
-    let num_kv_heads = gguf_num(ct, &format!("{arch}.attention.head_count_kv")).map(|v| v as usize).unwrap_or(num_heads);
-    let head_dim = gguf_num(ct, &format!("{arch}.attention.key_length")).map(|v| v as usize).unwrap_or(hidden_size / num_heads.max(1));
+    let num_kv_heads =
+        gguf_num(ct, &format!("{arch}.attention.head_count_kv")).map(|v| v as usize).unwrap_or(num_heads);
+    let head_dim = gguf_num(ct, &format!("{arch}.attention.key_length"))
+        .map(|v| v as usize)
+        .unwrap_or(hidden_size / num_heads.max(1));
     let vocab_size = ct
         .tensor_infos
         .get("token_embd.weight")
@@ -240,8 +247,9 @@ fn gguf_config(ct: &Content, arch: &str, spec: &ArchSpec) -> Result<ModelConfig>
 
 fn hf_config(json: &Json) -> Result<ModelConfig> {
     let model_type = json.get("model_type").and_then(Json::as_str).unwrap_or("");
-    let spec = spec_for(model_type)
-        .ok_or_else(|| EngineError::Unsupported(format!("model_type `{model_type}` (supported: llama, mistral, qwen2)")))?;
+    let spec = spec_for(model_type).ok_or_else(|| {
+        EngineError::Unsupported(format!("model_type `{model_type}` (supported: llama, mistral, qwen2)"))
+    })?;
     let num = |key: &str| json.get(key).and_then(Json::as_f64);
     let need = |key: &str| -> Result<usize> {
         num(key).map(|v| v as usize).ok_or_else(|| EngineError::Malformed(format!("config.json: `{key}` missing")))

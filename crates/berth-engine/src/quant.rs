@@ -212,7 +212,9 @@ fn rows_kernel(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m:
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 fn rows_kernel_avx512(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &XRows<'_>, m: usize) {
     match q.kind {
-        BlockKind::Q4_0 | BlockKind::Q4_1 | BlockKind::Q5_0 | BlockKind::Q8_0 => avx512::rows_32(q, first_row, out, &x.by_block, m),
+        BlockKind::Q4_0 | BlockKind::Q4_1 | BlockKind::Q5_0 | BlockKind::Q8_0 => {
+            avx512::rows_32(q, first_row, out, &x.by_block, m)
+        }
         BlockKind::Q4K | BlockKind::Q6K => avx512::rows_256(q, first_row, out, x.by_row, m),
     }
 }
@@ -289,8 +291,12 @@ mod avx512 {
             BlockKind::Q8_0 => {
                 let q: &[u8; 32] = b[2..34].try_into().expect("Q8_0 block");
                 // SAFETY: `q` is 32 readable bytes; each load reads 16 of them.
-                let (q0, q1) = unsafe { (_mm_loadu_si128(q.as_ptr().cast()), _mm_loadu_si128(q.as_ptr().add(16).cast())) };
-                (_mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0))), _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1))))
+                let (q0, q1) =
+                    unsafe { (_mm_loadu_si128(q.as_ptr().cast()), _mm_loadu_si128(q.as_ptr().add(16).cast())) };
+                (
+                    _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0))),
+                    _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1))),
+                )
             }
             BlockKind::Q4_0 => {
                 let q: &[u8; 16] = b[2..18].try_into().expect("Q4_0 block");
@@ -308,7 +314,10 @@ mod avx512 {
                 // SAFETY: `q` is 16 readable bytes.
                 let v = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(q.as_ptr().cast()) });
                 let sixteen = _mm512_set1_epi32(16);
-                let lo = _mm512_or_si512(_mm512_and_si512(v, _mm512_set1_epi32(0x0F)), _mm512_maskz_mov_epi32(qh as u16, sixteen));
+                let lo = _mm512_or_si512(
+                    _mm512_and_si512(v, _mm512_set1_epi32(0x0F)),
+                    _mm512_maskz_mov_epi32(qh as u16, sixteen),
+                );
                 let hi = _mm512_or_si512(_mm512_srli_epi32::<4>(v), _mm512_maskz_mov_epi32((qh >> 16) as u16, sixteen));
                 (
                     _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, sixteen))),
@@ -376,7 +385,14 @@ mod avx512 {
     /// its weight row is paired or not and whichever half of the batch it is in.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    fn paired<const K: u8, const H: usize>(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m: usize, i0: usize) {
+    fn paired<const K: u8, const H: usize>(
+        q: &QuantMatrix,
+        first_row: usize,
+        out: &mut [f32],
+        x: &[f32],
+        m: usize,
+        i0: usize,
+    ) {
         let bytes = q.kind.bytes();
         let row_bytes = q.cols / BLOCK * bytes;
         let n = out.len() / m;
@@ -502,7 +518,11 @@ pub(crate) fn isa() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             // AVX-512F/BW only: never AMX, which these CPUs advertise but the VMs do not allow.
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
                 return Isa::Avx512;
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
@@ -602,7 +622,11 @@ impl QuantMatrix {
         // Above one pass, a short prompt goes through several: still cheaper than expanding the matrix.
         for start in (0..m).step_by(SMALL_BATCH) {
             let n = SMALL_BATCH.min(m - start);
-            self.pass(&x[start * self.cols..(start + n) * self.cols], n, &mut y[start * self.rows..(start + n) * self.rows]);
+            self.pass(
+                &x[start * self.cols..(start + n) * self.cols],
+                n,
+                &mut y[start * self.rows..(start + n) * self.rows],
+            );
         }
         Ok(y)
     }
@@ -664,7 +688,10 @@ impl QuantMatrix {
     /// transposes into `y`: `[m, rows]`.
     fn pass_with(&self, m: usize, y: &mut [f32], kernel: impl Fn(usize, &mut [f32]) + Sync) {
         let mut transposed = vec![0f32; self.rows * m];
-        transposed.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| kernel(task * ROWS_PER_TASK, out));
+        transposed
+            .par_chunks_mut(ROWS_PER_TASK * m)
+            .enumerate()
+            .for_each(|(task, out)| kernel(task * ROWS_PER_TASK, out));
         for r in 0..self.rows {
             for i in 0..m {
                 y[i * self.rows + r] = transposed[r * m + i];

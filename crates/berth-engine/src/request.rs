@@ -23,7 +23,14 @@ impl SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_p: 1.0, seed: None, presence_penalty: 0.0, frequency_penalty: 0.0, logit_bias: Vec::new() }
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+        }
     }
 }
 

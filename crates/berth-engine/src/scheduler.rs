@@ -15,7 +15,9 @@ use crate::engine::{Command, EngineOptions, EngineStats};
 use crate::error::Result;
 use crate::kv_cache::BLOCK_TOKENS;
 use crate::sampling::Sampler;
-use crate::{AdapterId, BatchContext, FinishReason, GenerateEvent, GenerateRequest, KvPool, LoraAdapter, Model, Segment};
+use crate::{
+    AdapterId, BatchContext, FinishReason, GenerateEvent, GenerateRequest, KvPool, LoraAdapter, Model, Segment,
+};
 use berth_text::{IncrementalDecoder, StopMatcher, StopOutcome};
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -71,7 +73,13 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(model: Arc<Model>, pool: KvPool, stats: Arc<EngineStats>, rx: Receiver<Command>, options: EngineOptions) -> Self {
+    pub(crate) fn new(
+        model: Arc<Model>,
+        pool: KvPool,
+        stats: Arc<EngineStats>,
+        rx: Receiver<Command>,
+        options: EngineOptions,
+    ) -> Self {
         let blocks = BlockManager::new(pool.blocks());
         Worker {
             model,
@@ -178,7 +186,10 @@ impl Worker {
         }
         let need = request.prompt.len().div_ceil(BLOCK_TOKENS);
         if need > self.blocks.total() {
-            let why = format!("the prompt needs {need} KV cache blocks of {BLOCK_TOKENS} tokens; the cache holds {}", self.blocks.total());
+            let why = format!(
+                "the prompt needs {need} KV cache blocks of {BLOCK_TOKENS} tokens; the cache holds {}",
+                self.blocks.total()
+            );
             return refuse(&events, &self.stats, why);
         }
         if request.reserved {
@@ -224,7 +235,8 @@ impl Worker {
     /// Whether ordinary requests are kept out of the reserved slots: while reserved requests have
     /// arrived in the last minute.
     fn reservation_active(&self) -> bool {
-        self.options.reserved_batch > 0 && self.reserved_seen.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60))
+        self.options.reserved_batch > 0
+            && self.reserved_seen.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60))
     }
 
     /// The next waiting sequence to admit: the oldest reserved one, else the oldest, unless ordinary
@@ -237,7 +249,11 @@ impl Worker {
             return None;
         }
         let ordinary = self.running.iter().filter(|s| !s.request.reserved).count();
-        let cap = if self.reservation_active() { self.options.max_batch.saturating_sub(self.options.reserved_batch) } else { self.options.max_batch };
+        let cap = if self.reservation_active() {
+            self.options.max_batch.saturating_sub(self.options.reserved_batch)
+        } else {
+            self.options.max_batch
+        };
         (ordinary < cap).then_some(0)
     }
 
@@ -290,7 +306,8 @@ impl Worker {
         }
         let dir = slot.dir.clone().ok_or_else(|| format!("adapter {} is not loaded", id.0))?;
         let started = std::time::Instant::now();
-        let adapter = Arc::new(self.model.load_adapter(&dir).map_err(|e| format!("adapter {} cannot be loaded: {e}", id.0))?);
+        let adapter =
+            Arc::new(self.model.load_adapter(&dir).map_err(|e| format!("adapter {} cannot be loaded: {e}", id.0))?);
         tracing::info!(adapter = %id.0, ms = started.elapsed().as_millis() as u64, bytes = adapter.bytes(), "adapter loaded");
         self.stats.adapter_loads.fetch_add(1, Ordering::Relaxed);
         if let Some(slot) = self.adapters.get_mut(id) {
@@ -455,7 +472,8 @@ impl Worker {
             tokens.extend_from_slice(&r.tokens[r.computed..r.computed + n]);
             segments.push(Segment { len: n, past: r.computed, table: &r.blocks, adapter: r.adapter.as_deref() });
         }
-        let logits = self.model.forward(&tokens, &mut BatchContext { kv: &mut self.pool, segments, all_logits: false })?;
+        let logits =
+            self.model.forward(&tokens, &mut BatchContext { kv: &mut self.pool, segments, all_logits: false })?;
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         let text = self.model.text().clone();
         let context_length = self.model.config().context_length;

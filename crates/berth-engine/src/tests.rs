@@ -85,7 +85,8 @@ mod quant_kernels {
     #[test]
     fn block_kernel_matches_dequantised_matmul() {
         let mut rng = StdRng::seed_from_u64(5);
-        for kind in [BlockKind::Q8_0, BlockKind::Q4_0, BlockKind::Q4_1, BlockKind::Q5_0, BlockKind::Q4K, BlockKind::Q6K] {
+        for kind in [BlockKind::Q8_0, BlockKind::Q4_0, BlockKind::Q4_1, BlockKind::Q5_0, BlockKind::Q4K, BlockKind::Q6K]
+        {
             let q = random_matrix(kind, 200, 512, &mut rng);
             let dense = q.dequantize().unwrap();
             for m in [1usize, 3, 16, 17] {
@@ -93,7 +94,8 @@ mod quant_kernels {
                 let x = Tensor::from_vec(x, (m, 512), &Device::Cpu).unwrap();
                 let got = q.matmul_t(&x).unwrap().to_vec2::<f32>().unwrap();
                 let want = x.matmul(&dense.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
-                let diff = got.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let diff =
+                    got.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 let scale = want.iter().flatten().map(|v| v.abs()).fold(1f32, f32::max);
                 assert!(diff / scale < 1e-5, "{kind:?} m={m}: {diff} of {scale}");
             }

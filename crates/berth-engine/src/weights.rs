@@ -50,7 +50,8 @@ pub(crate) fn load_gguf_tensors(path: &Path, content: &Content, file: &mut std::
             .map_err(|e| EngineError::Malformed(format!("{}: tensor {name}: {e}", path.display())))?;
         let dims = q.shape().dims().to_vec();
         if let (Some(kind), [rows, cols]) = (BlockKind::from_ggml(q.dtype()), dims.as_slice()) {
-            let data = q.data().map_err(|e| EngineError::Malformed(format!("{}: tensor {name}: {e}", path.display())))?;
+            let data =
+                q.data().map_err(|e| EngineError::Malformed(format!("{}: tensor {name}: {e}", path.display())))?;
             map.insert(hf, Weight::Quant(QuantMatrix::new(kind, *rows, *cols, data.into_owned())?));
             continue;
         }
@@ -142,10 +143,6 @@ pub(crate) fn unpermute_rope_rows(t: &Tensor, n_heads: usize) -> Result<Tensor> 
     }
     let head_dim = rows / n_heads;
     let rest: usize = dims[1..].iter().product();
-    let out = t
-        .reshape((n_heads, head_dim / 2, 2, rest))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape(dims)?;
+    let out = t.reshape((n_heads, head_dim / 2, 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)?;
     Ok(out)
 }

@@ -47,7 +47,11 @@ impl From<ControlError> for ArmApiError {
             ControlError::Busy(message) => Self::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message),
             other => {
                 tracing::error!(error = %other, "internal error on the management plane");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", "The server encountered an internal error. Please retry the request.")
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalServerError",
+                    "The server encountered an internal error. Please retry the request.",
+                )
             }
         }
     }

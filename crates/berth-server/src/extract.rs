@@ -20,7 +20,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ArmJson<T> {
             .await
             .map_err(|e| ArmApiError::new(e.status(), "InvalidRequestContent", e.body_text()))?;
         serde_json::from_slice(&bytes).map(ArmJson).map_err(|e| {
-            ArmApiError::bad_request("InvalidRequestContent", format!("The request content was invalid and could not be deserialized: '{e}'."))
+            ArmApiError::bad_request(
+                "InvalidRequestContent",
+                format!("The request content was invalid and could not be deserialized: '{e}'."),
+            )
         })
     }
 }
@@ -59,7 +62,9 @@ pub fn well_formed_api_version(v: &str) -> bool {
         && (1..=12).contains(&v[5..7].parse::<u32>().unwrap_or(0))
         && (1..=31).contains(&v[8..10].parse::<u32>().unwrap_or(0));
     let rest = &v[10.min(v.len())..];
-    date_ok && (rest.is_empty() || (rest.len() > 1 && rest.starts_with('-') && rest[1..].chars().all(|c| c.is_ascii_alphanumeric())))
+    date_ok
+        && (rest.is_empty()
+            || (rest.len() > 1 && rest.starts_with('-') && rest[1..].chars().all(|c| c.is_ascii_alphanumeric())))
 }
 
 /// The management plane's required `api-version`.

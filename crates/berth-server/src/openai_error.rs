@@ -56,14 +56,20 @@ impl OpenAiApiError {
 
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error on the data plane");
-        Self::plain(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", "The server had an error while processing your request. Please retry the request.")
+        Self::plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "The server had an error while processing your request. Please retry the request.",
+        )
     }
 }
 
 impl From<ControlError> for OpenAiApiError {
     fn from(e: ControlError) -> Self {
         match e {
-            ControlError::Invalid { code, message, target } => Self::invalid(target.as_deref().unwrap_or(""), code, message),
+            ControlError::Invalid { code, message, target } => {
+                Self::invalid(target.as_deref().unwrap_or(""), code, message)
+            }
             ControlError::NotFound { code, message } => Self::plain(StatusCode::NOT_FOUND, code, message),
             ControlError::Unauthenticated { message, .. } => Self::plain(StatusCode::UNAUTHORIZED, "401", message),
             ControlError::Forbidden { message, .. } => Self::plain(StatusCode::FORBIDDEN, "403", message),

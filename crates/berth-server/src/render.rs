@@ -1,8 +1,8 @@
 //! Rows to wire resources.
 
 use berth_api::arm::{
-    Account, AccountModel, AccountProperties, ArmErrorBody, Deployment, DeploymentModel, DeploymentProperties, OperationStatus,
-    RateLimit, Sku, SystemData,
+    Account, AccountModel, AccountProperties, ArmErrorBody, Deployment, DeploymentModel, DeploymentProperties,
+    OperationStatus, RateLimit, Sku, SystemData,
 };
 use berth_control::{AccountModelInfo, Control};
 use berth_control::{AccountRow, DeploymentRow, OperationRow};
@@ -116,7 +116,10 @@ pub fn operation_url(control: &Control, op: &OperationRow, api_version: &str) ->
 
 pub fn operation(op: &OperationRow) -> OperationStatus {
     OperationStatus {
-        id: format!("/subscriptions/{}/providers/Microsoft.CognitiveServices/locations/{}/operationResults/{}", op.subscription_id, op.location, op.id),
+        id: format!(
+            "/subscriptions/{}/providers/Microsoft.CognitiveServices/locations/{}/operationResults/{}",
+            op.subscription_id, op.location, op.id
+        ),
         name: op.id.clone(),
         status: op.status.clone(),
         start_time: op.start_time.clone(),

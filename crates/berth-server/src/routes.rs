@@ -1,11 +1,14 @@
 //! Every route of the server, in one place.
 
-use crate::controllers::{accounts, admin, chat_completions, completions, costs, deployments, files, fine_tuning, health, identity, managed_identity, models, operations, portal, quota};
+use crate::controllers::{
+    accounts, admin, chat_completions, completions, costs, deployments, files, fine_tuning, health, identity,
+    managed_identity, models, operations, portal, quota,
+};
 use crate::headers::common_headers;
 use crate::{AppState, ArmApiError, OpenAiApiError};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::Router;
 
@@ -55,9 +58,14 @@ pub fn router(state: AppState) -> Router {
         .route(managed_identity::IDENTITY_TOKEN_PATH, get(managed_identity::identity_token))
         .route("/berth/v1/subscriptions", post(identity::create_subscription));
     // Role assignments at every scope level.
-    for scope in ["", "/subscriptions/{subscription}", "/subscriptions/{subscription}/resourceGroups/{resource_group}", ACCOUNT] {
+    for scope in
+        ["", "/subscriptions/{subscription}", "/subscriptions/{subscription}/resourceGroups/{resource_group}", ACCOUNT]
+    {
         r = r
-            .route(&format!("{scope}/providers/Microsoft.Authorization/roleAssignments"), get(identity::list_assignments))
+            .route(
+                &format!("{scope}/providers/Microsoft.Authorization/roleAssignments"),
+                get(identity::list_assignments),
+            )
             .route(
                 &format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{{assignment}}"),
                 put(identity::put_assignment).get(identity::list_assignments).delete(identity::delete_assignment),
@@ -72,21 +80,32 @@ pub fn router(state: AppState) -> Router {
     }
     for prefix in ["", "/accounts/{account}"] {
         r = r
-            .route(&format!("{prefix}/openai/deployments/{{deployment}}/chat/completions"), post(chat_completions::chat_completions))
+            .route(
+                &format!("{prefix}/openai/deployments/{{deployment}}/chat/completions"),
+                post(chat_completions::chat_completions),
+            )
             .route(&format!("{prefix}/openai/deployments/{{deployment}}/completions"), post(completions::completions))
             .route(&format!("{prefix}/openai/models"), get(models::list_models))
             .route(&format!("{prefix}/openai/models/{{model}}"), get(models::get_model))
             .route(
                 &format!("{prefix}/openai/files"),
-                post(files::upload_file).layer(DefaultBodyLimit::max(berth_control::MAX_FILE_BYTES + (1 << 20))).get(files::list_files),
+                post(files::upload_file)
+                    .layer(DefaultBodyLimit::max(berth_control::MAX_FILE_BYTES + (1 << 20)))
+                    .get(files::list_files),
             )
             .route(&format!("{prefix}/openai/files/{{file}}"), get(files::get_file).delete(files::delete_file))
             .route(&format!("{prefix}/openai/files/{{file}}/content"), get(files::file_content))
-            .route(&format!("{prefix}/openai/fine_tuning/jobs"), post(fine_tuning::create_job).get(fine_tuning::list_jobs))
+            .route(
+                &format!("{prefix}/openai/fine_tuning/jobs"),
+                post(fine_tuning::create_job).get(fine_tuning::list_jobs),
+            )
             .route(&format!("{prefix}/openai/fine_tuning/jobs/{{job}}"), get(fine_tuning::get_job))
             .route(&format!("{prefix}/openai/fine_tuning/jobs/{{job}}/cancel"), post(fine_tuning::cancel_job))
             .route(&format!("{prefix}/openai/fine_tuning/jobs/{{job}}/events"), get(fine_tuning::list_events))
-            .route(&format!("{prefix}/openai/fine_tuning/jobs/{{job}}/checkpoints"), get(fine_tuning::list_checkpoints));
+            .route(
+                &format!("{prefix}/openai/fine_tuning/jobs/{{job}}/checkpoints"),
+                get(fine_tuning::list_checkpoints),
+            );
     }
     r.fallback(not_found)
         .layer(axum::middleware::from_fn(crate::rejections::shape_rejections))
@@ -96,7 +115,8 @@ pub fn router(state: AppState) -> Router {
 
 async fn not_found(uri: Uri) -> Response {
     if uri.path().starts_with("/subscriptions") {
-        ArmApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("The resource '{}' was not found.", uri.path())).into_response()
+        ArmApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("The resource '{}' was not found.", uri.path()))
+            .into_response()
     } else {
         OpenAiApiError::plain(StatusCode::NOT_FOUND, "404", "Resource not found").into_response()
     }

@@ -24,7 +24,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
     if certs.is_empty() {
         return Err(format!("{} holds no certificate", cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
     let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -42,10 +43,13 @@ pub fn self_signed(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), S
         return Ok((cert, key));
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let made = rcgen::generate_simple_self_signed(hosts.to_vec()).map_err(|e| format!("cannot make a certificate: {e}"))?;
+    let made =
+        rcgen::generate_simple_self_signed(hosts.to_vec()).map_err(|e| format!("cannot make a certificate: {e}"))?;
     let write = |path: &Path, text: String| -> Result<(), String> {
         let tmp = path.with_extension("pem.partial");
-        std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
     write(&key, made.signing_key.serialize_pem())?;
     write(&cert, made.cert.pem())?;

@@ -50,18 +50,28 @@ impl Store {
     pub fn delete_resource_group(&self, subscription: &str, name: &str) -> Result<Option<Result<(), DeleteRefusal>>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let exists: Option<String> =
-            tx.query_row("SELECT name FROM resource_groups WHERE subscription_id = ?1 AND name = ?2", params![subscription, name], |r| r.get(0)).optional()?;
+        let exists: Option<String> = tx
+            .query_row(
+                "SELECT name FROM resource_groups WHERE subscription_id = ?1 AND name = ?2",
+                params![subscription, name],
+                |r| r.get(0),
+            )
+            .optional()?;
         if exists.is_none() {
             return Ok(None);
         }
-        let mut st = tx.prepare("SELECT name FROM accounts WHERE subscription_id = ?1 AND resource_group = ?2 ORDER BY name")?;
-        let accounts: Vec<String> = st.query_map(params![subscription, name], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let mut st =
+            tx.prepare("SELECT name FROM accounts WHERE subscription_id = ?1 AND resource_group = ?2 ORDER BY name")?;
+        let accounts: Vec<String> =
+            st.query_map(params![subscription, name], |r| r.get(0))?.collect::<Result<_, _>>()?;
         drop(st);
         if !accounts.is_empty() {
             return Ok(Some(Err(DeleteRefusal::HasAccounts(accounts))));
         }
-        tx.execute("DELETE FROM resource_groups WHERE subscription_id = ?1 AND name = ?2", params![subscription, name])?;
+        tx.execute(
+            "DELETE FROM resource_groups WHERE subscription_id = ?1 AND name = ?2",
+            params![subscription, name],
+        )?;
         tx.commit()?;
         Ok(Some(Ok(())))
     }
@@ -99,7 +109,11 @@ impl Store {
         if !deployments.is_empty() {
             return Ok(Some(Err(DeleteRefusal::HasDeployments(deployments))));
         }
-        if let Some(job) = self.jobs(&account.key, None, 10_000)?.into_iter().find(|j| matches!(j.status.as_str(), "pending" | "running")) {
+        if let Some(job) = self
+            .jobs(&account.key, None, 10_000)?
+            .into_iter()
+            .find(|j| matches!(j.status.as_str(), "pending" | "running"))
+        {
             return Ok(Some(Err(DeleteRefusal::HasRunningJob(job.id))));
         }
         let models = self.models(&account.key)?;
@@ -114,8 +128,12 @@ impl Store {
             )?;
         }
         let jobs: Vec<String> = {
-            let mut st = tx.prepare("SELECT id FROM fine_tuning_jobs WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3")?;
-            let ids = st.query_map(params![k.subscription_id, k.resource_group, k.account], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let mut st = tx.prepare(
+                "SELECT id FROM fine_tuning_jobs WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3",
+            )?;
+            let ids = st
+                .query_map(params![k.subscription_id, k.resource_group, k.account], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
             ids
         };
         for job in &jobs {

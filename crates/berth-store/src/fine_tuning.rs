@@ -35,7 +35,9 @@ impl Store {
         Ok(self
             .conn()
             .query_row(
-                &format!("{FILE_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND id = ?4"),
+                &format!(
+                    "{FILE_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND id = ?4"
+                ),
                 params![account.subscription_id, account.resource_group, account.account, id],
                 file_from_row,
             )
@@ -47,7 +49,8 @@ impl Store {
         let mut st = conn.prepare(&format!(
             "{FILE_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 ORDER BY created_at, id"
         ))?;
-        let rows = st.query_map(params![account.subscription_id, account.resource_group, account.account], file_from_row)?;
+        let rows =
+            st.query_map(params![account.subscription_id, account.resource_group, account.account], file_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -57,7 +60,9 @@ impl Store {
         let tx = conn.transaction()?;
         let row = tx
             .query_row(
-                &format!("{FILE_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND id = ?4"),
+                &format!(
+                    "{FILE_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND id = ?4"
+                ),
                 params![account.subscription_id, account.resource_group, account.account, id],
                 file_from_row,
             )
@@ -103,7 +108,9 @@ impl Store {
         Ok(self
             .conn()
             .query_row(
-                &format!("{JOB_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND id = ?4"),
+                &format!(
+                    "{JOB_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND id = ?4"
+                ),
                 params![account.subscription_id, account.resource_group, account.account, id],
                 job_from_row,
             )
@@ -143,19 +150,26 @@ impl Store {
     pub fn transition_job(&self, id: &str, from: &[&str], to: &str, now: i64, event: &str) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let status: Option<String> = tx.query_row("SELECT status FROM fine_tuning_jobs WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
+        let status: Option<String> =
+            tx.query_row("SELECT status FROM fine_tuning_jobs WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
         if !status.is_some_and(|s| from.contains(&s.as_str())) {
             return Ok(false);
         }
         let finished = matches!(to, "succeeded" | "failed" | "cancelled").then_some(now);
-        tx.execute("UPDATE fine_tuning_jobs SET status = ?2, finished_at = COALESCE(?3, finished_at) WHERE id = ?1", params![id, to, finished])?;
+        tx.execute(
+            "UPDATE fine_tuning_jobs SET status = ?2, finished_at = COALESCE(?3, finished_at) WHERE id = ?1",
+            params![id, to, finished],
+        )?;
         insert_event(&tx, id, now, "info", event, "message", None)?;
         tx.commit()?;
         Ok(true)
     }
 
     pub fn set_job_estimate(&self, id: &str, estimated_finish: i64) -> Result<()> {
-        self.conn().execute("UPDATE fine_tuning_jobs SET estimated_finish = ?2 WHERE id = ?1", params![id, estimated_finish])?;
+        self.conn().execute(
+            "UPDATE fine_tuning_jobs SET estimated_finish = ?2 WHERE id = ?1",
+            params![id, estimated_finish],
+        )?;
         Ok(())
     }
 
@@ -164,7 +178,8 @@ impl Store {
     pub fn finish_job(&self, id: &str, end: &JobEnd, event: &str) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let status: Option<String> = tx.query_row("SELECT status FROM fine_tuning_jobs WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
+        let status: Option<String> =
+            tx.query_row("SELECT status FROM fine_tuning_jobs WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
         if status.as_deref() != Some("running") {
             return Ok(false);
         }
@@ -196,7 +211,15 @@ impl Store {
         Ok(true)
     }
 
-    pub fn add_job_event(&self, job_id: &str, now: i64, level: &str, message: &str, kind: &str, data: Option<&str>) -> Result<()> {
+    pub fn add_job_event(
+        &self,
+        job_id: &str,
+        now: i64,
+        level: &str,
+        message: &str,
+        kind: &str,
+        data: Option<&str>,
+    ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         insert_event(&tx, job_id, now, level, message, kind, data)?;
@@ -265,7 +288,8 @@ impl Store {
 
     /// Forgets metrics past `step` (a resumed job recomputes them).
     pub fn truncate_metrics(&self, job_id: &str, step: i64) -> Result<()> {
-        self.conn().execute("DELETE FROM fine_tuning_metrics WHERE job_id = ?1 AND step > ?2", params![job_id, step])?;
+        self.conn()
+            .execute("DELETE FROM fine_tuning_metrics WHERE job_id = ?1 AND step > ?2", params![job_id, step])?;
         Ok(())
     }
 
@@ -323,7 +347,11 @@ fn insert_event(
     kind: &str,
     data: Option<&str>,
 ) -> Result<()> {
-    let seq: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM fine_tuning_events WHERE job_id = ?1", params![job_id], |r| r.get(0))?;
+    let seq: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM fine_tuning_events WHERE job_id = ?1",
+        params![job_id],
+        |r| r.get(0),
+    )?;
     let hex = job_id.strip_prefix("ftjob-").unwrap_or(job_id);
     let id = format!("ftevent-{hex}-{seq}");
     conn.execute(

@@ -9,7 +9,10 @@ impl Store {
     pub fn insert_tenant(&self, t: &TenantRow, sub: &SubscriptionRow) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute("INSERT INTO tenants (id, display_name, created_at) VALUES (?1, ?2, ?3)", params![t.id, t.display_name, t.created_at])?;
+        tx.execute(
+            "INSERT INTO tenants (id, display_name, created_at) VALUES (?1, ?2, ?3)",
+            params![t.id, t.display_name, t.created_at],
+        )?;
         tx.execute(
             "INSERT INTO subscriptions (id, tenant_id, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![sub.id, sub.tenant_id, sub.display_name, sub.created_at],
@@ -59,7 +62,9 @@ impl Store {
     pub fn identity_secret(&self, digest: &str) -> Result<Option<(String, String)>> {
         Ok(self
             .conn()
-            .query_row("SELECT tenant_id, principal FROM identity_secrets WHERE digest = ?1", params![digest], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row("SELECT tenant_id, principal FROM identity_secrets WHERE digest = ?1", params![digest], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?)
     }
 
@@ -81,7 +86,11 @@ impl Store {
     pub fn role_assignment(&self, id: &str) -> Result<Option<RoleAssignmentRow>> {
         Ok(self
             .conn()
-            .query_row("SELECT id, tenant_id, principal, role, scope, created_at FROM role_assignments WHERE id = ?1", params![id], row)
+            .query_row(
+                "SELECT id, tenant_id, principal, role, scope, created_at FROM role_assignments WHERE id = ?1",
+                params![id],
+                row,
+            )
             .optional()?)
     }
 
@@ -109,5 +118,12 @@ impl Store {
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoleAssignmentRow> {
-    Ok(RoleAssignmentRow { id: r.get(0)?, tenant_id: r.get(1)?, principal: r.get(2)?, role: r.get(3)?, scope: r.get(4)?, created_at: r.get(5)? })
+    Ok(RoleAssignmentRow {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        principal: r.get(2)?,
+        role: r.get(3)?,
+        scope: r.get(4)?,
+        created_at: r.get(5)?,
+    })
 }

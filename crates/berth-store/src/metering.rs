@@ -138,7 +138,13 @@ impl Store {
              WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 ORDER BY deleted_at",
         )?;
         let rows = st.query_map(params![account.subscription_id, account.resource_group, account.account], |r| {
-            Ok(DeletionRow { account: account_key(r)?, deployment: r.get(3)?, model: r.get(4)?, reason: r.get(5)?, deleted_at: r.get(6)? })
+            Ok(DeletionRow {
+                account: account_key(r)?,
+                deployment: r.get(3)?,
+                model: r.get(4)?,
+                reason: r.get(5)?,
+                deleted_at: r.get(6)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

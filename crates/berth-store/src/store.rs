@@ -56,10 +56,19 @@ impl Store {
     // ---- tenants, subscriptions, resource groups, accounts -------------------------------------
 
     /// Creates the first tenant, subscription, resource group and account in one transaction.
-    pub fn bootstrap(&self, tenant: &TenantRow, sub: &SubscriptionRow, rg: &ResourceGroupRow, account: &AccountRow) -> Result<()> {
+    pub fn bootstrap(
+        &self,
+        tenant: &TenantRow,
+        sub: &SubscriptionRow,
+        rg: &ResourceGroupRow,
+        account: &AccountRow,
+    ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute("INSERT INTO tenants (id, display_name, created_at) VALUES (?1, ?2, ?3)", params![tenant.id, tenant.display_name, tenant.created_at])?;
+        tx.execute(
+            "INSERT INTO tenants (id, display_name, created_at) VALUES (?1, ?2, ?3)",
+            params![tenant.id, tenant.display_name, tenant.created_at],
+        )?;
         tx.execute(
             "INSERT INTO subscriptions (id, tenant_id, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![sub.id, sub.tenant_id, sub.display_name, sub.created_at],
@@ -76,13 +85,15 @@ impl Store {
     pub fn tenants(&self) -> Result<Vec<TenantRow>> {
         let conn = self.conn();
         let mut st = conn.prepare("SELECT id, display_name, created_at FROM tenants ORDER BY created_at, id")?;
-        let rows = st.query_map([], |r| Ok(TenantRow { id: r.get(0)?, display_name: r.get(1)?, created_at: r.get(2)? }))?;
+        let rows =
+            st.query_map([], |r| Ok(TenantRow { id: r.get(0)?, display_name: r.get(1)?, created_at: r.get(2)? }))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn subscriptions(&self) -> Result<Vec<SubscriptionRow>> {
         let conn = self.conn();
-        let mut st = conn.prepare("SELECT id, tenant_id, display_name, created_at FROM subscriptions ORDER BY created_at, id")?;
+        let mut st =
+            conn.prepare("SELECT id, tenant_id, display_name, created_at FROM subscriptions ORDER BY created_at, id")?;
         let rows = st.query_map([], |r| {
             Ok(SubscriptionRow { id: r.get(0)?, tenant_id: r.get(1)?, display_name: r.get(2)?, created_at: r.get(3)? })
         })?;
@@ -118,7 +129,11 @@ impl Store {
     pub fn account_by_key_digest(&self, digest: &str) -> Result<Option<AccountRow>> {
         let conn = self.conn();
         Ok(conn
-            .query_row(&format!("{ACCOUNT_SELECT} WHERE key1_digest = ?1 OR key2_digest = ?1"), params![digest], account_from_row)
+            .query_row(
+                &format!("{ACCOUNT_SELECT} WHERE key1_digest = ?1 OR key2_digest = ?1"),
+                params![digest],
+                account_from_row,
+            )
             .optional()?)
     }
 
@@ -139,7 +154,15 @@ impl Store {
             .query_row(
                 "SELECT token, tenant_id, principal, expires_at, created_at FROM access_tokens WHERE token = ?1",
                 params![token],
-                |r| Ok(AccessTokenRow { token: r.get(0)?, tenant_id: r.get(1)?, principal: r.get(2)?, expires_at: r.get(3)?, created_at: r.get(4)? }),
+                |r| {
+                    Ok(AccessTokenRow {
+                        token: r.get(0)?,
+                        tenant_id: r.get(1)?,
+                        principal: r.get(2)?,
+                        expires_at: r.get(3)?,
+                        created_at: r.get(4)?,
+                    })
+                },
             )
             .optional()?)
     }
@@ -193,7 +216,9 @@ impl Store {
         Ok(self
             .conn()
             .query_row(
-                &format!("{MODEL_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND id = ?4"),
+                &format!(
+                    "{MODEL_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND id = ?4"
+                ),
                 params![account.subscription_id, account.resource_group, account.account, id],
                 model_from_row,
             )
@@ -205,7 +230,8 @@ impl Store {
         let mut st = conn.prepare(&format!(
             "{MODEL_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 ORDER BY created_at, id"
         ))?;
-        let rows = st.query_map(params![account.subscription_id, account.resource_group, account.account], model_from_row)?;
+        let rows =
+            st.query_map(params![account.subscription_id, account.resource_group, account.account], model_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -255,7 +281,10 @@ impl Store {
         let mut st = conn.prepare(&format!(
             "{DEPLOYMENT_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 ORDER BY created_at, name"
         ))?;
-        let rows = st.query_map(params![account.subscription_id, account.resource_group, account.account], deployment_from_row)?;
+        let rows = st.query_map(
+            params![account.subscription_id, account.resource_group, account.account],
+            deployment_from_row,
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -283,7 +312,16 @@ impl Store {
         let n = tx.execute(
             "UPDATE deployments SET provisioning_state = ?1, error_code = ?2, error_message = ?3
              WHERE subscription_id = ?4 AND resource_group = ?5 AND account = ?6 AND name = ?7 AND operation_id = ?8",
-            params![state, code, message, account.subscription_id, account.resource_group, account.account, name, operation_id],
+            params![
+                state,
+                code,
+                message,
+                account.subscription_id,
+                account.resource_group,
+                account.account,
+                name,
+                operation_id
+            ],
         )?;
         let op_status = if state == "Succeeded" { "Succeeded" } else { "Failed" };
         tx.execute(
@@ -297,7 +335,13 @@ impl Store {
     /// Removes the deployment; returns the removed row.
     /// Deletes a deployment and closes its hosting at `now` (RFC 3339); with `reason`, records that
     /// Berth deleted it itself. One transaction.
-    pub fn delete_deployment(&self, account: &AccountKey, name: &str, now: &str, reason: Option<&str>) -> Result<Option<DeploymentRow>> {
+    pub fn delete_deployment(
+        &self,
+        account: &AccountKey,
+        name: &str,
+        now: &str,
+        reason: Option<&str>,
+    ) -> Result<Option<DeploymentRow>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let row = tx
@@ -380,7 +424,16 @@ pub(crate) fn insert_model(conn: &Connection, row: &ModelRow) -> Result<()> {
     conn.execute(
         "INSERT INTO models (subscription_id, resource_group, account, id, base_model, kind, path, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![row.account.subscription_id, row.account.resource_group, row.account.account, row.id, row.base_model, row.kind, row.path, row.created_at],
+        params![
+            row.account.subscription_id,
+            row.account.resource_group,
+            row.account.account,
+            row.id,
+            row.base_model,
+            row.kind,
+            row.path,
+            row.created_at
+        ],
     )?;
     Ok(())
 }
@@ -397,8 +450,10 @@ fn insert_operation(conn: &Connection, op: &OperationRow) -> Result<()> {
 const ACCOUNT_SELECT: &str =
     "SELECT subscription_id, resource_group, name, location, kind, sku, key1_digest, key1_sealed, key2_digest, key2_sealed, created_at FROM accounts";
 const BASE_SELECT: &str = "SELECT name, path, format, architecture, context_length, created_at FROM base_models";
-const MODEL_SELECT: &str = "SELECT subscription_id, resource_group, account, id, base_model, kind, path, created_at FROM models";
-const DEPLOYMENT_SELECT: &str = "SELECT subscription_id, resource_group, account, name, sku_name, sku_capacity, model_format,
+const MODEL_SELECT: &str =
+    "SELECT subscription_id, resource_group, account, id, base_model, kind, path, created_at FROM models";
+const DEPLOYMENT_SELECT: &str =
+    "SELECT subscription_id, resource_group, account, name, sku_name, sku_capacity, model_format,
     model_name, model_version, provisioning_state, error_code, error_message, etag, tags, created_by, created_at,
     modified_by, modified_at, operation_id FROM deployments";
 
@@ -430,7 +485,14 @@ fn base_from_row(r: &Row<'_>) -> rusqlite::Result<BaseModelRow> {
 }
 
 fn model_from_row(r: &Row<'_>) -> rusqlite::Result<ModelRow> {
-    Ok(ModelRow { account: account_key(r)?, id: r.get(3)?, base_model: r.get(4)?, kind: r.get(5)?, path: r.get(6)?, created_at: r.get(7)? })
+    Ok(ModelRow {
+        account: account_key(r)?,
+        id: r.get(3)?,
+        base_model: r.get(4)?,
+        kind: r.get(5)?,
+        path: r.get(6)?,
+        created_at: r.get(7)?,
+    })
 }
 
 fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<DeploymentRow> {
@@ -447,7 +509,8 @@ fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<DeploymentRow> {
         error_code: r.get(10)?,
         error_message: r.get(11)?,
         etag: r.get(12)?,
-        tags: serde_json::from_str(&tags).map_err(|e| rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e)))?,
+        tags: serde_json::from_str(&tags)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e)))?,
         created_by: r.get(14)?,
         created_at: r.get(15)?,
         modified_by: r.get(16)?,

@@ -6,9 +6,27 @@ fn seeded() -> (Store, AccountKey) {
     let key = AccountKey { subscription_id: "sub".into(), resource_group: "rg".into(), account: "acct".into() };
     s.bootstrap(
         &TenantRow { id: "t".into(), display_name: "T".into(), created_at: "2026-01-01T00:00:00Z".into() },
-        &SubscriptionRow { id: "sub".into(), tenant_id: "t".into(), display_name: "S".into(), created_at: "2026-01-01T00:00:00Z".into() },
-        &ResourceGroupRow { subscription_id: "sub".into(), name: "rg".into(), location: "local".into(), created_at: "2026-01-01T00:00:00Z".into() },
-        &AccountRow { key: key.clone(), location: "local".into(), kind: "OpenAI".into(), sku: "S0".into(), key1: stored("k1"), key2: stored("k2"), created_at: "2026-01-01T00:00:00Z".into() },
+        &SubscriptionRow {
+            id: "sub".into(),
+            tenant_id: "t".into(),
+            display_name: "S".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+        },
+        &ResourceGroupRow {
+            subscription_id: "sub".into(),
+            name: "rg".into(),
+            location: "local".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+        },
+        &AccountRow {
+            key: key.clone(),
+            location: "local".into(),
+            kind: "OpenAI".into(),
+            sku: "S0".into(),
+            key1: stored("k1"),
+            key2: stored("k2"),
+            created_at: "2026-01-01T00:00:00Z".into(),
+        },
     )
     .unwrap();
     (s, key)

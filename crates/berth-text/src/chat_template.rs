@@ -42,7 +42,11 @@ impl ChatTemplate {
         });
         env.add_function("strftime_now", |fmt: String| -> String {
             // Templates use it for a "today is" line; a fixed calendar keeps prompts reproducible.
-            fmt.replace("%d", "01").replace("%m", "01").replace("%Y", "2025").replace("%B", "January").replace("%b", "Jan")
+            fmt.replace("%d", "01")
+                .replace("%m", "01")
+                .replace("%Y", "2025")
+                .replace("%B", "January")
+                .replace("%b", "Jan")
         });
         env.add_template_owned("chat", source.to_owned())
             .map_err(|e| TextError::Template(format!("cannot compile: {e}")))?;

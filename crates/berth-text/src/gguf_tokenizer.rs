@@ -3,18 +3,20 @@
 
 use crate::TextError;
 use candle_core::quantized::gguf_file::{Content, Value};
-use tokenizers::models::bpe::Vocab;
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::Vocab;
 use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::{Prepend, Replace};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
+};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_CONTROL: u32 = 3;
@@ -64,9 +66,8 @@ fn floats(ct: &Content, key: &str) -> Result<Vec<f32>, TextError> {
 }
 
 pub(crate) fn tokenizer_from_gguf(ct: &Content) -> Result<Tokenizer, TextError> {
-    let model = meta_string(ct, "tokenizer.ggml.model").ok_or_else(|| TextError::MissingMetadata {
-        key: "tokenizer.ggml.model".into(),
-    })?;
+    let model = meta_string(ct, "tokenizer.ggml.model")
+        .ok_or_else(|| TextError::MissingMetadata { key: "tokenizer.ggml.model".into() })?;
     let tokens = strings(ct, "tokenizer.ggml.tokens")?;
     let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let mut tokenizer = match model.as_str() {
@@ -90,7 +91,11 @@ fn byte_level_bpe(ct: &Content, vocab: Vocab) -> Result<Tokenizer, TextError> {
     let pre = meta_string(ct, "tokenizer.ggml.pre").unwrap_or_else(|| "default".into());
     // Llama 3's tokenizer takes a whole word from the vocabulary before trying merges (llama.cpp does too).
     let ignore_merges = matches!(pre.as_str(), "llama3" | "llama-bpe" | "smaug-bpe");
-    let bpe = BPE::builder().vocab_and_merges(vocab, merges).ignore_merges(ignore_merges).build().map_err(TextError::tokenizer)?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(ignore_merges)
+        .build()
+        .map_err(TextError::tokenizer)?;
     let mut tokenizer = Tokenizer::new(bpe);
     // llama.cpp never adds a prefix space for byte-level BPE; neither do we.
     let byte_level_no_regex = ByteLevel::new(false, false, false);
@@ -138,13 +143,16 @@ fn sentencepiece_bpe(ct: &Content, tokens: &[String], vocab: Vocab) -> Result<To
         builder = builder.unk_token(unk);
     }
     let mut tokenizer = Tokenizer::new(builder.build().map_err(TextError::tokenizer)?);
-    let add_space_prefix = ct.metadata.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(true);
+    let add_space_prefix =
+        ct.metadata.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(true);
     let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
     if add_space_prefix {
         normalizers.push(Prepend::new("▁".into()).into());
     }
     normalizers.push(Replace::new(" ", "▁").map_err(TextError::tokenizer)?.into());
-    tokenizer.with_normalizer(Some(tokenizers::normalizers::Sequence::new(normalizers))).map_err(TextError::tokenizer)?;
+    tokenizer
+        .with_normalizer(Some(tokenizers::normalizers::Sequence::new(normalizers)))
+        .map_err(TextError::tokenizer)?;
     let mut decoders: Vec<DecoderWrapper> = vec![
         Replace::new("▁", " ").map_err(TextError::tokenizer)?.into(),
         ByteFallback::new().into(),

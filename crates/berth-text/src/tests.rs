@@ -32,7 +32,12 @@ fn chatml_template_renders_with_generation_prompt() {
 
 #[test]
 fn template_python_methods_and_raise_exception() {
-    let t = ChatTemplate::new("{{ messages[0]['content'].strip() }}{% if messages|length > 1 %}{{ raise_exception('too many') }}{% endif %}", "", "").unwrap();
+    let t = ChatTemplate::new(
+        "{{ messages[0]['content'].strip() }}{% if messages|length > 1 %}{{ raise_exception('too many') }}{% endif %}",
+        "",
+        "",
+    )
+    .unwrap();
     assert_eq!(t.render(&[ChatMessage::new("user", "  x  ")], false).unwrap(), "x");
     let err = t.render(&[ChatMessage::new("user", "a"), ChatMessage::new("user", "b")], false).unwrap_err();
     assert!(err.to_string().contains("too many"), "{err}");

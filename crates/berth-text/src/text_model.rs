@@ -7,7 +7,8 @@ use tokenizers::Tokenizer;
 
 /// Token pieces that end a turn in the chat formats we know, whatever the metadata says
 /// (llama.cpp's "end of generation" set does the same).
-const END_OF_TURN_PIECES: &[&str] = &["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "</s>"];
+const END_OF_TURN_PIECES: &[&str] =
+    &["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "</s>"];
 
 /// A model's tokenizer, special tokens and chat template.
 #[derive(Debug)]
@@ -40,10 +41,8 @@ impl TextModel {
     /// `generation_config.json` / `config.json` for the end-of-sequence ids.
     pub fn from_hf_dir(dir: &Path) -> Result<Self, TextError> {
         let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| TextError::Io {
-            path: tokenizer_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| TextError::Io { path: tokenizer_path.display().to_string(), reason: e.to_string() })?;
         let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
         let token_of = |key: &str| -> Option<(u32, String)> {
             let text = match config.get(key)? {
@@ -127,7 +126,11 @@ impl TextModel {
 
     /// Renders a conversation as it is, optionally opening the assistant's turn after it: a trainer
     /// renders growing prefixes of one conversation to find where each assistant turn starts and ends.
-    pub fn render_conversation(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TextError> {
+    pub fn render_conversation(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TextError> {
         self.template.as_ref().ok_or(TextError::NoChatTemplate)?.render(messages, add_generation_prompt)
     }
 

@@ -65,7 +65,10 @@ pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Example>, FileProblems> {
         Ok(t) => t,
         Err(e) => {
             let line = bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
-            return Err(FileProblems { problems: vec![LineProblem { line, message: "the file is not UTF-8 text".into() }], total: 1 });
+            return Err(FileProblems {
+                problems: vec![LineProblem { line, message: "the file is not UTF-8 text".into() }],
+                total: 1,
+            });
         }
     };
     for (i, raw) in text.lines().enumerate() {
@@ -78,7 +81,10 @@ pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Example>, FileProblems> {
         }
     }
     if examples.is_empty() && problems.is_empty() {
-        problems.push(LineProblem { line: 0, message: "the file is empty: it needs at least one line with a chat example".into() });
+        problems.push(LineProblem {
+            line: 0,
+            message: "the file is empty: it needs at least one line with a chat example".into(),
+        });
     }
     if problems.is_empty() {
         Ok(examples)
@@ -112,7 +118,8 @@ fn parse_line(line: usize, raw: &str) -> std::result::Result<Example, String> {
         };
         let content = match m.get("content") {
             Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) => text_parts(parts).ok_or_else(|| format!("message {j}: content parts must be {{\"type\": \"text\", \"text\": ...}}"))?,
+            Some(Value::Array(parts)) => text_parts(parts)
+                .ok_or_else(|| format!("message {j}: content parts must be {{\"type\": \"text\", \"text\": ...}}"))?,
             None | Some(Value::Null) => return Err(format!("message {j} ({role}) has no \"content\"")),
             Some(_) => return Err(format!("message {j} ({role}): \"content\" must be a string")),
         };
@@ -140,7 +147,9 @@ fn parse_line(line: usize, raw: &str) -> std::result::Result<Example, String> {
         return Err("the last message must be the assistant's".into());
     }
     if chars > MAX_EXAMPLE_CHARS {
-        return Err(format!("the example is too long: {chars} characters of content, the limit is {MAX_EXAMPLE_CHARS}"));
+        return Err(format!(
+            "the example is too long: {chars} characters of content, the limit is {MAX_EXAMPLE_CHARS}"
+        ));
     }
     Ok(Example { line, messages: out, trained })
 }
@@ -178,14 +187,18 @@ pub fn tokenize(example: &Example, text: &TextModel, max_tokens: usize) -> Resul
     let mut tokens: Vec<u32> = Vec::new();
     let mut targets: Vec<bool> = Vec::new();
     let mut rendered = String::new();
-    let data_err = |e: berth_text::TextError| TrainError::Data(format!("line {}: cannot render the conversation: {e}", example.line));
+    let data_err = |e: berth_text::TextError| {
+        TrainError::Data(format!("line {}: cannot render the conversation: {e}", example.line))
+    };
     for (i, m) in example.messages.iter().enumerate() {
         if m.role != "assistant" {
             continue;
         }
         let prompt = text.render_conversation(&example.messages[..i], true).map_err(data_err)?;
         let full = text.render_conversation(&example.messages[..=i], false).map_err(data_err)?;
-        let (Some(prompt_new), Some(answer)) = (prompt.strip_prefix(rendered.as_str()), full.strip_prefix(prompt.as_str())) else {
+        let (Some(prompt_new), Some(answer)) =
+            (prompt.strip_prefix(rendered.as_str()), full.strip_prefix(prompt.as_str()))
+        else {
             return Err(TrainError::Data(format!(
                 "line {}: the model's chat template does not render this conversation turn by turn, so its assistant turns cannot be located",
                 example.line
@@ -240,7 +253,10 @@ mod tests {
 
     #[test]
     fn empty_and_overlong_files_are_refused() {
-        assert_eq!(parse_jsonl(b"\n \n").unwrap_err().to_string(), "The file has 1 problem: the file is empty: it needs at least one line with a chat example");
+        assert_eq!(
+            parse_jsonl(b"\n \n").unwrap_err().to_string(),
+            "The file has 1 problem: the file is empty: it needs at least one line with a chat example"
+        );
         let long = "x".repeat(MAX_EXAMPLE_CHARS + 1);
         let line = format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"{long}\"}}, {{\"role\": \"assistant\", \"content\": \"y\"}}]}}");
         let err = parse_jsonl(line.as_bytes()).unwrap_err();
@@ -253,7 +269,8 @@ mod tests {
         let ex = parse_jsonl(line.as_bytes()).unwrap();
         assert_eq!(ex[0].messages[0].content, "Be brief.");
         assert_eq!(ex[0].trained, vec![false, false, false, false, true]);
-        let bad = r#"{"messages": [{"role": "user", "content": "a", "weight": 1}, {"role": "assistant", "content": "b"}]}"#;
+        let bad =
+            r#"{"messages": [{"role": "user", "content": "a", "weight": 1}, {"role": "assistant", "content": "b"}]}"#;
         assert!(parse_jsonl(bad.as_bytes()).unwrap_err().to_string().contains("\"weight\" must be 0 or 1"));
     }
 }

@@ -23,4 +23,6 @@ pub use error::{Result, TrainError};
 pub use lora_model::{LoraModel, LoraSettings, SequenceLoss, TARGETS};
 pub use optimizer::{AdamW, AdamWConfig};
 pub use peft::{write_adapter, CONFIG_FILE, WEIGHTS_FILE};
-pub use trainer::{learning_rate, train, Checkpoint, Hyperparameters, Observer, StepMetrics, TrainEvent, TrainOutcome, TrainSpec};
+pub use trainer::{
+    learning_rate, train, Checkpoint, Hyperparameters, Observer, StepMetrics, TrainEvent, TrainOutcome, TrainSpec,
+};

@@ -36,9 +36,7 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("frozen-matmul: f32 input expected")
-        };
+        let CpuStorage::F32(data) = storage else { candle_core::bail!("frozen-matmul: f32 input expected") };
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("frozen-matmul: contiguous input expected")
         };
@@ -131,18 +129,22 @@ impl LoraModel {
         let cfg = weights.config.clone();
         for t in &settings.targets {
             if !TARGETS.contains(&t.as_str()) {
-                return Err(TrainError::Hyperparameters(format!("'{t}' is not a module LoRA can target; use {}", TARGETS.join(", "))));
+                return Err(TrainError::Hyperparameters(format!(
+                    "'{t}' is not a module LoRA can target; use {}",
+                    TARGETS.join(", ")
+                )));
             }
         }
         if settings.rank == 0 || settings.rank > 256 {
-            return Err(TrainError::Hyperparameters(format!("the LoRA rank {} is out of range 1..=256", settings.rank)));
+            return Err(TrainError::Hyperparameters(format!(
+                "the LoRA rank {} is out of range 1..=256",
+                settings.rank
+            )));
         }
         let get = |name: &str| -> Result<Tensor> {
-            weights
-                .tensors
-                .get(name)
-                .cloned()
-                .ok_or_else(|| TrainError::Model(berth_engine::EngineError::Malformed(format!("missing tensor {name}"))))
+            weights.tensors.get(name).cloned().ok_or_else(|| {
+                TrainError::Model(berth_engine::EngineError::Malformed(format!("missing tensor {name}")))
+            })
         };
         let mut rng = StdRng::seed_from_u64(seed);
         let embed = get("model.embed_tokens.weight")?;
@@ -158,7 +160,8 @@ impl LoraModel {
                 let lora = if settings.targets.iter().any(|t| t == module) {
                     let (out, inp) = w.dims2()?;
                     let bound = 1.0 / (inp as f64).sqrt();
-                    let a: Vec<f32> = (0..settings.rank * inp).map(|_| rng.random_range(-bound..bound) as f32).collect();
+                    let a: Vec<f32> =
+                        (0..settings.rank * inp).map(|_| rng.random_range(-bound..bound) as f32).collect();
                     Some(LoraVars {
                         a: Var::from_tensor(&Tensor::from_vec(a, (settings.rank, inp), &Device::Cpu)?)?,
                         b: Var::zeros((out, settings.rank), DType::F32, &Device::Cpu)?,
@@ -235,7 +238,9 @@ impl LoraModel {
         for layer in &self.layers {
             let l = &layer.linears;
             let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
-            let heads = |t: Tensor, count: usize| -> Result<Tensor> { Ok(t.reshape((n, count, hd))?.transpose(0, 1)?.contiguous()?) };
+            let heads = |t: Tensor, count: usize| -> Result<Tensor> {
+                Ok(t.reshape((n, count, hd))?.transpose(0, 1)?.contiguous()?)
+            };
             let q = rope(&heads(l[0].forward(&h, self.scale)?, nh)?, &cos, &sin)?;
             let k = rope(&heads(l[1].forward(&h, self.scale)?, nkv)?, &cos, &sin)?;
             let v = heads(l[2].forward(&h, self.scale)?, nkv)?;
@@ -342,7 +347,10 @@ fn rope_tables(cfg: &ModelConfig, positions: &[usize]) -> Result<(Tensor, Tensor
             sin.extend(row.iter().map(|r| r.1));
         }
     }
-    Ok((Tensor::from_vec(cos, (n, cfg.head_dim), &Device::Cpu)?, Tensor::from_vec(sin, (n, cfg.head_dim), &Device::Cpu)?))
+    Ok((
+        Tensor::from_vec(cos, (n, cfg.head_dim), &Device::Cpu)?,
+        Tensor::from_vec(sin, (n, cfg.head_dim), &Device::Cpu)?,
+    ))
 }
 
 /// `[n, n]` additive mask: position `i` sees `j` when both are in the same sequence and `j <= i`
@@ -360,7 +368,11 @@ fn packed_causal_mask(lens: &[usize], window: Option<usize>) -> Result<Tensor> {
             let start = &start;
             (0..n).map(move |j| {
                 let visible = j <= i && j >= start[i] && window.is_none_or(|w| i - j < w);
-                if visible { 0.0 } else { f32::NEG_INFINITY }
+                if visible {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
             })
         })
         .collect();

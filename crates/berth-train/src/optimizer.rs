@@ -73,7 +73,9 @@ impl AdamW {
 
     pub fn restore(&mut self, names: &[String], state: &HashMap<String, Tensor>, steps: usize) -> Result<()> {
         for (i, name) in names.iter().enumerate() {
-            let get = |k: String| state.get(&k).cloned().ok_or_else(|| crate::TrainError::Data(format!("optimizer state lacks {k}")));
+            let get = |k: String| {
+                state.get(&k).cloned().ok_or_else(|| crate::TrainError::Data(format!("optimizer state lacks {k}")))
+            };
             self.m[i] = get(format!("m.{name}"))?;
             self.v[i] = get(format!("v.{name}"))?;
         }

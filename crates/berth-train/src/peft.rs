@@ -29,7 +29,8 @@ pub fn write_adapter(model: &LoraModel, base_name: &str, dir: &Path) -> Result<(
     });
     let path = dir.join(CONFIG_FILE);
     std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap_or_default()).map_err(|e| io_err(&path, e))?;
-    let tensors: HashMap<String, Tensor> = model.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    let tensors: HashMap<String, Tensor> =
+        model.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
     let path = dir.join(WEIGHTS_FILE);
     candle_core::safetensors::save(&tensors, &path).map_err(|e| io_err(&path, e))
 }

@@ -98,7 +98,12 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainEvent {
     /// Data tokenised and model built; `resumed_after_epoch` is set when earlier epochs were restored.
-    Prepared { examples: usize, train_tokens: usize, total_steps: usize, resumed_after_epoch: Option<usize> },
+    Prepared {
+        examples: usize,
+        train_tokens: usize,
+        total_steps: usize,
+        resumed_after_epoch: Option<usize>,
+    },
     Step(StepMetrics),
     Checkpoint(Checkpoint),
 }
@@ -136,7 +141,9 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
     let h = &spec.hyper;
     h.validate()?;
     let weights = load_dense_weights(&spec.base)?;
-    let tokenized = |set: &[Example]| -> Result<Vec<TokenizedExample>> { set.iter().map(|e| tokenize(e, &weights.text, h.max_tokens)).collect() };
+    let tokenized = |set: &[Example]| -> Result<Vec<TokenizedExample>> {
+        set.iter().map(|e| tokenize(e, &weights.text, h.max_tokens)).collect()
+    };
     let train_set = tokenized(&spec.train)?;
     let valid_set = tokenized(&spec.validation)?;
     if train_set.is_empty() {
@@ -155,7 +162,8 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
     let resumed = latest_epoch(&spec.work_dir);
     if let Some(epoch) = resumed {
         let dir = epoch_dir(&spec.work_dir, epoch);
-        let load = |f: &str| candle_core::safetensors::load(dir.join(f), &Device::Cpu).map_err(|e| io_err(&dir.join(f), e));
+        let load =
+            |f: &str| candle_core::safetensors::load(dir.join(f), &Device::Cpu).map_err(|e| io_err(&dir.join(f), e));
         model.load_vars(&load(crate::peft::WEIGHTS_FILE)?)?;
         opt.restore(&names, &load(OPTIMIZER_FILE)?, epoch * steps_per_epoch)?;
     }
@@ -206,8 +214,11 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
             if !train_loss.is_finite() {
                 return Err(TrainError::Diverged { step, loss: train_loss });
             }
-            let grads: Vec<Tensor> =
-                grads.into_iter().zip(&vars).map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok)).collect::<candle_core::Result<_>>()?;
+            let grads: Vec<Tensor> = grads
+                .into_iter()
+                .zip(&vars)
+                .map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
+                .collect::<candle_core::Result<_>>()?;
             let grads = clip(grads, h.max_grad_norm)?;
             let lr = learning_rate(h.learning_rate, step, total_steps);
             opt.step(&vars, &grads, lr)?;
@@ -218,8 +229,9 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
             let (valid_loss, valid_acc) = if !valid_set.is_empty() && (step % eval_every == 0 || step == total_steps) {
                 // A rotating window of a couple of examples keeps the per-step figure cheap; the full
                 // set is scored at the end of each epoch.
-                let picked: Vec<&TokenizedExample> =
-                    (0..VALID_WINDOW.min(valid_set.len())).map(|k| &valid_set[(valid_cursor + k) % valid_set.len()]).collect();
+                let picked: Vec<&TokenizedExample> = (0..VALID_WINDOW.min(valid_set.len()))
+                    .map(|k| &valid_set[(valid_cursor + k) % valid_set.len()])
+                    .collect();
                 valid_cursor = (valid_cursor + picked.len()) % valid_set.len();
                 let (l, a) = evaluate(&model, picked)?;
                 (Some(l), Some(a))
@@ -347,7 +359,8 @@ fn save_epoch(spec: &TrainSpec, model: &LoraModel, opt: &AdamW, names: &[String]
     std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
     write_adapter(model, &spec.base_name, &tmp)?;
     let state: HashMap<String, Tensor> = opt.state(names);
-    candle_core::safetensors::save(&state, tmp.join(OPTIMIZER_FILE)).map_err(|e| io_err(&tmp.join(OPTIMIZER_FILE), e))?;
+    candle_core::safetensors::save(&state, tmp.join(OPTIMIZER_FILE))
+        .map_err(|e| io_err(&tmp.join(OPTIMIZER_FILE), e))?;
     let info = serde_json::json!({ "epoch": epoch, "step": opt.steps() });
     std::fs::write(tmp.join(STATE_FILE), info.to_string()).map_err(|e| io_err(&tmp.join(STATE_FILE), e))?;
     let _ = std::fs::remove_dir_all(&dir);

@@ -2,12 +2,18 @@
 //! against finite differences, the loss going down, and runs that are reproducible and resumable.
 
 use berth_engine::{load_dense_weights, load_model};
-use berth_train::{parse_jsonl, tokenize, train, Example, Hyperparameters, LoraModel, LoraSettings, Observer, TrainError, TrainEvent, TrainSpec};
+use berth_train::{
+    parse_jsonl, tokenize, train, Example, Hyperparameters, LoraModel, LoraSettings, Observer, TrainError, TrainEvent,
+    TrainSpec,
+};
 use candle_core::{Tensor, Var};
 use std::path::{Path, PathBuf};
 
 fn gguf() -> PathBuf {
-    PathBuf::from(std::env::var("BERTH_TEST_GGUF").expect("set BERTH_TEST_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-model.sh)"))
+    PathBuf::from(
+        std::env::var("BERTH_TEST_GGUF")
+            .expect("set BERTH_TEST_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-model.sh)"),
+    )
 }
 
 fn examples(n: usize) -> Vec<Example> {
@@ -35,7 +41,8 @@ fn the_trainer_computes_what_the_engine_computes() {
     // With non-zero factors, written as a PEFT adapter and loaded by the engine.
     for (i, (_, var)) in model.named_vars().into_iter().enumerate() {
         let t = var.as_tensor();
-        let noise = (Tensor::randn(0f32, 0.02, t.shape(), t.device()).unwrap() * if i % 2 == 1 { 1.0 } else { 0.0 }).unwrap();
+        let noise =
+            (Tensor::randn(0f32, 0.02, t.shape(), t.device()).unwrap() * if i % 2 == 1 { 1.0 } else { 0.0 }).unwrap();
         var.set(&(t + noise).unwrap()).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
@@ -53,7 +60,12 @@ fn the_trainer_computes_what_the_engine_computes() {
 #[test]
 fn gradients_match_finite_differences() {
     let weights = load_dense_weights(&gguf()).unwrap();
-    let model = LoraModel::new(&weights, LoraSettings { rank: 4, alpha: 8.0, targets: vec!["q_proj".into(), "down_proj".into()] }, 3).unwrap();
+    let model = LoraModel::new(
+        &weights,
+        LoraSettings { rank: 4, alpha: 8.0, targets: vec!["q_proj".into(), "down_proj".into()] },
+        3,
+    )
+    .unwrap();
     let vars: Vec<(String, Var)> = model.named_vars().into_iter().map(|(n, v)| (n, v.clone())).collect();
     for (name, v) in &vars {
         if name.contains("lora_B") {
@@ -61,7 +73,8 @@ fn gradients_match_finite_differences() {
         }
     }
     let ex = tokenize(&examples(2)[1], &weights.text, 512).unwrap();
-    let loss = |m: &LoraModel| m.sequence_loss(&ex.tokens, &ex.targets).unwrap().loss_sum.to_scalar::<f32>().unwrap() as f64;
+    let loss =
+        |m: &LoraModel| m.sequence_loss(&ex.tokens, &ex.targets).unwrap().loss_sum.to_scalar::<f32>().unwrap() as f64;
     let grads = model.sequence_loss(&ex.tokens, &ex.targets).unwrap().loss_sum.backward().unwrap();
     let mut checked = 0;
     for (name, var) in vars.iter().filter(|(n, _)| n.contains("layers.0.") || n.contains("layers.29.")) {
@@ -163,10 +176,12 @@ fn runs_lower_the_loss_are_reproducible_and_resume_where_they_stopped() {
     assert!(last_epoch < 0.7 * first_epoch, "the loss did not go down: {:?}", full.losses);
 
     // The same seed gives the same adapter, bit for bit.
-    let b = train(&spec(&tmp.path().join("b"), 11), &mut Collect { losses: vec![], checkpoints: 0, resumed: None }).unwrap();
+    let b = train(&spec(&tmp.path().join("b"), 11), &mut Collect { losses: vec![], checkpoints: 0, resumed: None })
+        .unwrap();
     assert_eq!(adapter_bytes(&a.adapter_dir), adapter_bytes(&b.adapter_dir));
     // Another seed does not.
-    let c = train(&spec(&tmp.path().join("c"), 12), &mut Collect { losses: vec![], checkpoints: 0, resumed: None }).unwrap();
+    let c = train(&spec(&tmp.path().join("c"), 12), &mut Collect { losses: vec![], checkpoints: 0, resumed: None })
+        .unwrap();
     assert_ne!(adapter_bytes(&a.adapter_dir), adapter_bytes(&c.adapter_dir));
 
     // Interrupted after the first epoch, then resumed: the same adapter as the uninterrupted run.
@@ -186,7 +201,10 @@ fn packed_sequences_give_the_losses_they_give_alone() {
     let weights = load_dense_weights(&gguf()).unwrap();
     let model = LoraModel::new(&weights, LoraSettings::default(), 5).unwrap();
     let ex: Vec<_> = examples(3).iter().map(|e| tokenize(e, &weights.text, 512).unwrap()).collect();
-    let alone: f32 = ex.iter().map(|e| model.sequence_loss(&e.tokens, &e.targets).unwrap().loss_sum.to_scalar::<f32>().unwrap()).sum();
+    let alone: f32 = ex
+        .iter()
+        .map(|e| model.sequence_loss(&e.tokens, &e.targets).unwrap().loss_sum.to_scalar::<f32>().unwrap())
+        .sum();
     let seqs: Vec<(&[u32], &[bool])> = ex.iter().map(|e| (&e.tokens[..], &e.targets[..])).collect();
     let packed = model.packed_loss(&seqs).unwrap();
     let together = packed.loss_sum.to_scalar::<f32>().unwrap();

@@ -4,16 +4,16 @@
 
 use crate::attention::{paged_attention, AttentionShape};
 use crate::batch::SegmentView;
-use crate::kv_cache::BLOCK_TOKENS;
-use crate::ops;
 use crate::error::Result;
+use crate::kv_cache::BLOCK_TOKENS;
 use crate::linear::{Linear, Matrix};
 use crate::lora::Target;
+use crate::ops;
 use crate::quant::QuantMatrix;
 use crate::weights::{TensorMap, Weight};
-use std::sync::Arc;
 use crate::{BatchContext, EngineError, ModelConfig};
 use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
 
 struct Layer {
     input_norm: Vec<f32>,
@@ -63,7 +63,10 @@ impl Decoder {
         let mut take = |name: &str, shape: &[usize]| -> Result<Weight> {
             let t = w.remove(name).ok_or_else(|| EngineError::Malformed(format!("missing tensor {name}")))?;
             if t.dims() != shape {
-                return Err(EngineError::Malformed(format!("tensor {name} has shape {:?}, expected {shape:?}", t.dims())));
+                return Err(EngineError::Malformed(format!(
+                    "tensor {name} has shape {:?}, expected {shape:?}",
+                    t.dims()
+                )));
             }
             Ok(t)
         };
@@ -123,16 +126,28 @@ impl Decoder {
         let mut start = 0;
         for s in &ctx.segments {
             if s.past + s.len > cfg.context_length {
-                return Err(EngineError::Tensor(format!("{} positions exceed the context length {}", s.past + s.len, cfg.context_length)));
+                return Err(EngineError::Tensor(format!(
+                    "{} positions exceed the context length {}",
+                    s.past + s.len,
+                    cfg.context_length
+                )));
             }
             if s.table.len() * BLOCK_TOKENS < s.past + s.len || s.table.iter().any(|&b| b as usize >= ctx.kv.blocks()) {
-                return Err(EngineError::Tensor(format!("the block table does not cover {} positions", s.past + s.len)));
+                return Err(EngineError::Tensor(format!(
+                    "the block table does not cover {} positions",
+                    s.past + s.len
+                )));
             }
             positions.extend((s.past..s.past + s.len).map(|p| p as u32));
             views.push(SegmentView { start, len: s.len, past: s.past, table: s.table, adapter: s.adapter });
             start += s.len;
         }
-        let shape = AttentionShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim, window: cfg.sliding_window };
+        let shape = AttentionShape {
+            heads: cfg.num_heads,
+            kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            window: cfg.sliding_window,
+        };
         let (q_dim, kv_dim) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
         let mut x = self.embed.lookup(tokens)?;
         let mut h = Vec::new();
@@ -173,7 +188,8 @@ fn vector(w: Weight) -> Result<Vec<f32>> {
 
 fn rope_tables(cfg: &ModelConfig) -> (Vec<f32>, Vec<f32>) {
     let half = cfg.head_dim / 2;
-    let inv: Vec<f32> = (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32).collect();
+    let inv: Vec<f32> =
+        (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32).collect();
     let mut cos = Vec::with_capacity(cfg.context_length * half);
     let mut sin = Vec::with_capacity(cfg.context_length * half);
     for t in 0..cfg.context_length {

@@ -1,7 +1,9 @@
 //! The engine on the real SmolLM2-135M-Instruct GGUF (path in `BERTH_TEST_GGUF`; `scripts/fetch-model.sh`
 //! fetches it). Without the variable these tests fail and say so: they are never skipped silently.
 
-use berth_engine::{load_model, ChatMessage, Engine, EngineOptions, FinishReason, GenerateEvent, GenerateRequest, Model, SamplingParams};
+use berth_engine::{
+    load_model, ChatMessage, Engine, EngineOptions, FinishReason, GenerateEvent, GenerateRequest, Model, SamplingParams,
+};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -11,8 +13,9 @@ pub(crate) fn model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let path = std::env::var("BERTH_TEST_GGUF")
-                .expect("set BERTH_TEST_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-model.sh prints the path)");
+            let path = std::env::var("BERTH_TEST_GGUF").expect(
+                "set BERTH_TEST_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-model.sh prints the path)",
+            );
             Arc::new(load_model(&PathBuf::from(path), None).expect("load model"))
         })
         .clone()
@@ -52,8 +55,8 @@ fn smollm2_answers_a_factual_question_greedily() {
             max_tokens: 40,
             stop: vec![],
             cache_scope: String::new(),
-        ignore_eos: false,
-        reserved: false,
+            ignore_eos: false,
+            reserved: false,
         },
     );
     assert!(text.contains("Paris"), "{text:?}");
@@ -164,7 +167,16 @@ fn a_client_that_goes_away_frees_its_sequence() {
     let m = model();
     let engine = Engine::start(m.clone(), EngineOptions::default()).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
-    let request = GenerateRequest { prompt: chat_prompt(&m, "Tell me a very long story."), adapter: None, sampling: SamplingParams::greedy(), max_tokens: 4000, stop: vec![], cache_scope: String::new(), ignore_eos: false, reserved: false };
+    let request = GenerateRequest {
+        prompt: chat_prompt(&m, "Tell me a very long story."),
+        adapter: None,
+        sampling: SamplingParams::greedy(),
+        max_tokens: 4000,
+        stop: vec![],
+        cache_scope: String::new(),
+        ignore_eos: false,
+        reserved: false,
+    };
     engine.submit(request, tx).unwrap();
     assert!(matches!(rx.blocking_recv(), Some(GenerateEvent::Text(_))));
     assert_eq!(engine.stats().running(), 1);

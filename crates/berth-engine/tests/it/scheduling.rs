@@ -3,8 +3,8 @@
 
 use super::{chat_prompt, model};
 use berth_engine::{
-    AdapterId, BatchContext, Engine, EngineHandle, EngineOptions, GenerateEvent, GenerateRequest, LoraAdapter, Model, SamplingParams,
-    Segment, BLOCK_TOKENS,
+    AdapterId, BatchContext, Engine, EngineHandle, EngineOptions, GenerateEvent, GenerateRequest, LoraAdapter, Model,
+    SamplingParams, Segment, BLOCK_TOKENS,
 };
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
@@ -92,8 +92,14 @@ fn random_adapter(m: &Model, dir: &std::path::Path, seed: u64, targets: &[&str])
             let (parent, out, inp) = shape(t);
             let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-0.05f32..0.05)).collect() };
             let stem = format!("base_model.model.model.layers.{layer}.{parent}.{t}");
-            tensors.insert(format!("{stem}.lora_A.weight"), Tensor::from_vec(rand(rank * inp), (rank, inp), &Device::Cpu).unwrap());
-            tensors.insert(format!("{stem}.lora_B.weight"), Tensor::from_vec(rand(out * rank), (out, rank), &Device::Cpu).unwrap());
+            tensors.insert(
+                format!("{stem}.lora_A.weight"),
+                Tensor::from_vec(rand(rank * inp), (rank, inp), &Device::Cpu).unwrap(),
+            );
+            tensors.insert(
+                format!("{stem}.lora_B.weight"),
+                Tensor::from_vec(rand(out * rank), (out, rank), &Device::Cpu).unwrap(),
+            );
         }
     }
     candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
@@ -107,14 +113,16 @@ fn sixteen_streams_over_eight_adapters_answer_as_each_alone() {
     let m = model();
     let engine = Engine::start(m.clone(), EngineOptions::default()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let target_sets: [&[&str]; 4] = [&["q_proj", "v_proj"], &["gate_proj", "down_proj"], &["k_proj", "o_proj", "up_proj"], &["q_proj"]];
+    let target_sets: [&[&str]; 4] =
+        [&["q_proj", "v_proj"], &["gate_proj", "down_proj"], &["k_proj", "o_proj", "up_proj"], &["q_proj"]];
     for i in 0..8 {
         let dir = tmp.path().join(format!("a{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         let adapter = random_adapter(&m, &dir, i as u64, target_sets[i % 4]);
         engine.add_adapter(AdapterId(format!("a{i}")), Arc::new(adapter)).unwrap();
     }
-    let names: Vec<Option<String>> = (0..16).map(|i| if i % 9 == 8 { None } else { Some(format!("a{}", i % 8)) }).collect();
+    let names: Vec<Option<String>> =
+        (0..16).map(|i| if i % 9 == 8 { None } else { Some(format!("a{}", i % 8)) }).collect();
     let requests: Vec<GenerateRequest> =
         (0..16).map(|i| request(chat_prompt(&m, QUESTIONS[i % 8]), names[i].as_deref(), 12, "t")).collect();
     let alone: Vec<String> = requests.iter().map(|r| one(&engine, r.clone()).text).collect();
@@ -140,7 +148,8 @@ fn a_mixed_batch_gives_each_row_its_own_adapter() {
         prompts.iter().zip(adapters).map(|(p, ad)| m.logits(p, ad).unwrap().pop().unwrap()).collect();
     let blocks_each = prompts.iter().map(|p| p.len().div_ceil(BLOCK_TOKENS)).max().unwrap();
     let mut pool = m.new_kv_pool(blocks_each * 3);
-    let tables: Vec<Vec<u32>> = (0..3).map(|i| ((i * blocks_each) as u32..((i + 1) * blocks_each) as u32).collect()).collect();
+    let tables: Vec<Vec<u32>> =
+        (0..3).map(|i| ((i * blocks_each) as u32..((i + 1) * blocks_each) as u32).collect()).collect();
     let segments = prompts
         .iter()
         .zip(adapters)
@@ -154,7 +163,11 @@ fn a_mixed_batch_gives_each_row_its_own_adapter() {
         worst = x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
     }
     assert!(worst < 1e-3, "mixed batch differs from alone by {worst}");
-    let moved = alone[0].iter().zip(&m.logits(&prompts[0], Some(&a)).unwrap().pop().unwrap()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let moved = alone[0]
+        .iter()
+        .zip(&m.logits(&prompts[0], Some(&a)).unwrap().pop().unwrap())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     assert!(moved > 0.5, "the adapter must move the logits: {moved}");
 }
 
@@ -191,12 +204,18 @@ fn a_cached_prefix_skips_prefill_within_its_scope_only() {
 #[test]
 fn chunked_prefill_and_preemption_keep_greedy_answers() {
     let m = model();
-    let requests: Vec<GenerateRequest> = (0..4).map(|i| request(chat_prompt(&m, QUESTIONS[i]), None, 40, "t")).collect();
-    let reference = Engine::start(m.clone(), EngineOptions { prefix_cache: false, ..EngineOptions::default() }).unwrap();
+    let requests: Vec<GenerateRequest> =
+        (0..4).map(|i| request(chat_prompt(&m, QUESTIONS[i]), None, 40, "t")).collect();
+    let reference =
+        Engine::start(m.clone(), EngineOptions { prefix_cache: false, ..EngineOptions::default() }).unwrap();
     let alone: Vec<Answer> = requests.iter().map(|r| one(&reference, r.clone())).collect();
 
     // Prompts prefilled 5 tokens a step, interleaved with the others' decoding.
-    let chunked = Engine::start(m.clone(), EngineOptions { max_batch_tokens: 5, max_batch: 4, prefix_cache: false, ..EngineOptions::default() }).unwrap();
+    let chunked = Engine::start(
+        m.clone(),
+        EngineOptions { max_batch_tokens: 5, max_batch: 4, prefix_cache: false, ..EngineOptions::default() },
+    )
+    .unwrap();
     let texts = |v: Vec<Answer>| v.into_iter().map(|a| a.text).collect::<Vec<_>>();
     let want = texts(alone.clone());
     assert_eq!(texts(run_all(&chunked, requests.clone())), want);
@@ -204,7 +223,11 @@ fn chunked_prefill_and_preemption_keep_greedy_answers() {
     // A KV pool of 8 blocks cannot hold four sequences of ~70 tokens: some are preempted and
     // recomputed, with and without the prefix cache helping.
     for prefix_cache in [false, true] {
-        let tight = EngineOptions { kv_cache_bytes: m.kv_bytes_per_token() * BLOCK_TOKENS * 8, prefix_cache, ..EngineOptions::default() };
+        let tight = EngineOptions {
+            kv_cache_bytes: m.kv_bytes_per_token() * BLOCK_TOKENS * 8,
+            prefix_cache,
+            ..EngineOptions::default()
+        };
         let engine = Engine::start(m.clone(), tight).unwrap();
         assert_eq!(texts(run_all(&engine, requests.clone())), want);
         assert!(engine.stats().preemptions() > 0, "the pool was meant to run out");
@@ -214,7 +237,11 @@ fn chunked_prefill_and_preemption_keep_greedy_answers() {
 #[test]
 fn a_prompt_larger_than_the_pool_fails_cleanly() {
     let m = model();
-    let engine = Engine::start(m.clone(), EngineOptions { kv_cache_bytes: m.kv_bytes_per_token() * BLOCK_TOKENS * 2, ..EngineOptions::default() }).unwrap();
+    let engine = Engine::start(
+        m.clone(),
+        EngineOptions { kv_cache_bytes: m.kv_bytes_per_token() * BLOCK_TOKENS * 2, ..EngineOptions::default() },
+    )
+    .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(8);
     engine.submit(request(vec![1; 40], None, 4, "t"), tx).unwrap();
     match rx.blocking_recv() {
@@ -228,7 +255,8 @@ fn a_prompt_larger_than_the_pool_fails_cleanly() {
 #[test]
 fn a_full_queue_is_refused_at_once() {
     let m = model();
-    let engine = Engine::start(m.clone(), EngineOptions { queue_depth: 2, max_batch: 1, ..EngineOptions::default() }).unwrap();
+    let engine =
+        Engine::start(m.clone(), EngineOptions { queue_depth: 2, max_batch: 1, ..EngineOptions::default() }).unwrap();
     let mut kept = Vec::new();
     let mut refused = 0;
     for _ in 0..8 {
@@ -255,7 +283,9 @@ fn adapters_beyond_the_pool_budget_are_evicted_and_reloaded() {
         dirs.push(dir);
     }
     // Room for one adapter and a half: every switch of adapter is a load from disk.
-    let engine = Engine::start(m.clone(), EngineOptions { adapter_cache_bytes: bytes * 3 / 2, ..EngineOptions::default() }).unwrap();
+    let engine =
+        Engine::start(m.clone(), EngineOptions { adapter_cache_bytes: bytes * 3 / 2, ..EngineOptions::default() })
+            .unwrap();
     let reference = Engine::start(m.clone(), EngineOptions::default()).unwrap();
     for (i, dir) in dirs.iter().enumerate() {
         engine.register_adapter(AdapterId(format!("a{i}")), dir.clone(), None).unwrap();
@@ -280,7 +310,11 @@ fn adapters_beyond_the_pool_budget_are_evicted_and_reloaded() {
 fn reserved_requests_jump_the_queue_and_keep_their_slots() {
     let m = model();
     // Two slots, one reserved once reserved traffic has been seen; a queue of two ordinary requests.
-    let engine = Engine::start(m.clone(), EngineOptions { max_batch: 2, reserved_batch: 1, queue_depth: 2, ..EngineOptions::default() }).unwrap();
+    let engine = Engine::start(
+        m.clone(),
+        EngineOptions { max_batch: 2, reserved_batch: 1, queue_depth: 2, ..EngineOptions::default() },
+    )
+    .unwrap();
     let long = |n| {
         let mut r = request(chat_prompt(&m, "Tell me a very long story."), None, n, "t");
         r.ignore_eos = true;

@@ -1,14 +1,17 @@
 //! Subscriptions and accounts: what `berth account show` and `az` read.
 
 use super::AccountPath;
+use crate::extract::ArmJson;
 use crate::extract::{arm_api_version, ArmPrincipal};
 use crate::{render, AppState, ArmApiError};
-use crate::extract::ArmJson;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use berth_api::arm::{Account, AccountKeys, AccountPut, List, RegenerateKey, ResourceGroup, ResourceGroupProperties, ResourceGroupPut, Subscription};
+use berth_api::arm::{
+    Account, AccountKeys, AccountPut, List, RegenerateKey, ResourceGroup, ResourceGroupProperties, ResourceGroupPut,
+    Subscription,
+};
 use berth_control::AccountPutInput;
 use serde::Deserialize;
 
@@ -191,5 +194,9 @@ pub async fn delete_resource_group(
 ) -> Result<StatusCode, ArmApiError> {
     arm_api_version(&uri)?;
     state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
-    Ok(if state.delete_resource_group(&path.subscription, &path.resource_group)? { StatusCode::OK } else { StatusCode::NO_CONTENT })
+    Ok(if state.delete_resource_group(&path.subscription, &path.resource_group)? {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    })
 }

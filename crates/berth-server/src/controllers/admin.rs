@@ -8,8 +8,8 @@ use axum::http::{StatusCode, Uri};
 use axum::Json;
 use berth_api::admin::{AccessToken, BaseModel, BaseModelAdd, ImportedModel, ModelImport};
 use berth_api::arm::List;
-use berth_control::ModelSource;
 use berth_control::BaseModelRow;
+use berth_control::ModelSource;
 
 fn base_model(b: BaseModelRow) -> BaseModel {
     BaseModel {
@@ -88,10 +88,17 @@ pub async fn issue_token(
     let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TokenRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ArmApiError::bad_request("InvalidRequestContent", format!("Send {{\"tenant\": ..., \"principal\": ...}} or nothing: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ArmApiError::bad_request(
+                "InvalidRequestContent",
+                format!("Send {{\"tenant\": ..., \"principal\": ...}} or nothing: {e}"),
+            )
+        })?
     };
-    let target = req.principal.map(|object_id| berth_control::Principal { tenant_id: req.tenant.clone().unwrap_or_else(|| principal.tenant_id.clone()), object_id });
+    let target = req.principal.map(|object_id| berth_control::Principal {
+        tenant_id: req.tenant.clone().unwrap_or_else(|| principal.tenant_id.clone()),
+        object_id,
+    });
     let row = state.issue_token(&principal, target.as_ref())?;
     let holder = berth_control::Principal { tenant_id: row.tenant_id.clone(), object_id: row.principal.clone() };
     let subscription = state.subscriptions_for(&holder)?.into_iter().next().map(|s| s.id).unwrap_or_default();

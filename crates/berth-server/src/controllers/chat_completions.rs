@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_api::openai::{
-    ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta, ChatMessageOut, Content,
-    PromptFilterResult, Usage,
+    ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta, ChatMessageOut,
+    Content, PromptFilterResult, Usage,
 };
 use berth_control::{AccountRow, Route};
 use berth_engine::{ChatMessage, FinishReason};
@@ -23,7 +23,11 @@ const MAX_MESSAGES: usize = 2048;
 /// Validates the messages and flattens their content to text.
 fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, OpenAiApiError> {
     if req.messages.is_empty() {
-        return Err(OpenAiApiError::invalid("messages", "invalid_value", "'messages' must contain at least one message."));
+        return Err(OpenAiApiError::invalid(
+            "messages",
+            "invalid_value",
+            "'messages' must contain at least one message.",
+        ));
     }
     if req.messages.len() > MAX_MESSAGES {
         return Err(OpenAiApiError::invalid(
@@ -60,10 +64,18 @@ fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, OpenAiApiEr
                 text
             }
             None if m.role == "assistant" && m.tool_calls.is_some() => {
-                return Err(OpenAiApiError::invalid(&format!("messages[{i}].tool_calls"), "invalid_value", "Tool calls are not supported by this model."))
+                return Err(OpenAiApiError::invalid(
+                    &format!("messages[{i}].tool_calls"),
+                    "invalid_value",
+                    "Tool calls are not supported by this model.",
+                ))
             }
             None => {
-                return Err(OpenAiApiError::invalid(&format!("messages[{i}].content"), "invalid_value", format!("messages[{i}] has no 'content'.")))
+                return Err(OpenAiApiError::invalid(
+                    &format!("messages[{i}].content"),
+                    "invalid_value",
+                    format!("messages[{i}] has no 'content'."),
+                ))
             }
         };
         let role = if m.role == "developer" { "system" } else { m.role.as_str() };
@@ -74,7 +86,11 @@ fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, OpenAiApiEr
 
 fn refuse_unsupported(req: &ChatCompletionRequest) -> Result<(), OpenAiApiError> {
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(OpenAiApiError::invalid("tools", "unsupported_parameter", "Tools (function calling) are not supported by this deployment's model."));
+        return Err(OpenAiApiError::invalid(
+            "tools",
+            "unsupported_parameter",
+            "Tools (function calling) are not supported by this deployment's model.",
+        ));
     }
     if req.logprobs == Some(true) || req.top_logprobs.is_some_and(|n| n > 0) {
         return Err(OpenAiApiError::invalid("logprobs", "unsupported_parameter", "'logprobs' is not supported yet."));
@@ -106,17 +122,43 @@ pub async fn chat_completions(
     generation::limits_on_error(&state, &account, &deployment, answer(&state, &account, &deployment, &route, req).await)
 }
 
-async fn answer(state: &AppState, account: &AccountRow, deployment: &str, route: &Route, req: ChatCompletionRequest) -> Result<Response, OpenAiApiError> {
+async fn answer(
+    state: &AppState,
+    account: &AccountRow,
+    deployment: &str,
+    route: &Route,
+    req: ChatCompletionRequest,
+) -> Result<Response, OpenAiApiError> {
     refuse_unsupported(&req)?;
     let msgs = messages(&req)?;
     let text = route.engine.model().text().clone();
-    let sampling = generation::validate_sampling(&req.sampling, text.vocab_size(), req.max_completion_tokens.or(req.sampling.max_tokens))?;
+    let sampling = generation::validate_sampling(
+        &req.sampling,
+        text.vocab_size(),
+        req.max_completion_tokens.or(req.sampling.max_tokens),
+    )?;
     let prompt = blocking(move || {
-        let rendered = text.render_chat(&msgs).map_err(|e| OpenAiApiError::invalid("messages", "invalid_value", format!("The messages cannot be formatted for this model: {e}")))?;
+        let rendered = text.render_chat(&msgs).map_err(|e| {
+            OpenAiApiError::invalid(
+                "messages",
+                "invalid_value",
+                format!("The messages cannot be formatted for this model: {e}"),
+            )
+        })?;
         text.encode(&rendered).map_err(OpenAiApiError::internal)
     })
     .await?;
-    let submitted = generation::submit(state, account, deployment, "ChatCompletions_Create", route, &[prompt], &sampling, "messages", None)?;
+    let submitted = generation::submit(
+        state,
+        account,
+        deployment,
+        "ChatCompletions_Create",
+        route,
+        &[prompt],
+        &sampling,
+        "messages",
+        None,
+    )?;
     let remaining = submitted.remaining();
     let id = generation::completion_id("chatcmpl");
     let created = berth_control::unix_now();

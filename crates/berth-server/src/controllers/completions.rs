@@ -30,21 +30,38 @@ pub async fn completions(
     generation::limits_on_error(&state, &account, &deployment, answer(&state, &account, &deployment, &route, req).await)
 }
 
-async fn answer(state: &AppState, account: &AccountRow, deployment: &str, route: &Route, req: CompletionRequest) -> Result<Response, OpenAiApiError> {
+async fn answer(
+    state: &AppState,
+    account: &AccountRow,
+    deployment: &str,
+    route: &Route,
+    req: CompletionRequest,
+) -> Result<Response, OpenAiApiError> {
     if req.logprobs.is_some_and(|n| n > 0) {
         return Err(OpenAiApiError::invalid("logprobs", "unsupported_parameter", "'logprobs' is not supported yet."));
     }
     if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
-        return Err(OpenAiApiError::invalid("suffix", "unsupported_parameter", "'suffix' (insertion) is not supported by this model."));
+        return Err(OpenAiApiError::invalid(
+            "suffix",
+            "unsupported_parameter",
+            "'suffix' (insertion) is not supported by this model.",
+        ));
     }
     let text = route.engine.model().text().clone();
     let sampling = generation::validate_sampling(&req.sampling, text.vocab_size(), req.sampling.max_tokens)?;
     if let Some(best_of) = req.best_of {
         if best_of != sampling.n as i64 {
-            return Err(OpenAiApiError::invalid("best_of", "unsupported_parameter", "'best_of' other than 'n' is not supported."));
+            return Err(OpenAiApiError::invalid(
+                "best_of",
+                "unsupported_parameter",
+                "'best_of' other than 'n' is not supported.",
+            ));
         }
     }
-    let prompt = req.prompt.clone().ok_or_else(|| OpenAiApiError::invalid("prompt", "missing_required_parameter", "'prompt' is required."))?;
+    let prompt = req
+        .prompt
+        .clone()
+        .ok_or_else(|| OpenAiApiError::invalid("prompt", "missing_required_parameter", "'prompt' is required."))?;
     // A token the embedding has no row for would fail the whole batch in the engine: refuse it here.
     let vocab = text.vocab_size().min(route.engine.model().config().vocab_size);
     let prompts: Vec<Vec<u32>> = blocking(move || match prompt {
@@ -58,7 +75,11 @@ async fn answer(state: &AppState, account: &AccountRow, deployment: &str, route:
         return Err(OpenAiApiError::invalid("prompt", "invalid_value", "'prompt' must not be an empty list."));
     }
     if let Some(bad) = prompts.iter().flatten().find(|&&id| id as usize >= vocab) {
-        return Err(OpenAiApiError::invalid("prompt", "invalid_value", format!("Token id {bad} is outside this model's vocabulary of {vocab}.")));
+        return Err(OpenAiApiError::invalid(
+            "prompt",
+            "invalid_value",
+            format!("Token id {bad} is outside this model's vocabulary of {vocab}."),
+        ));
     }
     let echo: Vec<String> = if req.echo == Some(true) {
         let text = route.engine.model().text().clone();
@@ -66,11 +87,28 @@ async fn answer(state: &AppState, account: &AccountRow, deployment: &str, route:
     } else {
         vec![String::new(); prompts.len()]
     };
-    let submitted = generation::submit(state, account, deployment, "Completions_Create", route, &prompts, &sampling, "prompt", Some(DEFAULT_MAX_TOKENS))?;
+    let submitted = generation::submit(
+        state,
+        account,
+        deployment,
+        "Completions_Create",
+        route,
+        &prompts,
+        &sampling,
+        "prompt",
+        Some(DEFAULT_MAX_TOKENS),
+    )?;
     let remaining = submitted.remaining();
     let id = generation::completion_id("cmpl");
     let created = berth_control::unix_now();
-    let format = CompletionFormat { id, created, model: route.model_name.clone(), fingerprint: generation::fingerprint(route), echo, n: sampling.n };
+    let format = CompletionFormat {
+        id,
+        created,
+        model: route.model_name.clone(),
+        fingerprint: generation::fingerprint(route),
+        echo,
+        n: sampling.n,
+    };
     if sampling.stream {
         return Ok(generation::sse(submitted, format, sampling.include_usage));
     }
@@ -107,7 +145,9 @@ impl CompletionFormat {
             model: self.model.clone(),
             system_fingerprint: self.fingerprint.clone(),
             prompt_filter_results: if filters {
-                (0..self.echo.len() as u32).map(|i| PromptFilterResult { prompt_index: i, content_filter_results: BTreeMap::new() }).collect()
+                (0..self.echo.len() as u32)
+                    .map(|i| PromptFilterResult { prompt_index: i, content_filter_results: BTreeMap::new() })
+                    .collect()
             } else {
                 vec![]
             },

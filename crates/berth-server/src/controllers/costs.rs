@@ -47,9 +47,16 @@ pub async fn cost_report(
     let now = berth_control::unix_now();
     let to = q.to.clone().unwrap_or_else(berth_control::now_rfc3339);
     let from = q.from.clone().unwrap_or_else(|| {
-        chrono::DateTime::from_timestamp(now - 30 * 86_400, 0).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        chrono::DateTime::from_timestamp(now - 30 * 86_400, 0)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     });
-    let scope = CostScope { subscription: path.subscription.clone(), resource_group: q.resource_group, account: q.account, deployment: q.deployment };
+    let scope = CostScope {
+        subscription: path.subscription.clone(),
+        resource_group: q.resource_group,
+        account: q.account,
+        deployment: q.deployment,
+    };
     let report = state.cost_report(&scope, &from, &to)?;
     let value: Vec<CostLineOut> = report
         .lines
@@ -103,9 +110,15 @@ pub async fn move_clock(
     body: Result<Json<ClockMove>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ArmApiError> {
     if !state.config().test_clock {
-        return Err(ArmApiError::new(StatusCode::NOT_FOUND, "NotFound", "The clock can only be moved on a server started with --test-clock."));
+        return Err(ArmApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "The clock can only be moved on a server started with --test-clock.",
+        ));
     }
-    let Json(m) = body.map_err(|e| ArmApiError::bad_request("InvalidRequestContent", format!("Send {{\"advanceSeconds\": N}}: {e}")))?;
+    let Json(m) = body.map_err(|e| {
+        ArmApiError::bad_request("InvalidRequestContent", format!("Send {{\"advanceSeconds\": N}}: {e}"))
+    })?;
     if m.advance_seconds < 0 {
         return Err(ArmApiError::bad_request("InvalidRequestContent", "The clock only moves forward."));
     }

@@ -46,7 +46,12 @@ pub async fn create_or_update_deployment(
 }
 
 /// What PUT and PATCH share: SKU, tags, api-version and caller.
-fn base_input(sku: Option<&Sku>, tags: Option<BTreeMap<String, String>>, api_version: &str, caller: &str) -> DeploymentPutInput {
+fn base_input(
+    sku: Option<&Sku>,
+    tags: Option<BTreeMap<String, String>>,
+    api_version: &str,
+    caller: &str,
+) -> DeploymentPutInput {
     DeploymentPutInput {
         sku_name: sku.map(|s| s.name.clone()),
         sku_capacity: sku.and_then(|s| s.capacity),
@@ -101,7 +106,10 @@ pub async fn update_deployment(
     let api_version = arm_api_version(&uri)?;
     state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
     state.deployment(&path.key(), &path.deployment)?;
-    let input = DeploymentPutInput { patch: true, ..base_input(body.sku.as_ref(), body.tags, &api_version, &principal.object_id) };
+    let input = DeploymentPutInput {
+        patch: true,
+        ..base_input(body.sku.as_ref(), body.tags, &api_version, &principal.object_id)
+    };
     let outcome = state.0.put_deployment(&path.key(), &path.deployment, input)?;
     Ok(Json(render::deployment(&state, &outcome.row)).into_response())
 }
@@ -120,9 +128,18 @@ pub async fn delete_deployment(
 
 /// Deploying from another account needs read on it: with the caller's own token inside its tenant,
 /// or, across tenants, with the source tenant's token in `x-ms-authorization-auxiliary`.
-fn authorize_source(state: &AppState, principal: &berth_control::Principal, headers: &axum::http::HeaderMap, source: &str, target: &str) -> Result<(), ArmApiError> {
+fn authorize_source(
+    state: &AppState,
+    principal: &berth_control::Principal,
+    headers: &axum::http::HeaderMap,
+    source: &str,
+    target: &str,
+) -> Result<(), ArmApiError> {
     let Some(key) = berth_control::parse_account_id(source) else {
-        return Err(ArmApiError::bad_request("InvalidResourceProperties", format!("'{source}' is not the resource id of an account (/subscriptions/.../accounts/{{name}}).")));
+        return Err(ArmApiError::bad_request(
+            "InvalidResourceProperties",
+            format!("'{source}' is not the resource id of an account (/subscriptions/.../accounts/{{name}})."),
+        ));
     };
     let source_tenant = state.tenant_of_subscription(&key.subscription_id)?;
     if source_tenant.as_deref() == Some(principal.tenant_id.as_str()) || source_tenant.is_none() {

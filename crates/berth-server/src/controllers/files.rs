@@ -27,22 +27,39 @@ pub async fn upload_file(
 ) -> Result<(StatusCode, Json<FileObject>), OpenAiApiError> {
     openai_api_version(&uri)?;
     let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
-    let mut multipart = multipart.map_err(|e| multipart_error(format!("The upload must be multipart/form-data with the fields 'purpose' and 'file': {e}")))?;
+    let mut multipart = multipart.map_err(|e| {
+        multipart_error(format!("The upload must be multipart/form-data with the fields 'purpose' and 'file': {e}"))
+    })?;
     let (mut purpose, mut file) = (None, None);
     loop {
-        let field = multipart.next_field().await.map_err(|e| multipart_error(format!("The multipart body cannot be read: {e}")))?;
+        let field = multipart
+            .next_field()
+            .await
+            .map_err(|e| multipart_error(format!("The multipart body cannot be read: {e}")))?;
         let Some(field) = field else { break };
         match field.name() {
-            Some("purpose") => purpose = Some(field.text().await.map_err(|e| multipart_error(format!("The 'purpose' field cannot be read: {e}")))?),
+            Some("purpose") => {
+                purpose = Some(
+                    field
+                        .text()
+                        .await
+                        .map_err(|e| multipart_error(format!("The 'purpose' field cannot be read: {e}")))?,
+                )
+            }
             Some("file") => {
                 let name = field.file_name().unwrap_or("upload.jsonl").to_owned();
-                let bytes = field.bytes().await.map_err(|e| multipart_error(format!("The 'file' field cannot be read: {e}")))?;
+                let bytes = field
+                    .bytes()
+                    .await
+                    .map_err(|e| multipart_error(format!("The 'file' field cannot be read: {e}")))?;
                 file = Some((name, bytes));
             }
             _ => {}
         }
     }
-    let purpose = purpose.ok_or_else(|| OpenAiApiError::invalid("purpose", "invalidPayload", "The 'purpose' field is required; use 'fine-tune'."))?;
+    let purpose = purpose.ok_or_else(|| {
+        OpenAiApiError::invalid("purpose", "invalidPayload", "The 'purpose' field is required; use 'fine-tune'.")
+    })?;
     let (name, bytes) = file.ok_or_else(|| multipart_error("The 'file' field is required."))?;
     let row = {
         let state = state.clone();
@@ -53,7 +70,12 @@ pub async fn upload_file(
     Ok((StatusCode::CREATED, Json(render::file(&row))))
 }
 
-pub async fn list_files(State(state): State<AppState>, uri: Uri, headers: HeaderMap, prefix: AccountPrefix) -> Result<Json<Page<FileObject>>, OpenAiApiError> {
+pub async fn list_files(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    prefix: AccountPrefix,
+) -> Result<Json<Page<FileObject>>, OpenAiApiError> {
     openai_api_version(&uri)?;
     let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     Ok(Json(Page::new(state.files(&account.key)?.iter().map(render::file).collect(), false)))

@@ -24,7 +24,11 @@ impl PageQuery {
             None => Ok(20),
             Some(l) => match l.parse::<usize>() {
                 Ok(n) if (1..=100).contains(&n) => Ok(n),
-                _ => Err(OpenAiApiError::invalid("limit", "invalid_value", format!("'{l}' is not a valid limit: use a number from 1 to 100."))),
+                _ => Err(OpenAiApiError::invalid(
+                    "limit",
+                    "invalid_value",
+                    format!("'{l}' is not a valid limit: use a number from 1 to 100."),
+                )),
             },
         }
     }
@@ -40,7 +44,10 @@ fn hyper<T: std::str::FromStr>(value: &HyperValue, name: &str) -> Result<Option<
         OpenAiApiError::invalid(
             &format!("hyperparameters.{name}"),
             "invalid_value",
-            format!("'{}' is not a valid value for {name}: use a number or \"auto\".", value.as_ref().map(Value::to_string).unwrap_or_default()),
+            format!(
+                "'{}' is not a valid value for {name}: use a number or \"auto\".",
+                value.as_ref().map(Value::to_string).unwrap_or_default()
+            ),
         )
     };
     match value {
@@ -63,7 +70,11 @@ pub async fn create_job(
     let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     if let Some(kind) = req.method.as_ref().and_then(|m| m.kind.as_deref()) {
         if kind != "supervised" {
-            return Err(OpenAiApiError::invalid("method.type", "invalid_value", format!("The method '{kind}' is not supported; use 'supervised'.")));
+            return Err(OpenAiApiError::invalid(
+                "method.type",
+                "invalid_value",
+                format!("The method '{kind}' is not supported; use 'supervised'."),
+            ));
         }
     }
     let hp = req

@@ -9,9 +9,9 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_api::openai::{OneOrMany, SamplingFields, Usage};
+use berth_control::AccountRow;
 use berth_control::{ControlError, DeploymentKey, Route};
 use berth_engine::{EngineError, FinishReason, GenerateEvent, GenerateRequest, SamplingParams};
-use berth_control::AccountRow;
 use futures_util::stream::{self, SelectAll, StreamExt};
 use std::convert::Infallible;
 use tokio::sync::mpsc::Receiver;
@@ -32,14 +32,22 @@ impl<S: Send + Sync> FromRequestParts<S> for AccountPrefix {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
         let path = parts.uri.path();
         Ok(AccountPrefix(
-            path.strip_prefix("/accounts/").and_then(|rest| rest.split('/').next()).filter(|s| !s.is_empty()).map(str::to_owned),
+            path.strip_prefix("/accounts/")
+                .and_then(|rest| rest.split('/').next())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
         ))
     }
 }
 
 /// The account a data-plane call acts on: the key's account (a key may do anything on its account), or
 /// for a bearer token the one account it may do `action` on (or the one the path names).
-pub fn resolve_account(state: &AppState, headers: &HeaderMap, prefix: Option<&str>, action: berth_control::Action) -> Result<AccountRow, OpenAiApiError> {
+pub fn resolve_account(
+    state: &AppState,
+    headers: &HeaderMap,
+    prefix: Option<&str>,
+    action: berth_control::Action,
+) -> Result<AccountRow, OpenAiApiError> {
     let denied = || {
         OpenAiApiError::plain(
             StatusCode::UNAUTHORIZED,
@@ -96,7 +104,12 @@ pub fn resolve_account(state: &AppState, headers: &HeaderMap, prefix: Option<&st
 }
 
 /// An error answer of a known deployment carries its remaining limits too.
-pub fn limits_on_error(state: &AppState, account: &AccountRow, deployment: &str, result: Result<Response, OpenAiApiError>) -> Result<Response, OpenAiApiError> {
+pub fn limits_on_error(
+    state: &AppState,
+    account: &AccountRow,
+    deployment: &str,
+    result: Result<Response, OpenAiApiError>,
+) -> Result<Response, OpenAiApiError> {
     result.map_err(|mut e| {
         if e.remaining.is_none() {
             e.remaining = state.rate_remaining(&account.key, deployment);
@@ -119,7 +132,11 @@ pub struct Sampling {
     pub include_usage: bool,
 }
 
-pub fn validate_sampling(f: &SamplingFields, vocab: usize, max_tokens: Option<i64>) -> Result<Sampling, OpenAiApiError> {
+pub fn validate_sampling(
+    f: &SamplingFields,
+    vocab: usize,
+    max_tokens: Option<i64>,
+) -> Result<Sampling, OpenAiApiError> {
     let range = |param: &str, v: Option<f64>, lo: f64, hi: f64| -> Result<Option<f64>, OpenAiApiError> {
         match v {
             Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => Err(OpenAiApiError::invalid(
@@ -136,7 +153,11 @@ pub fn validate_sampling(f: &SamplingFields, vocab: usize, max_tokens: Option<i6
     let frequency = range("frequency_penalty", f.frequency_penalty, -2.0, 2.0)?.unwrap_or(0.0);
     let n = f.n.unwrap_or(1);
     if !(1..=128).contains(&n) {
-        return Err(OpenAiApiError::invalid("n", "invalid_value", format!("{n} is not a valid value for 'n': it must be between 1 and 128.")));
+        return Err(OpenAiApiError::invalid(
+            "n",
+            "invalid_value",
+            format!("{n} is not a valid value for 'n': it must be between 1 and 128."),
+        ));
     }
     let stop = match &f.stop {
         None => vec![],
@@ -144,11 +165,19 @@ pub fn validate_sampling(f: &SamplingFields, vocab: usize, max_tokens: Option<i6
         Some(OneOrMany::Many(v)) => v.clone(),
     };
     if stop.len() > 4 {
-        return Err(OpenAiApiError::invalid("stop", "invalid_value", format!("'stop' takes at most 4 sequences; {} were given.", stop.len())));
+        return Err(OpenAiApiError::invalid(
+            "stop",
+            "invalid_value",
+            format!("'stop' takes at most 4 sequences; {} were given.", stop.len()),
+        ));
     }
     let max_tokens = match max_tokens {
         Some(m) if m < 1 => {
-            return Err(OpenAiApiError::invalid("max_tokens", "invalid_value", format!("{m} is not a valid value for 'max_tokens': it must be at least 1.")))
+            return Err(OpenAiApiError::invalid(
+                "max_tokens",
+                "invalid_value",
+                format!("{m} is not a valid value for 'max_tokens': it must be at least 1."),
+            ))
         }
         Some(m) => Some(m as usize),
         None => None,
@@ -156,10 +185,18 @@ pub fn validate_sampling(f: &SamplingFields, vocab: usize, max_tokens: Option<i6
     let mut logit_bias = Vec::new();
     for (token, bias) in f.logit_bias.iter().flatten() {
         let id = token.parse::<u32>().ok().filter(|id| (*id as usize) < vocab).ok_or_else(|| {
-            OpenAiApiError::invalid("logit_bias", "invalid_value", format!("'{token}' in 'logit_bias' is not a token id of this model (0 to {}).", vocab - 1))
+            OpenAiApiError::invalid(
+                "logit_bias",
+                "invalid_value",
+                format!("'{token}' in 'logit_bias' is not a token id of this model (0 to {}).", vocab - 1),
+            )
         })?;
         if !(-100.0..=100.0).contains(bias) {
-            return Err(OpenAiApiError::invalid("logit_bias", "invalid_value", format!("The bias {bias} for token {token} must be between -100 and 100.")));
+            return Err(OpenAiApiError::invalid(
+                "logit_bias",
+                "invalid_value",
+                format!("The bias {bias} for token {token} must be between -100 and 100."),
+            ));
         }
         logit_bias.push((id, *bias as f32));
     }
@@ -212,7 +249,13 @@ impl Charge {
         let cached = usage.prompt_tokens_details.cached_tokens;
         let charged = if self.provisioned { usage.prompt_tokens.saturating_sub(cached) } else { usage.prompt_tokens };
         self.ticket.settle(charged + usage.completion_tokens, std::time::Instant::now());
-        self.control.record_usage(&self.account, &self.deployment, usage.prompt_tokens, cached, usage.completion_tokens);
+        self.control.record_usage(
+            &self.account,
+            &self.deployment,
+            usage.prompt_tokens,
+            cached,
+            usage.completion_tokens,
+        );
     }
 }
 
@@ -301,13 +344,21 @@ pub fn submit(
             };
             // A refusal here leaves the admission charged at its estimate: the engine was asked.
             route.engine.submit(request, tx).map_err(|e| match e {
-                EngineError::Busy(m) => OpenAiApiError::overloaded(format!("The deployment is at capacity ({m}). Please retry after 1 second.")),
+                EngineError::Busy(m) => OpenAiApiError::overloaded(format!(
+                    "The deployment is at capacity ({m}). Please retry after 1 second."
+                )),
                 other => OpenAiApiError::internal(other),
             })?;
             out.push(Running { index: (p * sampling.n + j) as u32, prompt_index: p, events: rx });
         }
     }
-    let charge = Charge { ticket, provisioned, control: state.0.clone(), account: account.key.clone(), deployment: deployment.to_owned() };
+    let charge = Charge {
+        ticket,
+        provisioned,
+        control: state.0.clone(),
+        account: account.key.clone(),
+        deployment: deployment.to_owned(),
+    };
     Ok(Submitted { running: out, charge })
 }
 
@@ -416,7 +467,11 @@ pub fn sse<F: ChunkFormat>(submitted: Submitted, format: F, include_usage: bool)
         loop {
             match st.events.next().await {
                 Some((index, _, GenerateEvent::Text(t))) => return Some((Ok(frame(st.format.text(index, t))), st)),
-                Some((index, prompt, GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens })) => {
+                Some((
+                    index,
+                    prompt,
+                    GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens },
+                )) => {
                     st.prompt_tokens.insert(prompt, prompt_tokens as u64);
                     st.cached_tokens.entry(prompt).or_insert(cached_tokens as u64);
                     st.completion_tokens += completion_tokens as u64;
@@ -425,13 +480,18 @@ pub fn sse<F: ChunkFormat>(submitted: Submitted, format: F, include_usage: bool)
                 Some((_, _, GenerateEvent::Failed(e))) => {
                     st.done = true;
                     let err = failed(e);
-                    let body = serde_json::to_string(&berth_api::openai::OpenAiError { error: err.body }).unwrap_or_default();
+                    let body =
+                        serde_json::to_string(&berth_api::openai::OpenAiError { error: err.body }).unwrap_or_default();
                     return Some((Ok(frame(body)), st));
                 }
                 None => {
                     st.done = true;
                     let mut tail = String::new();
-                    let usage = Usage::new(st.prompt_tokens.values().sum(), st.completion_tokens, st.cached_tokens.values().sum());
+                    let usage = Usage::new(
+                        st.prompt_tokens.values().sum(),
+                        st.completion_tokens,
+                        st.cached_tokens.values().sum(),
+                    );
                     if let Some(charge) = st.charge.take() {
                         charge.finish(&usage);
                     }
@@ -453,7 +513,9 @@ pub fn sse<F: ChunkFormat>(submitted: Submitted, format: F, include_usage: bool)
 }
 
 /// Tokenising and template rendering are CPU work: off the async workers.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, OpenAiApiError> + Send + 'static) -> Result<T, OpenAiApiError> {
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, OpenAiApiError> + Send + 'static,
+) -> Result<T, OpenAiApiError> {
     tokio::task::spawn_blocking(f).await.map_err(OpenAiApiError::internal)?
 }
 

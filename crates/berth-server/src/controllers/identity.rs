@@ -30,7 +30,9 @@ pub async fn create_tenant(
     let (tenant, sub, admin) = state.create_tenant(&principal, &body.display_name)?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "tenantId": tenant.id, "displayName": tenant.display_name, "subscriptionId": sub.id, "admin": { "objectId": admin.object_id } })),
+        Json(
+            json!({ "tenantId": tenant.id, "displayName": tenant.display_name, "subscriptionId": sub.id, "admin": { "objectId": admin.object_id } }),
+        ),
     ))
 }
 
@@ -48,7 +50,10 @@ pub async fn create_subscription(
 ) -> Result<(StatusCode, Json<Value>), ArmApiError> {
     let tenant = body.tenant_id.unwrap_or_else(|| principal.tenant_id.clone());
     let sub = state.create_subscription(&principal, &tenant, &body.display_name)?;
-    Ok((StatusCode::CREATED, Json(json!({ "subscriptionId": sub.id, "tenantId": sub.tenant_id, "displayName": sub.display_name }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "subscriptionId": sub.id, "tenantId": sub.tenant_id, "displayName": sub.display_name })),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,14 +72,19 @@ pub async fn create_principal(
 ) -> Result<(StatusCode, Json<Value>), ArmApiError> {
     let kind = body.kind.unwrap_or_else(|| "User".into());
     if !["User", "ServicePrincipal", "ManagedIdentity"].contains(&kind.as_str()) {
-        return Err(ArmApiError::bad_request("InvalidPrincipalKind", format!("'{kind}' is not a principal kind; use User, ServicePrincipal or ManagedIdentity.")));
+        return Err(ArmApiError::bad_request(
+            "InvalidPrincipalKind",
+            format!("'{kind}' is not a principal kind; use User, ServicePrincipal or ManagedIdentity."),
+        ));
     }
     let tenant = body.tenant_id.unwrap_or_else(|| principal.tenant_id.clone());
     let (p, secret) = state.add_principal(&principal, &tenant, &body.display_name, &kind)?;
-    let mut out = json!({ "tenantId": p.tenant_id, "objectId": p.object_id, "displayName": p.display_name, "kind": p.kind });
+    let mut out =
+        json!({ "tenantId": p.tenant_id, "objectId": p.object_id, "displayName": p.display_name, "kind": p.kind });
     if let Some(secret) = secret {
         // What a host injects into a workload as IDENTITY_ENDPOINT and IDENTITY_HEADER.
-        out["identityEndpoint"] = json!(format!("{}{IDENTITY_TOKEN_PATH}", state.config().public_url.trim_end_matches('/')));
+        out["identityEndpoint"] =
+            json!(format!("{}{IDENTITY_TOKEN_PATH}", state.config().public_url.trim_end_matches('/')));
         out["identityHeader"] = json!(secret);
     }
     Ok((StatusCode::CREATED, Json(out)))
@@ -126,19 +136,35 @@ pub async fn put_assignment(
 ) -> Result<Response, ArmApiError> {
     arm_api_version(&uri)?;
     let (scope, name) = split(&uri);
-    let name = name.ok_or_else(|| ArmApiError::bad_request("InvalidRoleAssignmentId", "The role assignment needs a name (a GUID)."))?;
-    let a = state.assign_role(&principal, &name, &scope, &body.properties.role_definition_id, &body.properties.principal_id)?;
+    let name = name.ok_or_else(|| {
+        ArmApiError::bad_request("InvalidRoleAssignmentId", "The role assignment needs a name (a GUID).")
+    })?;
+    let a = state.assign_role(
+        &principal,
+        &name,
+        &scope,
+        &body.properties.role_definition_id,
+        &body.properties.principal_id,
+    )?;
     Ok((StatusCode::CREATED, Json(assignment(&a))).into_response())
 }
 
-pub async fn list_assignments(State(state): State<AppState>, uri: Uri, ArmPrincipal(principal): ArmPrincipal) -> Result<Json<List<Value>>, ArmApiError> {
+pub async fn list_assignments(
+    State(state): State<AppState>,
+    uri: Uri,
+    ArmPrincipal(principal): ArmPrincipal,
+) -> Result<Json<List<Value>>, ArmApiError> {
     arm_api_version(&uri)?;
     let (scope, _) = split(&uri);
     let value = state.role_assignments(&principal, &scope)?.iter().map(assignment).collect();
     Ok(Json(List { value, next_link: None }))
 }
 
-pub async fn delete_assignment(State(state): State<AppState>, uri: Uri, ArmPrincipal(principal): ArmPrincipal) -> Result<StatusCode, ArmApiError> {
+pub async fn delete_assignment(
+    State(state): State<AppState>,
+    uri: Uri,
+    ArmPrincipal(principal): ArmPrincipal,
+) -> Result<StatusCode, ArmApiError> {
     arm_api_version(&uri)?;
     let (scope, name) = split(&uri);
     let removed = state.remove_role_assignment(&principal, &scope, name.as_deref().unwrap_or(""))?;

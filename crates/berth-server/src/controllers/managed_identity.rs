@@ -33,7 +33,8 @@ pub struct TokenQuery {
 }
 
 pub async fn identity_token(State(state): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    let raw: HashMap<String, String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
+    let raw: HashMap<String, String> =
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
     let q: TokenQuery = match serde_json::from_value(json!(raw)) {
         Ok(q) => q,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("The query is not valid: {e}.")),
@@ -45,7 +46,10 @@ pub async fn identity_token(State(state): State<AppState>, headers: HeaderMap, R
         return refuse(StatusCode::BAD_REQUEST, "The resource parameter is required.");
     };
     if q.mi_res_id.is_some() {
-        return refuse(StatusCode::BAD_REQUEST, "Berth names managed identities by object id; use client_id or object_id.");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "Berth names managed identities by object id; use client_id or object_id.",
+        );
     }
     let Some(secret) = headers.get("x-identity-header").and_then(|v| v.to_str().ok()) else {
         return refuse(StatusCode::UNAUTHORIZED, "The X-IDENTITY-HEADER header is required.");

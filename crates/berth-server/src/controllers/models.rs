@@ -49,10 +49,13 @@ pub async fn get_model(
     openai_api_version(&uri)?;
     let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Inference)?;
     let id = params.get("model").cloned().unwrap_or_default();
-    state
-        .account_models(&account.key)?
-        .iter()
-        .find(|m| m.id == id)
-        .map(|m| Json(render::account_model(m)))
-        .ok_or_else(|| OpenAiApiError::plain(StatusCode::NOT_FOUND, "ModelNotFound", format!("The model '{id}' does not exist in this account.")))
+    state.account_models(&account.key)?.iter().find(|m| m.id == id).map(|m| Json(render::account_model(m))).ok_or_else(
+        || {
+            OpenAiApiError::plain(
+                StatusCode::NOT_FOUND,
+                "ModelNotFound",
+                format!("The model '{id}' does not exist in this account."),
+            )
+        },
+    )
 }

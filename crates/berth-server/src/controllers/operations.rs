@@ -24,8 +24,13 @@ pub async fn get_operation_status(
     arm_api_version(&uri)?;
     state.authorize_subscription(&principal, &path.subscription)?;
     let op = state.operation(&path.operation)?;
-    if !op.subscription_id.eq_ignore_ascii_case(&path.subscription) || !op.location.eq_ignore_ascii_case(&path.location) {
-        return Err(berth_control::ControlError::NotFound { code: "NotFound", message: format!("Operation '{}' cannot be found.", path.operation) }.into());
+    if !op.subscription_id.eq_ignore_ascii_case(&path.subscription) || !op.location.eq_ignore_ascii_case(&path.location)
+    {
+        return Err(berth_control::ControlError::NotFound {
+            code: "NotFound",
+            message: format!("Operation '{}' cannot be found.", path.operation),
+        }
+        .into());
     }
     state.authorize(&principal, &op.resource_id, berth_control::Action::Read)?;
     Ok(Json(render::operation(&op)))

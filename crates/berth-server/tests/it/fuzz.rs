@@ -14,11 +14,51 @@ use serde_json::{Map, Value};
 use tower::ServiceExt;
 
 const FIELDS: &[&str] = &[
-    "sku", "name", "capacity", "properties", "model", "format", "version", "source", "sourceAccount", "raiPolicyName",
-    "versionUpgradeOption", "location", "kind", "tags", "messages", "role", "content", "type", "text", "max_tokens",
-    "max_completion_tokens", "temperature", "top_p", "stream", "stream_options", "include_usage", "n", "stop", "seed",
-    "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "user", "prompt", "echo",
-    "suffix", "response_format", "tools", "tool_choice", "keyName", "roleDefinitionId", "principalId", "displayName",
+    "sku",
+    "name",
+    "capacity",
+    "properties",
+    "model",
+    "format",
+    "version",
+    "source",
+    "sourceAccount",
+    "raiPolicyName",
+    "versionUpgradeOption",
+    "location",
+    "kind",
+    "tags",
+    "messages",
+    "role",
+    "content",
+    "type",
+    "text",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stream",
+    "stream_options",
+    "include_usage",
+    "n",
+    "stop",
+    "seed",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "user",
+    "prompt",
+    "echo",
+    "suffix",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "keyName",
+    "roleDefinitionId",
+    "principalId",
+    "displayName",
 ];
 
 fn key() -> impl Strategy<Value = String> {
@@ -30,13 +70,16 @@ fn json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
-        prop_oneof![Just(0.0), Just(-1.0), Just(2.5), Just(1e308), Just(-1e-308), any::<f64>()].prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
-        prop_oneof![Just("user".to_owned()), Just("Standard".to_owned()), Just("OpenAI".to_owned()), "\\PC{0,24}"].prop_map(Value::from),
+        prop_oneof![Just(0.0), Just(-1.0), Just(2.5), Just(1e308), Just(-1e-308), any::<f64>()]
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        prop_oneof![Just("user".to_owned()), Just("Standard".to_owned()), Just("OpenAI".to_owned()), "\\PC{0,24}"]
+            .prop_map(Value::from),
     ];
     leaf.prop_recursive(5, 48, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((key(), inner), 0..7).prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+            prop::collection::vec((key(), inner), 0..7)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
         ]
     })
 }
@@ -71,14 +114,32 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
 fn segment() -> impl Strategy<Value = String> {
     prop_oneof![
         "[A-Za-z0-9._~-]{0,16}",
-        prop::sample::select(&["..", ".", "%00", "%FF", "%2F", "a%20b", "%E2%82%AC", "deployments", "chat", "completions", "listKeys", "models"][..]).prop_map(str::to_owned),
+        prop::sample::select(
+            &[
+                "..",
+                ".",
+                "%00",
+                "%FF",
+                "%2F",
+                "a%20b",
+                "%E2%82%AC",
+                "deployments",
+                "chat",
+                "completions",
+                "listKeys",
+                "models"
+            ][..]
+        )
+        .prop_map(str::to_owned),
         "[\\PC&&[^/?#%]]{1,8}".prop_map(|s| s.bytes().map(|b| format!("%{b:02X}")).collect()),
     ]
 }
 
 fn path(account: String) -> impl Strategy<Value = String> {
-    let arm = prop::collection::vec(segment(), 0..4).prop_map(move |extra| format!("{account}/deployments/{}", extra.join("/")));
-    let data = prop::collection::vec(segment(), 0..4).prop_map(|extra| format!("/openai/deployments/{}", extra.join("/")));
+    let arm = prop::collection::vec(segment(), 0..4)
+        .prop_map(move |extra| format!("{account}/deployments/{}", extra.join("/")));
+    let data =
+        prop::collection::vec(segment(), 0..4).prop_map(|extra| format!("/openai/deployments/{}", extra.join("/")));
     let known = prop::sample::select(vec![
         "/openai/deployments/d/chat/completions".to_owned(),
         "/openai/deployments/d/completions".to_owned(),
@@ -107,7 +168,11 @@ fn no_input_reaches_a_panic_or_a_server_error() {
     let h = Harness::new();
     let token = format!("Bearer {}", h.control.credentials().admin_token);
     let c = h.control.credentials();
-    let key = berth_control::AccountKey { subscription_id: c.subscription_id.clone(), resource_group: c.resource_group.clone(), account: c.account.clone() };
+    let key = berth_control::AccountKey {
+        subscription_id: c.subscription_id.clone(),
+        resource_group: c.resource_group.clone(),
+        account: c.account.clone(),
+    };
     let account = h.control.account(&key).unwrap();
     let api_key = h.control.account_keys(&account).unwrap().0;
     // A deployment that exists (its model never loads here), so that data-plane bodies reach parsing.
@@ -128,14 +193,22 @@ fn no_input_reaches_a_panic_or_a_server_error() {
             2 => req.header("authorization", "Bearer e30.e30.e30"),
             _ => req,
         };
-        let req = req.header("content-type", "application/json").body(Body::from(body.clone())).map_err(|e| TestCaseError::reject(e.to_string()))?;
+        let req = req
+            .header("content-type", "application/json")
+            .body(Body::from(body.clone()))
+            .map_err(|e| TestCaseError::reject(e.to_string()))?;
         let (status, bytes) = rt.block_on(async {
             let resp = router(AppState(h.control.clone())).oneshot(req).await.unwrap();
             (resp.status(), resp.into_body().collect().await.unwrap().to_bytes())
         });
-        prop_assert!(!status.is_server_error(), "{method} {path}{query} -> {status}: {}", String::from_utf8_lossy(&bytes));
+        prop_assert!(
+            !status.is_server_error(),
+            "{method} {path}{query} -> {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
         if status.is_client_error() && !bytes.is_empty() {
-            let v: Value = serde_json::from_slice(&bytes).map_err(|e| TestCaseError::fail(format!("{method} {path}: {status} body is not JSON ({e})")))?;
+            let v: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| TestCaseError::fail(format!("{method} {path}: {status} body is not JSON ({e})")))?;
             let shaped = v["error"]["message"].is_string() || v["message"].is_string();
             prop_assert!(shaped, "{method} {path}{query} -> {status}: {v}");
         }
@@ -153,7 +226,8 @@ async fn refusals_before_a_handler_keep_the_plane_s_shape() {
     let h = Harness::new();
     let (status, body) = h.arm("GET", &format!("{}/deployments/%FF", h.account_path()), "").await;
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("InvalidRequest")), "{body}");
-    let (status, body) = h.call("GET", "/openai/deployments/%FF/chat/completions?api-version=2024-10-21", &[], "").await;
+    let (status, body) =
+        h.call("GET", "/openai/deployments/%FF/chat/completions?api-version=2024-10-21", &[], "").await;
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (405, Some("405")), "{body}");
     let (status, body) = h.arm("POST", &format!("{}/deployments/d", h.account_path()), "").await;
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (405, Some("MethodNotAllowed")), "{body}");

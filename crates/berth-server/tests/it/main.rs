@@ -191,11 +191,19 @@ async fn data_plane_errors_have_openai_shape() {
     "#);
     let (status, err) = h.call("POST", uri, &[("api-key", &api_key)], "{\"messages\": [").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!((err["error"]["type"].as_str(), err["error"]["code"].as_str()), (Some("invalid_request_error"), Some("invalid_json")));
+    assert_eq!(
+        (err["error"]["type"].as_str(), err["error"]["code"].as_str()),
+        (Some("invalid_request_error"), Some("invalid_json"))
+    );
     // Bearer on the account's own endpoint.
     let auth = format!("Bearer {}", key.admin_token);
     let (status, err) = h
-        .call("POST", "/accounts/berth/openai/deployments/missing/chat/completions?api-version=2024-10-21", &[("authorization", &auth)], body)
+        .call(
+            "POST",
+            "/accounts/berth/openai/deployments/missing/chat/completions?api-version=2024-10-21",
+            &[("authorization", &auth)],
+            body,
+        )
         .await;
     assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("DeploymentNotFound")));
     let (status, models) = h.call("GET", "/openai/models?api-version=2024-10-21", &[("api-key", &api_key)], "").await;
