@@ -54,17 +54,18 @@ fn query_param(uri: &Uri, name: &str) -> Option<String> {
     form_urlencoded::parse(uri.query()?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
-/// `YYYY-MM-DD` or `YYYY-MM-DD-preview` (any suffix made of letters, as Azure's previews are).
+/// `YYYY-MM-DD` or `YYYY-MM-DD-preview` (any suffix made of letters and digits, as Azure's previews
+/// are). The value is whatever the client sent, decoded, so it is split with checked slicing only.
 pub fn well_formed_api_version(v: &str) -> bool {
-    let b = v.as_bytes();
-    let date_ok = b.len() >= 10
-        && b[..10].iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
-        && (1..=12).contains(&v[5..7].parse::<u32>().unwrap_or(0))
-        && (1..=31).contains(&v[8..10].parse::<u32>().unwrap_or(0));
-    let rest = &v[10.min(v.len())..];
-    date_ok
-        && (rest.is_empty()
-            || (rest.len() > 1 && rest.starts_with('-') && rest[1..].chars().all(|c| c.is_ascii_alphanumeric())))
+    let Some((date, rest)) = v.split_at_checked(10) else { return false };
+    let digits_and_dashes =
+        date.bytes().enumerate().all(|(i, c)| if i == 4 || i == 7 { c == b'-' } else { c.is_ascii_digit() });
+    let date_ok = digits_and_dashes && chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok();
+    let suffix_ok = match rest.strip_prefix('-') {
+        None => rest.is_empty(),
+        Some(tag) => !tag.is_empty() && tag.chars().all(|c| c.is_ascii_alphanumeric()),
+    };
+    date_ok && suffix_ok
 }
 
 /// The management plane's required `api-version`.

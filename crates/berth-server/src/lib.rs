@@ -5,6 +5,9 @@
 //! plane, each with one `IntoResponse`. Handlers live one resource per file under `controllers/`.
 //! Internal failures are logged with the request id and answered with a generic message.
 
+// A request's error is built at most once per request; boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
 mod arm_error;
 mod controllers;
 mod extract;
@@ -17,7 +20,7 @@ pub mod tls;
 
 pub use arm_error::ArmApiError;
 pub use openai_error::OpenAiApiError;
-pub use routes::router;
+pub use routes::{layered, router};
 
 use berth_control::Control;
 use std::sync::Arc;

@@ -15,9 +15,44 @@ fn is_management(path: &str) -> bool {
     path.starts_with("/subscriptions") || path.starts_with("/berth/") || path.starts_with("/providers")
 }
 
+/// Marks the answer that [`panicked`] gave, for [`shape_rejections`] to shape.
+#[derive(Clone, Copy)]
+struct Panicked;
+
+/// The catch-panic layer's answer: logged with the panic's message (the request id is on the span),
+/// never shown to the client.
+pub fn panicked(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    tracing::error!(panic = message, "a request handler panicked");
+    let mut resp = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    resp.extensions_mut().insert(Panicked);
+    resp
+}
+
 pub async fn shape_rejections(req: Request, next: Next) -> Response {
     let management = is_management(req.uri().path());
     let resp = next.run(req).await;
+    if resp.extensions().get::<Panicked>().is_some() {
+        return if management {
+            ArmApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerError",
+                "The server encountered an internal error. Please retry the request.",
+            )
+            .into_response()
+        } else {
+            OpenAiApiError::plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerError",
+                "The server had an error while processing your request. Please retry the request.",
+            )
+            .into_response()
+        };
+    }
     let status = resp.status();
     let plain = resp.headers().get(header::CONTENT_TYPE).is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
     if !status.is_client_error() || !plain {

@@ -21,6 +21,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/portal", get(portal::index))
         .route("/portal/", get(portal::index))
+        // The account's endpoint (what the demo and `berth account show` print) leads to the portal too.
+        .route("/accounts/{account}/portal", get(portal::to_portal))
+        .route("/accounts/{account}/portal/", get(portal::to_portal))
         .route("/portal/portal.js", get(portal::script))
         .route("/portal/portal.css", get(portal::style))
         .route("/subscriptions", get(accounts::list_subscriptions))
@@ -107,10 +110,18 @@ pub fn router(state: AppState) -> Router {
                 get(fine_tuning::list_checkpoints),
             );
     }
-    r.fallback(not_found)
+    layered(r.fallback(not_found).with_state(state), region)
+}
+
+/// The layers every route gets, innermost first: a panic anywhere in a request becomes a 500 (the
+/// process and other requests go on); refusals and that 500 take the error shape of their plane;
+/// every answer gets its request id and region. Public so that a test can put a route that panics
+/// under exactly these layers.
+pub fn layered(routes: Router, region: HeaderValue) -> Router {
+    routes
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(crate::rejections::panicked))
         .layer(axum::middleware::from_fn(crate::rejections::shape_rejections))
         .layer(axum::middleware::from_fn(move |req, next| common_headers(region.clone(), req, next)))
-        .with_state(state)
 }
 
 async fn not_found(uri: Uri) -> Response {

@@ -36,3 +36,9 @@ pub async fn script() -> Response {
 pub async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }
+
+/// `/accounts/{account}/portal`: the portal is one for the whole server; its address under an
+/// account's endpoint sends the browser there.
+pub async fn to_portal() -> Response {
+    axum::response::Redirect::permanent("/portal").into_response()
+}

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tower::ServiceExt;
 
 mod fuzz;
+mod hardening;
 
 struct Harness {
     control: Arc<Control>,
@@ -23,6 +24,15 @@ impl Harness {
         let dir = std::env::temp_dir().join(format!("berth-server-it-{}", berth_control::new_hex_id()));
         let control = Control::open(ControlConfig::new(dir.clone(), "http://berth.test".into())).unwrap();
         Harness { control, dir }
+    }
+
+    /// Registers the test model (`BERTH_TEST_GGUF`, set by `scripts/test.sh`) as the base model
+    /// `smollm2`, so that deployments of it exist for real.
+    async fn with_model(self) -> Self {
+        let path = std::env::var("BERTH_TEST_GGUF")
+            .expect("BERTH_TEST_GGUF must name the SmolLM2 GGUF (scripts/fetch-model.sh prints it)");
+        self.control.add_base_model("smollm2", &path).await.unwrap();
+        self
     }
 
     fn account_path(&self) -> String {
