@@ -34,7 +34,8 @@ fn capacity<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
             .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+            // A float only when it is whole and inside i64: `1e19` must not saturate to i64::MAX.
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18).map(|f| f as i64))
             .map(Some)
             .ok_or_else(|| D::Error::custom(format!("sku.capacity must be a whole number, got {n}"))),
         Some(Value::String(s)) => s
@@ -69,6 +70,9 @@ pub struct DeploymentPut {
     pub tags: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub properties: Option<DeploymentPutProperties>,
+    /// Every other field, so that the server can refuse what it does not serve by name.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -79,6 +83,9 @@ pub struct DeploymentPutProperties {
     pub rai_policy_name: Option<String>,
     #[serde(rename = "versionUpgradeOption", default)]
     pub version_upgrade_option: Option<String>,
+    /// Every other field, so that the server can refuse what it does not serve by name.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

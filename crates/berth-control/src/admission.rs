@@ -18,7 +18,8 @@ impl Control {
                 .placement(&d.account, &d.model_name)?
                 .and_then(|p| self.config.catalog.families.get(&p.family).map(|f| f.ptu_tokens_per_minute))
                 .unwrap_or(1000);
-            Ok(Limits::Provisioned { tokens_per_minute: (d.sku_capacity.max(0) * per_ptu) as u64 })
+            let ptu = u64::try_from(d.sku_capacity).unwrap_or(0);
+            Ok(Limits::Provisioned { tokens_per_minute: ptu.saturating_mul(u64::try_from(per_ptu).unwrap_or(0)) })
         } else {
             Ok(Limits::standard(d.sku_capacity))
         }

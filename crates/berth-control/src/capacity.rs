@@ -113,7 +113,8 @@ impl Control {
         let provisioned = is_provisioned(sku);
         if provisioned {
             let rule = catalog.ptu_rule(&placement.family, sku);
-            if capacity < rule.min || (capacity - rule.min) % rule.step != 0 {
+            let off_step = capacity.checked_sub(rule.min).and_then(|d| d.checked_rem(rule.step)).is_none_or(|r| r != 0);
+            if capacity < rule.min || off_step {
                 return Err(invalid(
                     format!(
                         "The capacity {capacity} is invalid for SKU '{sku}' and model '{}': provisioned deployments of this model take at least {} PTU, in steps of {}.",
@@ -125,13 +126,13 @@ impl Control {
         }
         let limit = if provisioned { catalog.quota.provisioned_ptu } else { catalog.quota.standard_ktpm };
         let used = self.quota_used(&account.key.subscription_id, &region, &placement.family, provisioned, replacing)?;
-        if used + capacity > limit {
+        if used.checked_add(capacity).is_none_or(|total| total > limit) {
             let (_, label) = quota_label(provisioned, &placement.family);
             return Err(ControlError::invalid(
                 "InsufficientQuota",
                 format!(
                     "This operation require {capacity} new capacity in quota {label}, which is bigger than the current available capacity {}. The current quota usage is {used} and the quota limit is {limit} for quota {label}.",
-                    (limit - used).max(0)
+                    limit.saturating_sub(used).max(0)
                 ),
                 "sku.capacity",
             ));
@@ -148,7 +149,7 @@ impl Control {
         provisioned: bool,
         except: Option<&DeploymentRow>,
     ) -> Result<i64> {
-        let mut used = 0;
+        let mut used: i64 = 0;
         for account in self.store.accounts_in_subscription(subscription)? {
             if normalize_region(&account.location) != region {
                 continue;
@@ -161,7 +162,7 @@ impl Control {
                     continue;
                 }
                 if self.placement(&account.key, &d.model_name)?.is_some_and(|p| p.family == family) {
-                    used += d.sku_capacity;
+                    used = used.saturating_add(d.sku_capacity);
                 }
             }
         }

@@ -85,6 +85,17 @@ pub fn normalize_region(name: &str) -> String {
 }
 
 impl Catalog {
+    /// The most capacity one deployment of a type may have: its quota limit (kTPM for the standard
+    /// types, PTU for the provisioned ones). Every capacity a client sends is bounded by this before it
+    /// meets any arithmetic.
+    pub fn max_capacity(&self, sku: &str) -> i64 {
+        if crate::sku::is_provisioned(sku) {
+            self.quota.provisioned_ptu
+        } else {
+            self.quota.standard_ktpm
+        }
+    }
+
     /// The built-in catalog.
     pub fn builtin() -> Catalog {
         Catalog::parse(DEFAULT_CATALOG).expect("the built-in catalog is valid (a unit test reads it)")
@@ -128,7 +139,7 @@ impl Catalog {
             let p = f.price;
             if [p.hosting_per_hour, p.input_per_million, p.cached_input_per_million, p.output_per_million]
                 .iter()
-                .any(|v| !(*v >= 0.0))
+                .any(|v| v.is_nan() || *v < 0.0)
             {
                 return Err(format!("model family '{name}': prices must be numbers of at least 0"));
             }

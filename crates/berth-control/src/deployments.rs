@@ -115,6 +115,14 @@ impl Control {
                 "sku.capacity",
             ));
         }
+        let maximum = self.config.catalog.max_capacity(sku_name);
+        if capacity > maximum {
+            return Err(ControlError::invalid(
+                "InvalidResourceProperties",
+                format!("The capacity {capacity} is invalid: a '{sku_name}' deployment takes at most {maximum}, the quota limit of its type."),
+                "sku.capacity",
+            ));
+        }
         if is_provisioned(sku_name) && input.api_version.as_str() < "2024-10-01" {
             return Err(ControlError::invalid(
                 "InvalidResourceProperties",

@@ -58,7 +58,7 @@ pub use models::{parse_account_id, AccountModelInfo, ModelSource};
 pub use ratelimit::{Limits, RateLimiter, Refusal, Remaining, Ticket};
 pub use resources::AccountPutInput;
 pub use roles::{covers, role_id, role_named, Action, ROLES};
-pub use sku::{canonical_sku, SKUS};
+pub use sku::{canonical_sku, is_provisioned, SKUS};
 
 #[cfg(test)]
 mod tests;

@@ -28,8 +28,8 @@ pub enum Limits {
 
 impl Limits {
     pub fn standard(capacity: i64) -> Self {
-        let c = capacity.max(0) as u64;
-        Limits::Standard { requests_per_window: c, tokens_per_minute: c * 1000 }
+        let c = u64::try_from(capacity).unwrap_or(0);
+        Limits::Standard { requests_per_window: c, tokens_per_minute: c.saturating_mul(1000) }
     }
 }
 

@@ -17,6 +17,6 @@ pub fn canonical_sku(name: &str) -> Option<&'static str> {
     SKUS.iter().copied().find(|s| s.eq_ignore_ascii_case(name))
 }
 
-pub(crate) fn is_provisioned(sku: &str) -> bool {
+pub fn is_provisioned(sku: &str) -> bool {
     sku.contains("Provisioned")
 }

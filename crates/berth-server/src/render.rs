@@ -46,14 +46,13 @@ pub fn account(control: &Control, a: &AccountRow, tenant_id: &str) -> Account {
 }
 
 pub fn deployment(control: &Control, d: &DeploymentRow) -> Deployment {
-    let provisioned = d.sku_name.contains("Provisioned");
-    let rate_limits = if provisioned {
-        vec![]
-    } else {
-        vec![
-            RateLimit { key: "request".into(), renewal_period: 10, count: d.sku_capacity },
-            RateLimit { key: "token".into(), renewal_period: 60, count: d.sku_capacity * 1000 },
-        ]
+    let rate_limits = match berth_control::Limits::standard(d.sku_capacity) {
+        _ if berth_control::is_provisioned(&d.sku_name) => vec![],
+        berth_control::Limits::Standard { requests_per_window, tokens_per_minute } => vec![
+            RateLimit { key: "request".into(), renewal_period: 10, count: saturating_i64(requests_per_window) },
+            RateLimit { key: "token".into(), renewal_period: 60, count: saturating_i64(tokens_per_minute) },
+        ],
+        berth_control::Limits::Provisioned { .. } => vec![],
     };
     Deployment {
         id: control.deployment_resource_id(&d.account, &d.name),
@@ -85,8 +84,8 @@ pub fn deployment(control: &Control, d: &DeploymentRow) -> Deployment {
             ]),
             rate_limits,
             current_capacity: d.sku_capacity,
-            rai_policy_name: "Microsoft.DefaultV2".into(),
-            version_upgrade_option: "NoAutoUpgrade".into(),
+            rai_policy_name: crate::controllers::deployments::RAI_POLICY.into(),
+            version_upgrade_option: crate::controllers::deployments::VERSION_UPGRADE.into(),
             error: error_body(&d.error_code, &d.error_message),
             scheduled_deletion_time: control.scheduled_deletion(d).ok().flatten(),
         },
@@ -242,4 +241,8 @@ pub fn checkpoint(c: &berth_control::FineTuningCheckpointRow) -> berth_api::fine
         metrics: serde_json::from_str(&c.metrics).unwrap_or_default(),
         fine_tuning_job_id: c.job_id.clone(),
     }
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
