@@ -18,6 +18,9 @@ pub enum ControlError {
     Forbidden { code: &'static str, message: String },
     #[error("{0}")]
     Conflict(String),
+    /// A conflict with its own ARM code (`RoleAssignmentExists`, ...).
+    #[error("{message}")]
+    ConflictCode { code: &'static str, message: String },
     #[error("the engine is overloaded: {0}")]
     Busy(String),
     #[error(transparent)]

@@ -154,15 +154,49 @@ impl Control {
                 "properties.principalId",
             ));
         }
+        let scope = scope.trim_end_matches('/');
+        // An id names one assignment for good, as in Azure: reusing it for another scope, principal or
+        // role is refused, whoever asks, and an identical PUT is answered with the assignment as it is.
+        if let Some(existing) = self.store.role_assignment(id)? {
+            let same = existing.tenant_id == caller.tenant_id
+                && existing.principal == principal_id
+                && existing.role == role
+                && existing.scope.trim_end_matches('/').eq_ignore_ascii_case(scope);
+            if same {
+                self.authorize(caller, &existing.scope, Action::ManageAccess)?;
+                return Ok(existing);
+            }
+            return Err(ControlError::ConflictCode {
+                code: "RoleAssignmentUpdateNotPermitted",
+                message: format!("The role assignment '{id}' already exists. Tenant ID, principal ID, role definition and scope of a role assignment are not allowed to be updated; delete it, or use a new name."),
+            });
+        }
+        let duplicate = self
+            .store
+            .role_assignments_of(&caller.tenant_id, principal_id)?
+            .into_iter()
+            .find(|a| a.role == role && a.scope.trim_end_matches('/').eq_ignore_ascii_case(scope));
+        if duplicate.is_some() {
+            return Err(ControlError::ConflictCode {
+                code: "RoleAssignmentExists",
+                message: "The role assignment already exists.".into(),
+            });
+        }
         let row = RoleAssignmentRow {
             id: id.to_owned(),
             tenant_id: caller.tenant_id.clone(),
             principal: principal_id.to_owned(),
             role: role.to_owned(),
-            scope: scope.trim_end_matches('/').to_owned(),
+            scope: scope.to_owned(),
             created_at: now_rfc3339(),
         };
-        self.store.put_role_assignment(&row)?;
+        if !self.store.insert_role_assignment(&row)? {
+            // Another request took the id between the check and the insert.
+            return Err(ControlError::ConflictCode {
+                code: "RoleAssignmentUpdateNotPermitted",
+                message: format!("The role assignment '{id}' already exists."),
+            });
+        }
         Ok(row)
     }
 
@@ -300,7 +334,7 @@ impl Control {
     /// Owner and OpenAI Contributor at `/` of a tenant.
     pub(crate) fn grant_administrator(&self, tenant: &str, object_id: &str) -> Result<()> {
         for role in ["Owner", "Cognitive Services OpenAI Contributor"] {
-            self.store.put_role_assignment(&RoleAssignmentRow {
+            self.store.insert_role_assignment(&RoleAssignmentRow {
                 id: uuid::Uuid::new_v4().to_string(),
                 tenant_id: tenant.to_owned(),
                 principal: object_id.to_owned(),

@@ -44,6 +44,7 @@ impl From<ControlError> for ArmApiError {
             ControlError::Unauthenticated { code, message } => Self::new(StatusCode::UNAUTHORIZED, code, message),
             ControlError::Forbidden { code, message } => Self::new(StatusCode::FORBIDDEN, code, message),
             ControlError::Conflict(message) => Self::new(StatusCode::CONFLICT, "Conflict", message),
+            ControlError::ConflictCode { code, message } => Self::new(StatusCode::CONFLICT, code, message),
             ControlError::Busy(message) => Self::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message),
             other => {
                 tracing::error!(error = %other, "internal error on the management plane");

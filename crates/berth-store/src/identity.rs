@@ -68,13 +68,14 @@ impl Store {
             .optional()?)
     }
 
-    /// Adds an assignment; one with the same id is replaced.
-    pub fn put_role_assignment(&self, a: &RoleAssignmentRow) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO role_assignments (id, tenant_id, principal, role, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    /// Adds an assignment; `false` (and nothing written) when its id is taken. Never replaces one.
+    pub fn insert_role_assignment(&self, a: &RoleAssignmentRow) -> Result<bool> {
+        let n = self.conn().execute(
+            "INSERT INTO role_assignments (id, tenant_id, principal, role, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO NOTHING",
             params![a.id, a.tenant_id, a.principal, a.role, a.scope, a.created_at],
         )?;
-        Ok(())
+        Ok(n == 1)
     }
 
     pub fn delete_role_assignment(&self, id: &str) -> Result<Option<RoleAssignmentRow>> {
