@@ -5,6 +5,7 @@ use crate::host::ModelHost;
 use crate::ratelimit::RateLimiter;
 use crate::secrets::{digest, is_digest, Vault};
 use crate::{ControlConfig, ControlError, Principal};
+use berth_durable as durable;
 use berth_store::{AccountKey, AccountRow, Store, SubscriptionRow};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,9 +39,11 @@ impl Control {
     /// Opens the data directory (creating it), migrates the database and bootstraps on first start.
     /// Deployments are not loaded yet: call [`Control::restore`].
     pub fn open(config: ControlConfig) -> Result<Arc<Self>> {
-        std::fs::create_dir_all(config.data_dir.join("models")).map_err(|e| {
+        let cannot_create = |e: std::io::Error| {
             ControlError::Internal(format!("cannot create data directory {}: {e}", config.data_dir.display()))
-        })?;
+        };
+        durable::create_private_dir_all(&config.data_dir).map_err(cannot_create)?;
+        durable::create_private_dir_all(&config.data_dir.join("models")).map_err(cannot_create)?;
         let store = Store::open(&config.data_dir.join("berth.db"))?;
         let signing_key = signing_key(&config.data_dir)?;
         let vault = Vault::new(&signing_key);
@@ -201,29 +204,35 @@ fn seal_plain_secrets(store: &Store, vault: &Vault) -> Result<()> {
     Ok(())
 }
 
-/// The token-signing key, made on first start (32 random bytes, readable by the owner only).
+/// The token-signing key, made on first start (32 random bytes, readable by the owner only). A key
+/// file that exists but does not read as one is refused, never replaced: a new key would leave every
+/// sealed API key unreadable and every issued token invalid.
 fn signing_key(dir: &std::path::Path) -> Result<Vec<u8>> {
     let path = dir.join("token-signing.key");
-    if let Ok(hex) = std::fs::read_to_string(&path) {
-        if let Some(bytes) = decode_hex(hex.trim()) {
-            return Ok(bytes);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            return std::str::from_utf8(&bytes).ok().and_then(|hex| decode_hex(hex.trim())).ok_or_else(|| {
+                ControlError::Internal(format!(
+                    "the token-signing key {} is damaged (it must hold 64 hexadecimal digits); restore it from a backup. Berth does not replace it, since sealed API keys and issued tokens depend on it",
+                    path.display()
+                ))
+            })
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ControlError::Internal(format!("cannot read the token-signing key {}: {e}", path.display()))),
     }
     let hex = format!("{}{}", crate::ids::new_hex_id(), crate::ids::new_hex_id());
-    let io = |e: std::io::Error| ControlError::Internal(format!("cannot write {}: {e}", path.display()));
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &hex).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok(decode_hex(&hex).unwrap_or_default())
+    durable::write_file(&path, hex.as_bytes())
+        .map_err(|e| ControlError::Internal(format!("cannot write {}: {e}", path.display())))?;
+    decode_hex(&hex).ok_or_else(|| ControlError::Internal("a new signing key did not decode".into()))
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    (s.len() == 64)
-        .then(|| (0..32).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>())
-        .flatten()
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok()))
+        .collect()
 }

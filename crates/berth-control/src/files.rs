@@ -64,11 +64,9 @@ impl Control {
     pub(crate) fn write_file_atomically(&self, name: &str, bytes: &[u8]) -> Result<std::path::PathBuf> {
         let dir = self.config.data_dir.join("files");
         let write = || -> std::io::Result<std::path::PathBuf> {
-            std::fs::create_dir_all(&dir)?;
-            let tmp = dir.join(format!("{name}.partial"));
-            std::fs::write(&tmp, bytes)?;
+            berth_durable::create_private_dir_all(&dir)?;
             let dest = dir.join(name);
-            std::fs::rename(&tmp, &dest)?;
+            berth_durable::write_file(&dest, bytes)?;
             Ok(dest)
         };
         write().map_err(|e| ControlError::Internal(format!("cannot write {name} under {}: {e}", dir.display())))

@@ -469,8 +469,9 @@ fn copy_adapter(src: &Path, dest: &Path) -> std::io::Result<()> {
     for name in [berth_train::CONFIG_FILE, berth_train::WEIGHTS_FILE] {
         std::fs::copy(src.join(name), tmp.join(name))?;
     }
+    berth_durable::sync_tree(&tmp)?;
     let _ = std::fs::remove_dir_all(dest);
-    std::fs::rename(&tmp, dest)
+    berth_durable::publish(&tmp, dest)
 }
 
 /// Records a job's progress as the trainer reports it.

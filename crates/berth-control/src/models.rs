@@ -197,7 +197,8 @@ fn copy_dir(src: &Path, dest: &Path) -> std::io::Result<()> {
             std::fs::copy(entry.path(), tmp.join(entry.file_name()))?;
         }
     }
-    std::fs::rename(&tmp, dest)
+    berth_durable::sync_tree(&tmp)?;
+    berth_durable::publish(&tmp, dest)
 }
 
 /// The account key of an account's ARM id.

@@ -64,3 +64,59 @@ async fn a_put_for_an_unknown_model_fails_synchronously_and_stores_nothing() {
     assert!(control.deployments(&account).unwrap().is_empty());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Issue 12, item 3: an assignment id named by someone who can manage access elsewhere must not take
+/// over (or strip) an assignment at a scope they do not manage.
+#[tokio::test]
+async fn a_role_assignment_id_cannot_be_reused_to_replace_anothers_assignment() {
+    let (control, dir) = temp_control();
+    let c = control.credentials().clone();
+    let admin = control.authenticate_bearer(&c.admin_token).unwrap();
+    let (owner, _) = control.add_principal(&admin, &c.tenant_id, "rg-owner", "User").unwrap();
+    let owner = crate::Principal { tenant_id: owner.tenant_id, object_id: owner.object_id };
+    let rg_scope = format!("/subscriptions/{}/resourceGroups/{}", c.subscription_id, c.resource_group);
+    control.assign_role(&admin, "11111111-1111-1111-1111-111111111111", &rg_scope, "Owner", &owner.object_id).unwrap();
+    // The owner of the group sees the administrator's Owner-at-`/` assignment in the group's listing.
+    let admins = control.role_assignments(&owner, &rg_scope).unwrap();
+    let root = admins.iter().find(|a| a.principal == admin.object_id && a.role == "Owner").unwrap().clone();
+    // ... and reuses its id at the scope it owns, naming itself.
+    let err = control.assign_role(&owner, &root.id, &rg_scope, "Owner", &owner.object_id).unwrap_err();
+    assert!(
+        matches!(err, crate::ControlError::ConflictCode { code: "RoleAssignmentUpdateNotPermitted", .. }),
+        "{err:?}"
+    );
+    // The administrator keeps every right at `/`.
+    let still = control.role_assignments(&admin, "/").unwrap();
+    assert!(still.iter().any(|a| a.id == root.id && a.principal == admin.object_id && a.scope == root.scope));
+    control.authorize(&admin, "/", crate::Action::ManageAccess).unwrap();
+    // Assigning the same role to the same principal at the same scope under a new id is a conflict too.
+    let err = control
+        .assign_role(&admin, "22222222-2222-2222-2222-222222222222", &rg_scope, "Owner", &owner.object_id)
+        .unwrap_err();
+    assert!(matches!(err, crate::ControlError::ConflictCode { code: "RoleAssignmentExists", .. }), "{err:?}");
+    // An identical PUT is idempotent.
+    let again =
+        control.assign_role(&admin, "11111111-1111-1111-1111-111111111111", &rg_scope, "Owner", &owner.object_id);
+    assert_eq!(again.unwrap().principal, owner.object_id);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Issue 12, item 7: a damaged signing key stops the start, naming the file, and is left as it was;
+/// the data directory and the key are the owner's alone.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_damaged_signing_key_is_refused_not_replaced() {
+    use std::os::unix::fs::PermissionsExt;
+    let (control, dir) = temp_control();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("token-signing.key")), 0o600);
+    drop(control);
+    let key = dir.join("token-signing.key");
+    std::fs::write(&key, "not a key\n").unwrap();
+    let err = Control::open(ControlConfig::new(dir.clone(), "http://127.0.0.1:1".into())).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("token-signing.key") && message.contains("damaged"), "{message}");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), "not a key\n");
+    std::fs::remove_dir_all(dir).unwrap();
+}

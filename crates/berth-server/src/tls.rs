@@ -2,6 +2,7 @@
 //! the others), server configurations from PEM files, and a self-signed certificate made on first
 //! start for clients that refuse bearer tokens over plain HTTP (`azure-mgmt-*`, the Azure CLI).
 
+use berth_durable as durable;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
@@ -42,14 +43,13 @@ pub fn self_signed(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), S
     if cert.exists() && key.exists() {
         return Ok((cert, key));
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    durable::create_private_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let made =
         rcgen::generate_simple_self_signed(hosts.to_vec()).map_err(|e| format!("cannot make a certificate: {e}"))?;
+    // Both written owner-only and durably: the key is a secret, and a certificate clients pinned must
+    // not vanish in a power loss.
     let write = |path: &Path, text: String| -> Result<(), String> {
-        let tmp = path.with_extension("pem.partial");
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        durable::write_file(path, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
     write(&key, made.signing_key.serialize_pem())?;
     write(&cert, made.cert.pem())?;

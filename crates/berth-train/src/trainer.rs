@@ -363,7 +363,8 @@ fn save_epoch(spec: &TrainSpec, model: &LoraModel, opt: &AdamW, names: &[String]
         .map_err(|e| io_err(&tmp.join(OPTIMIZER_FILE), e))?;
     let info = serde_json::json!({ "epoch": epoch, "step": opt.steps() });
     std::fs::write(tmp.join(STATE_FILE), info.to_string()).map_err(|e| io_err(&tmp.join(STATE_FILE), e))?;
+    berth_durable::sync_tree(&tmp).map_err(|e| io_err(&tmp, e))?;
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(|e| io_err(&dir, e))?;
+    berth_durable::publish(&tmp, &dir).map_err(|e| io_err(&dir, e))?;
     Ok(dir)
 }
