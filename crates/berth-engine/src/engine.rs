@@ -5,7 +5,9 @@
 
 use crate::error::Result;
 use crate::scheduler::Worker;
-use crate::{AdapterId, EngineError, GenerateEvent, GenerateRequest, KvPool, LoraAdapter, Model, BLOCK_TOKENS};
+use crate::{
+    AdapterId, EngineError, GenerateEvent, GenerateRequest, KvPool, LoraAdapter, Model, Progress, BLOCK_TOKENS,
+};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -57,6 +59,7 @@ pub enum Command {
     Generate {
         request: GenerateRequest,
         events: Sender<GenerateEvent>,
+        progress: Arc<Progress>,
     },
     /// An adapter requests may name: already loaded, or loaded from `dir` on first use (and again
     /// after the adapter pool evicted it), or both.
@@ -164,7 +167,14 @@ impl Engine {
             .name(options.name.clone())
             .spawn(move || worker.run())
             .map_err(|e| EngineError::Tensor(format!("cannot start engine thread: {e}")))?;
-        Ok(EngineHandle { tx, thread: Some(thread), model, stats, queue_depth: options.queue_depth.max(1) })
+        Ok(EngineHandle {
+            tx,
+            thread: Some(thread),
+            model,
+            stats,
+            queue_depth: options.queue_depth.max(1),
+            kv_capacity_tokens: blocks * BLOCK_TOKENS,
+        })
     }
 }
 
@@ -175,6 +185,7 @@ pub struct EngineHandle {
     model: Arc<Model>,
     stats: Arc<EngineStats>,
     queue_depth: usize,
+    kv_capacity_tokens: usize,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -192,9 +203,16 @@ impl EngineHandle {
         &self.stats
     }
 
+    /// The most tokens one sequence (prompt and answer) can ever hold: the whole KV pool. A request
+    /// longer than this can never run, however idle the engine.
+    pub fn kv_capacity_tokens(&self) -> usize {
+        self.kv_capacity_tokens
+    }
+
     /// Queues a request. Events arrive on `events`, which should hold `max_tokens + 2` events so that the
     /// engine never waits for a slow client. Fails at once when the queue is full.
-    pub fn submit(&self, request: GenerateRequest, events: Sender<GenerateEvent>) -> Result<()> {
+    /// The returned [`Progress`] counts what is computed for the request, also after its channel closes.
+    pub fn submit(&self, request: GenerateRequest, events: Sender<GenerateEvent>) -> Result<Arc<Progress>> {
         let queued = self.stats.queued.fetch_add(1, Ordering::AcqRel);
         // Reserved requests are admitted by utilisation before they get here, so they never wait on
         // the ordinary queue's depth.
@@ -202,8 +220,9 @@ impl EngineHandle {
             self.stats.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(EngineError::Busy(format!("{queued} requests are already waiting for this model")));
         }
-        match self.tx.try_send(Command::Generate { request, events }) {
-            Ok(()) => Ok(()),
+        let progress = Arc::new(Progress::default());
+        match self.tx.try_send(Command::Generate { request, events, progress: progress.clone() }) {
+            Ok(()) => Ok(progress),
             Err(e) => {
                 self.stats.queued.fetch_sub(1, Ordering::AcqRel);
                 Err(match e {

@@ -535,7 +535,7 @@ pub(crate) fn isa() -> Isa {
 
 impl QuantMatrix {
     pub(crate) fn new(kind: BlockKind, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
-        if cols % kind.elems() != 0 || data.len() != rows * cols / kind.elems() * kind.bytes() {
+        if !cols.is_multiple_of(kind.elems()) || data.len() != rows * cols / kind.elems() * kind.bytes() {
             return Err(EngineError::Malformed(format!(
                 "{kind:?} matrix [{rows}, {cols}] needs {} bytes, has {}",
                 rows * (cols / kind.elems()) * kind.bytes(),

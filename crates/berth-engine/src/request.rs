@@ -1,4 +1,5 @@
 use crate::lora::AdapterId;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How to pick the next token.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,5 +75,63 @@ impl FinishReason {
 pub enum GenerateEvent {
     Text(String),
     Finished { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize },
-    Failed(String),
+    Failed(Failure),
+}
+
+/// What the engine has computed for one request so far, readable while it runs and after the
+/// request's channel is gone (a client that disconnected, a failure): what was computed is billed.
+#[derive(Debug, Default)]
+pub struct Progress {
+    prompt_tokens: AtomicUsize,
+    cached_tokens: AtomicUsize,
+    completion_tokens: AtomicUsize,
+}
+
+impl Progress {
+    /// Prompt tokens of a request admitted into the batch (0 while it waits), and how many of them
+    /// came from the prefix cache.
+    pub fn prompt_tokens(&self) -> (usize, usize) {
+        (self.prompt_tokens.load(Ordering::Acquire), self.cached_tokens.load(Ordering::Acquire))
+    }
+
+    /// Tokens sampled so far.
+    pub fn completion_tokens(&self) -> usize {
+        self.completion_tokens.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn admitted(&self, prompt: usize, cached: usize) {
+        self.cached_tokens.store(cached, Ordering::Release);
+        self.prompt_tokens.store(prompt, Ordering::Release);
+    }
+
+    pub(crate) fn sampled(&self, completion: usize) {
+        self.completion_tokens.store(completion, Ordering::Release);
+    }
+}
+
+/// Why the engine gave up on a request. The servers map each kind to their plane's error once
+/// (a client's mistake is never answered as an internal error), so nothing is matched by its text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The engine's queue is full; come back later.
+    #[error("the request queue is full: {0}")]
+    QueueFull(String),
+    /// The prompt can never fit in the KV cache, whatever else is running.
+    #[error("the prompt needs {needed_tokens} tokens of KV cache; the cache holds {capacity_tokens}")]
+    PromptExceedsCache { needed_tokens: usize, capacity_tokens: usize },
+    /// Prompt and answer together outgrew the whole KV cache while generating.
+    #[error("the sequence outgrew the KV cache of {capacity_tokens} tokens")]
+    OutgrewCache { capacity_tokens: usize },
+    /// The request's adapter was removed, or cannot be loaded.
+    #[error("adapter {id} is unavailable: {reason}")]
+    AdapterUnavailable { id: String, reason: String },
+    /// The request is malformed in a way validation should have caught (an empty prompt).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The engine is stopping (a deployment deleted or changed, or the server shutting down).
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// A fault of the engine itself (an error or panic inside a step).
+    #[error("inference failed: {0}")]
+    Internal(String),
 }

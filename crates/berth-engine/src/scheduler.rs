@@ -16,7 +16,8 @@ use crate::error::Result;
 use crate::kv_cache::BLOCK_TOKENS;
 use crate::sampling::Sampler;
 use crate::{
-    AdapterId, BatchContext, FinishReason, GenerateEvent, GenerateRequest, KvPool, LoraAdapter, Model, Segment,
+    AdapterId, BatchContext, Failure, FinishReason, GenerateEvent, GenerateRequest, KvPool, LoraAdapter, Model,
+    Progress, Segment,
 };
 use berth_text::{IncrementalDecoder, StopMatcher, StopOutcome};
 use std::collections::{HashMap, VecDeque};
@@ -47,6 +48,8 @@ struct Sequence {
     decoder: IncrementalDecoder,
     stop: StopMatcher,
     generated: usize,
+    /// What has been computed, for billing (shared with the submitter).
+    progress: Arc<Progress>,
     done: bool,
 }
 
@@ -134,14 +137,14 @@ impl Worker {
             if let Some(reason) = failure {
                 tracing::error!(engine = %self.options.name, %reason, "engine step failed; failing its sequences");
                 for r in self.running.iter_mut() {
-                    let _ = r.events.try_send(GenerateEvent::Failed(format!("inference failed: {reason}")));
+                    let _ = r.events.try_send(GenerateEvent::Failed(Failure::Internal(reason.clone())));
                     r.done = true;
                 }
             }
             self.retire();
         }
         for r in self.running.iter_mut().chain(self.waiting.iter_mut()) {
-            let _ = r.events.try_send(GenerateEvent::Failed("the engine is shutting down".into()));
+            let _ = r.events.try_send(GenerateEvent::Failed(Failure::ShuttingDown));
         }
     }
 
@@ -157,7 +160,7 @@ impl Worker {
     /// Returns false on shutdown.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Generate { request, events } => self.enqueue(request, events),
+            Command::Generate { request, events, progress } => self.enqueue(request, events, progress),
             Command::AddAdapter { id, adapter, dir } => {
                 self.adapter_clock += 1;
                 self.adapters.insert(id.clone(), AdapterSlot { loaded: adapter, dir, last_use: self.adapter_clock });
@@ -173,24 +176,28 @@ impl Worker {
     }
 
     /// A request counts against the queue depth from `submit` until it first joins the batch.
-    fn enqueue(&mut self, request: GenerateRequest, events: Sender<GenerateEvent>) {
-        let refuse = |events: &Sender<GenerateEvent>, stats: &EngineStats, why: String| {
+    fn enqueue(&mut self, request: GenerateRequest, events: Sender<GenerateEvent>, progress: Arc<Progress>) {
+        let refuse = |events: &Sender<GenerateEvent>, stats: &EngineStats, why: Failure| {
             stats.queued.fetch_sub(1, Ordering::AcqRel);
             let _ = events.try_send(GenerateEvent::Failed(why));
         };
         if let Some(id) = request.adapter.as_ref().filter(|id| !self.adapters.contains_key(*id)) {
-            return refuse(&events, &self.stats, format!("adapter {} is not registered with this engine", id.0));
+            let failure = Failure::AdapterUnavailable {
+                id: id.0.clone(),
+                reason: "it is not registered with this engine".into(),
+            };
+            return refuse(&events, &self.stats, failure);
         }
         if request.prompt.is_empty() {
-            return refuse(&events, &self.stats, "the prompt is empty".into());
+            return refuse(&events, &self.stats, Failure::InvalidRequest("the prompt is empty".into()));
         }
         let need = request.prompt.len().div_ceil(BLOCK_TOKENS);
         if need > self.blocks.total() {
-            let why = format!(
-                "the prompt needs {need} KV cache blocks of {BLOCK_TOKENS} tokens; the cache holds {}",
-                self.blocks.total()
-            );
-            return refuse(&events, &self.stats, why);
+            let failure = Failure::PromptExceedsCache {
+                needed_tokens: request.prompt.len(),
+                capacity_tokens: self.blocks.total() * BLOCK_TOKENS,
+            };
+            return refuse(&events, &self.stats, failure);
         }
         if request.reserved {
             self.reserved_seen = Some(std::time::Instant::now());
@@ -210,6 +217,7 @@ impl Worker {
             events,
             request,
             generated: 0,
+            progress,
             done: false,
         });
     }
@@ -287,6 +295,7 @@ impl Worker {
             if seq.cached_tokens.is_none() {
                 self.stats.queued.fetch_sub(1, Ordering::AcqRel);
                 seq.cached_tokens = Some(seq.computed);
+                seq.progress.admitted(seq.tokens.len(), seq.computed);
                 self.stats.prompt_tokens.fetch_add(seq.tokens.len() as u64, Ordering::Relaxed);
                 self.stats.cached_prompt_tokens.fetch_add(seq.computed as u64, Ordering::Relaxed);
             }
@@ -296,18 +305,19 @@ impl Worker {
 
     /// The adapter `id`, loaded from its directory if the pool does not hold it (this step waits for
     /// the load: milliseconds for a typical adapter).
-    fn adapter(&mut self, id: &AdapterId) -> std::result::Result<Arc<LoraAdapter>, String> {
+    fn adapter(&mut self, id: &AdapterId) -> std::result::Result<Arc<LoraAdapter>, Failure> {
         self.adapter_clock += 1;
         let clock = self.adapter_clock;
-        let slot = self.adapters.get_mut(id).ok_or_else(|| format!("adapter {} was removed", id.0))?;
+        let unavailable = |reason: String| Failure::AdapterUnavailable { id: id.0.clone(), reason };
+        let slot = self.adapters.get_mut(id).ok_or_else(|| unavailable("it was removed".into()))?;
         slot.last_use = clock;
         if let Some(a) = &slot.loaded {
             return Ok(a.clone());
         }
-        let dir = slot.dir.clone().ok_or_else(|| format!("adapter {} is not loaded", id.0))?;
+        let dir = slot.dir.clone().ok_or_else(|| unavailable("it is not loaded".into()))?;
         let started = std::time::Instant::now();
         let adapter =
-            Arc::new(self.model.load_adapter(&dir).map_err(|e| format!("adapter {} cannot be loaded: {e}", id.0))?);
+            Arc::new(self.model.load_adapter(&dir).map_err(|e| unavailable(format!("it cannot be loaded: {e}")))?);
         tracing::info!(adapter = %id.0, ms = started.elapsed().as_millis() as u64, bytes = adapter.bytes(), "adapter loaded");
         self.stats.adapter_loads.fetch_add(1, Ordering::Relaxed);
         if let Some(slot) = self.adapters.get_mut(id) {
@@ -428,10 +438,8 @@ impl Worker {
                 if victim == i && (0..self.running.len()).all(|j| j == i || out[j]) {
                     // Alone in the batch and still out of blocks: the pool cannot hold this sequence.
                     let r = &mut self.running[i];
-                    let _ = r.events.try_send(GenerateEvent::Failed(format!(
-                        "the sequence outgrew the KV cache ({} blocks of {BLOCK_TOKENS} tokens)",
-                        self.blocks.total()
-                    )));
+                    let capacity_tokens = self.blocks.total() * BLOCK_TOKENS;
+                    let _ = r.events.try_send(GenerateEvent::Failed(Failure::OutgrewCache { capacity_tokens }));
                     r.done = true;
                 } else {
                     self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
@@ -487,6 +495,7 @@ impl Worker {
             self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
             let token = r.sampler.sample(&row);
             r.generated += 1;
+            r.progress.sampled(r.generated);
             if !r.request.ignore_eos && text.end_of_generation().contains(&token) {
                 let tail = r.decoder.flush(&text);
                 finish_with(r, &tail, FinishReason::Stop);

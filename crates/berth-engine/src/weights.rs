@@ -122,7 +122,7 @@ pub(crate) fn unpermute_weight(w: Weight, n_heads: usize) -> Result<Weight> {
         Weight::Dense(t) => Ok(Weight::Dense(unpermute_rope_rows(&t, n_heads)?)),
         Weight::Quant(q) => {
             let rows = q.dims()[0];
-            if rows % (n_heads * 2) != 0 {
+            if !rows.is_multiple_of(n_heads * 2) {
                 return Err(EngineError::Malformed(format!("{rows} rows cannot be split into {n_heads} RoPE heads")));
             }
             let head_dim = rows / n_heads;
@@ -138,7 +138,7 @@ pub(crate) fn unpermute_weight(w: Weight, n_heads: usize) -> Result<Weight> {
 pub(crate) fn unpermute_rope_rows(t: &Tensor, n_heads: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];
-    if rows % (n_heads * 2) != 0 {
+    if !rows.is_multiple_of(n_heads * 2) {
         return Err(EngineError::Malformed(format!("{rows} rows cannot be split into {n_heads} RoPE heads")));
     }
     let head_dim = rows / n_heads;

@@ -74,7 +74,10 @@ impl From<ControlError> for OpenAiApiError {
             ControlError::Unauthenticated { message, .. } => Self::plain(StatusCode::UNAUTHORIZED, "401", message),
             ControlError::Forbidden { message, .. } => Self::plain(StatusCode::FORBIDDEN, "403", message),
             ControlError::Busy(message) => Self::overloaded(message),
-            ControlError::Conflict(message) => Self::plain(StatusCode::CONFLICT, "409", message),
+            ControlError::Engine(e) => e.into(),
+            ControlError::Conflict(message) | ControlError::ConflictCode { message, .. } => {
+                Self::plain(StatusCode::CONFLICT, "409", message)
+            }
             other => Self::internal(other),
         }
     }
@@ -93,4 +96,49 @@ impl IntoResponse for OpenAiApiError {
         }
         resp
     }
+}
+
+impl From<berth_engine::Failure> for OpenAiApiError {
+    /// The one mapping of engine failures to the data plane: a client's mistake is a 4xx, a passing
+    /// state of the server a 429 or 503 with `retry-after`, and only the engine's own fault a 500.
+    fn from(f: berth_engine::Failure) -> Self {
+        use berth_engine::Failure;
+        match f {
+            Failure::QueueFull(why) => {
+                Self::overloaded(format!("The deployment is at capacity ({why}). Please retry after 1 second."))
+            }
+            Failure::PromptExceedsCache { needed_tokens, capacity_tokens } => Self::invalid(
+                "messages",
+                "context_length_exceeded",
+                format!("This deployment can hold at most {capacity_tokens} tokens in its cache. However, your messages resulted in {needed_tokens} tokens. Please reduce the length of the messages."),
+            ),
+            Failure::OutgrewCache { capacity_tokens } => Self::invalid(
+                "max_tokens",
+                "context_length_exceeded",
+                format!("The prompt and completion together outgrew this deployment's cache of {capacity_tokens} tokens. Please reduce the length of the messages or set a lower max_tokens."),
+            ),
+            Failure::InvalidRequest(why) => Self::invalid("", "invalid_request", why),
+            Failure::AdapterUnavailable { .. } | Failure::ShuttingDown => {
+                tracing::warn!(failure = %f, "a request lost its engine or adapter");
+                unavailable("The deployment is being updated or removed. Please retry after 1 second.")
+            }
+            Failure::Internal(why) => Self::internal(why),
+        }
+    }
+}
+
+impl From<berth_engine::EngineError> for OpenAiApiError {
+    fn from(e: berth_engine::EngineError) -> Self {
+        match e {
+            berth_engine::EngineError::Busy(why) => berth_engine::Failure::QueueFull(why).into(),
+            berth_engine::EngineError::Stopped => berth_engine::Failure::ShuttingDown.into(),
+            other => Self::internal(other),
+        }
+    }
+}
+
+fn unavailable(message: &str) -> OpenAiApiError {
+    let mut e = OpenAiApiError::plain(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message);
+    e.retry_after_ms = Some(1000);
+    e
 }

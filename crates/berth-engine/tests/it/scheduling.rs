@@ -245,7 +245,10 @@ fn a_prompt_larger_than_the_pool_fails_cleanly() {
     let (tx, mut rx) = tokio::sync::mpsc::channel(8);
     engine.submit(request(vec![1; 40], None, 4, "t"), tx).unwrap();
     match rx.blocking_recv() {
-        Some(GenerateEvent::Failed(e)) => assert!(e.contains("KV cache"), "{e}"),
+        Some(GenerateEvent::Failed(e)) => assert_eq!(
+            e,
+            berth_engine::Failure::PromptExceedsCache { needed_tokens: 40, capacity_tokens: 2 * BLOCK_TOKENS }
+        ),
         other => panic!("expected a failure, got {other:?}"),
     }
     // The engine still serves what fits.
@@ -262,7 +265,7 @@ fn a_full_queue_is_refused_at_once() {
     for _ in 0..8 {
         let (tx, rx) = tokio::sync::mpsc::channel(300);
         match engine.submit(request(chat_prompt(&m, "Tell me a long story."), None, 200, "t"), tx) {
-            Ok(()) => kept.push(rx),
+            Ok(_) => kept.push(rx),
             Err(berth_engine::EngineError::Busy(_)) => refused += 1,
             Err(e) => panic!("{e}"),
         }
@@ -324,7 +327,7 @@ fn reserved_requests_jump_the_queue_and_keep_their_slots() {
     // The first reserved request arms the reservation.
     assert!(one(&engine, reserved(2)).completion_tokens > 0);
     let mut ordinary = Vec::new();
-    let mut submit = |ordinary: &mut Vec<_>| {
+    let submit = |ordinary: &mut Vec<_>| {
         let (tx, rx) = tokio::sync::mpsc::channel(400);
         engine.submit(long(300), tx).unwrap_or_else(|e| panic!("{e}"));
         ordinary.push(rx);

@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Response};
 use berth_api::openai::{OneOrMany, SamplingFields, Usage};
 use berth_control::AccountRow;
 use berth_control::{ControlError, DeploymentKey, Route};
-use berth_engine::{EngineError, FinishReason, GenerateEvent, GenerateRequest, SamplingParams};
+use berth_engine::{FinishReason, GenerateEvent, GenerateRequest, Progress, SamplingParams};
 use futures_util::stream::{self, SelectAll, StreamExt};
 use std::convert::Infallible;
+use std::sync::Arc;
 use tokio::sync::mpsc::Receiver;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -122,6 +123,24 @@ pub fn route(state: &AppState, account: &AccountRow, deployment: &str) -> Result
     state.host().route(&DeploymentKey::new(&account.key, deployment)).ok_or_else(OpenAiApiError::deployment_not_found)
 }
 
+/// Refuses the first field a body carries that the operation does not take: one Berth knows but does
+/// not serve yet (`known`, with its reason), or one it does not know at all (a misspelling such as
+/// `temprature`), as OpenAI answers "Unrecognized request argument supplied".
+pub fn refuse_unknown_fields(
+    unknown: &std::collections::BTreeMap<String, serde_json::Value>,
+    known: &[(&str, &str)],
+) -> Result<(), OpenAiApiError> {
+    let Some(name) = unknown.keys().next() else { return Ok(()) };
+    Err(match known.iter().find(|(k, _)| k == name) {
+        Some((_, why)) => OpenAiApiError::invalid(name, "unsupported_parameter", *why),
+        None => OpenAiApiError::invalid(
+            name,
+            "unknown_parameter",
+            format!("Unrecognized request argument supplied: {name}"),
+        ),
+    })
+}
+
 /// Validated sampling settings of a request.
 pub struct Sampling {
     pub params: SamplingParams,
@@ -164,11 +183,19 @@ pub fn validate_sampling(
         Some(OneOrMany::One(s)) => vec![s.clone()],
         Some(OneOrMany::Many(v)) => v.clone(),
     };
-    if stop.len() > 4 {
+    if stop.len() > MAX_STOP_SEQUENCES {
         return Err(OpenAiApiError::invalid(
             "stop",
             "invalid_value",
-            format!("'stop' takes at most 4 sequences; {} were given.", stop.len()),
+            format!("'stop' takes at most {MAX_STOP_SEQUENCES} sequences; {} were given.", stop.len()),
+        ));
+    }
+    // Stops are matched on the shared engine thread at every token: their length is bounded too.
+    if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(OpenAiApiError::invalid(
+            "stop",
+            "invalid_value",
+            format!("Each 'stop' sequence may have at most {MAX_STOP_BYTES} bytes; one has {}.", long.len()),
         ));
     }
     let max_tokens = match max_tokens {
@@ -179,7 +206,7 @@ pub fn validate_sampling(
                 format!("{m} is not a valid value for 'max_tokens': it must be at least 1."),
             ))
         }
-        Some(m) => Some(m as usize),
+        Some(m) => Some(usize::try_from(m).unwrap_or(usize::MAX)),
         None => None,
     };
     let mut logit_bias = Vec::new();
@@ -224,6 +251,10 @@ pub struct Running {
     pub events: Receiver<GenerateEvent>,
 }
 
+/// OpenAI's limits on `stop`: 4 sequences; Berth also bounds each one's length.
+const MAX_STOP_SEQUENCES: usize = 4;
+const MAX_STOP_BYTES: usize = 256;
+
 /// Completion tokens charged at admission for a request without `max_tokens` (corrected when it ends).
 const DEFAULT_COMPLETION_ESTIMATE: usize = 256;
 
@@ -233,22 +264,33 @@ pub struct Submitted {
     pub charge: Charge,
 }
 
-/// An admitted call's charge against its deployment's limits, and where its usage is metered.
+/// An admitted call's charge against its deployment's limits, and where its usage is metered. A call
+/// that ends without an answer (the client went away, the engine failed after generating) is still
+/// billed: dropping the charge meters what the engine computed for it.
 pub struct Charge {
-    ticket: berth_control::Ticket,
+    ticket: Option<berth_control::Ticket>,
+    /// What the deployment had left when the call was admitted.
+    remaining: berth_control::Remaining,
     /// Provisioned deployments are charged prompt tokens less cached ones.
     provisioned: bool,
     control: std::sync::Arc<berth_control::Control>,
     account: berth_control::AccountKey,
     deployment: String,
+    /// Each choice's prompt and what the engine computed for it.
+    progress: Vec<(usize, Arc<Progress>)>,
 }
 
 impl Charge {
     /// Corrects the admission charge to what the call used, and meters it.
-    fn finish(self, usage: &Usage) {
+    fn finish(mut self, usage: &Usage) {
+        self.settle(usage);
+    }
+
+    fn settle(&mut self, usage: &Usage) {
+        let Some(ticket) = self.ticket.take() else { return };
         let cached = usage.prompt_tokens_details.cached_tokens;
         let charged = if self.provisioned { usage.prompt_tokens.saturating_sub(cached) } else { usage.prompt_tokens };
-        self.ticket.settle(charged + usage.completion_tokens, std::time::Instant::now());
+        ticket.settle(charged.saturating_add(usage.completion_tokens), std::time::Instant::now());
         self.control.record_usage(
             &self.account,
             &self.deployment,
@@ -257,11 +299,34 @@ impl Charge {
             usage.completion_tokens,
         );
     }
+
+    /// What the engine computed so far: each admitted prompt once, every choice's sampled tokens.
+    fn computed(&self) -> Usage {
+        let mut prompts = std::collections::BTreeMap::new();
+        let mut completion = 0u64;
+        for (prompt_index, p) in &self.progress {
+            let (prompt, cached) = p.prompt_tokens();
+            if prompt > 0 {
+                prompts.entry(*prompt_index).or_insert((prompt as u64, cached as u64));
+            }
+            completion = completion.saturating_add(p.completion_tokens() as u64);
+        }
+        Usage::new(prompts.values().map(|v| v.0).sum(), completion, prompts.values().map(|v| v.1).sum())
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            let usage = self.computed();
+            self.settle(&usage);
+        }
+    }
 }
 
 impl Submitted {
     pub fn remaining(&self) -> berth_control::Remaining {
-        self.charge.ticket.remaining
+        self.charge.remaining
     }
 }
 
@@ -294,15 +359,28 @@ pub fn submit(
         if prompt.is_empty() {
             return Err(OpenAiApiError::invalid(param, "invalid_value", "The prompt is empty."));
         }
+        // The whole KV pool bounds one sequence too: a prompt that leaves no room for one token in it
+        // can never run, so it is refused here rather than queued.
+        let kv_limit = route.engine.kv_capacity_tokens();
+        if prompt.len() >= kv_limit {
+            return Err(OpenAiApiError::invalid(
+                param,
+                "context_length_exceeded",
+                format!(
+                    "This deployment can hold at most {kv_limit} tokens of prompt and completion in its cache, which is less than this model's maximum context length of {context} tokens. However, your messages resulted in {} tokens. Please reduce the length of the messages.",
+                    prompt.len()
+                ),
+            ));
+        }
         let room = context.saturating_sub(prompt.len());
         let max_tokens = sampling.max_tokens.or(default_max).unwrap_or(room);
-        if room == 0 || prompt.len() + max_tokens > context {
+        if room == 0 || prompt.len().saturating_add(max_tokens) > context {
             return Err(OpenAiApiError::invalid(
                 param,
                 "context_length_exceeded",
                 format!(
                     "This model's maximum context length is {context} tokens. However, you requested {} tokens ({} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
-                    prompt.len() + max_tokens,
+                    prompt.len().saturating_add(max_tokens),
                     prompt.len()
                 ),
             ));
@@ -326,6 +404,15 @@ pub fn submit(
             return Err(e);
         }
     };
+    let mut charge = Charge {
+        remaining: ticket.remaining,
+        ticket: Some(ticket),
+        provisioned,
+        control: state.0.clone(),
+        account: account.key.clone(),
+        deployment: deployment.to_owned(),
+        progress: Vec::new(),
+    };
     let mut out = Vec::new();
     for (p, (prompt, max_tokens)) in prompts.iter().zip(plans).enumerate() {
         for j in 0..sampling.n {
@@ -342,23 +429,13 @@ pub fn submit(
                 ignore_eos: false,
                 reserved: provisioned,
             };
-            // A refusal here leaves the admission charged at its estimate: the engine was asked.
-            route.engine.submit(request, tx).map_err(|e| match e {
-                EngineError::Busy(m) => OpenAiApiError::overloaded(format!(
-                    "The deployment is at capacity ({m}). Please retry after 1 second."
-                )),
-                other => OpenAiApiError::internal(other),
-            })?;
+            // A refusal here drops the charge: the choices already queued are billed for what they
+            // computed before their channels closed.
+            let progress = route.engine.submit(request, tx).map_err(OpenAiApiError::from)?;
+            charge.progress.push((p, progress));
             out.push(Running { index: (p * sampling.n + j) as u32, prompt_index: p, events: rx });
         }
     }
-    let charge = Charge {
-        ticket,
-        provisioned,
-        control: state.0.clone(),
-        account: account.key.clone(),
-        deployment: deployment.to_owned(),
-    };
     Ok(Submitted { running: out, charge })
 }
 
@@ -389,7 +466,7 @@ pub async fn collect(submitted: Submitted) -> Result<(Vec<Choice>, Usage), OpenA
                     choices.push(Choice { index: r.index, prompt_index: r.prompt_index, text, finish_reason: reason });
                     break;
                 }
-                Some(GenerateEvent::Failed(e)) => return Err(failed(e)),
+                Some(GenerateEvent::Failed(e)) => return Err(OpenAiApiError::from(e)),
                 None => return Err(OpenAiApiError::internal("the engine dropped a request")),
             }
         }
@@ -397,14 +474,6 @@ pub async fn collect(submitted: Submitted) -> Result<(Vec<Choice>, Usage), OpenA
     let usage = Usage::new(prompt_tokens.values().sum(), completion_tokens, cached.values().sum());
     charge.finish(&usage);
     Ok((choices, usage))
-}
-
-fn failed(e: String) -> OpenAiApiError {
-    if e.contains("queue is full") {
-        OpenAiApiError::overloaded(format!("The deployment is at capacity ({e}). Please retry after 1 second."))
-    } else {
-        OpenAiApiError::internal(e)
-    }
 }
 
 /// How one surface writes its stream frames.
@@ -464,43 +533,38 @@ pub fn sse<F: ChunkFormat>(submitted: Submitted, format: F, include_usage: bool)
             let frames: String = st.opening.drain(..).map(|f| format!("data: {f}\n\n")).collect();
             return Some((Ok::<_, Infallible>(Bytes::from(frames)), st));
         }
-        loop {
-            match st.events.next().await {
-                Some((index, _, GenerateEvent::Text(t))) => return Some((Ok(frame(st.format.text(index, t))), st)),
-                Some((
-                    index,
-                    prompt,
-                    GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens },
-                )) => {
-                    st.prompt_tokens.insert(prompt, prompt_tokens as u64);
-                    st.cached_tokens.entry(prompt).or_insert(cached_tokens as u64);
-                    st.completion_tokens += completion_tokens as u64;
-                    return Some((Ok(frame(st.format.finish(index, reason))), st));
+        match st.events.next().await {
+            Some((index, _, GenerateEvent::Text(t))) => Some((Ok(frame(st.format.text(index, t))), st)),
+            Some((
+                index,
+                prompt,
+                GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens },
+            )) => {
+                st.prompt_tokens.insert(prompt, prompt_tokens as u64);
+                st.cached_tokens.entry(prompt).or_insert(cached_tokens as u64);
+                st.completion_tokens += completion_tokens as u64;
+                Some((Ok(frame(st.format.finish(index, reason))), st))
+            }
+            Some((_, _, GenerateEvent::Failed(e))) => {
+                st.done = true;
+                let err = OpenAiApiError::from(e);
+                let body =
+                    serde_json::to_string(&berth_api::openai::OpenAiError { error: err.body }).unwrap_or_default();
+                Some((Ok(frame(body)), st))
+            }
+            None => {
+                st.done = true;
+                let mut tail = String::new();
+                let usage =
+                    Usage::new(st.prompt_tokens.values().sum(), st.completion_tokens, st.cached_tokens.values().sum());
+                if let Some(charge) = st.charge.take() {
+                    charge.finish(&usage);
                 }
-                Some((_, _, GenerateEvent::Failed(e))) => {
-                    st.done = true;
-                    let err = failed(e);
-                    let body =
-                        serde_json::to_string(&berth_api::openai::OpenAiError { error: err.body }).unwrap_or_default();
-                    return Some((Ok(frame(body)), st));
+                if st.include_usage {
+                    tail.push_str(&format!("data: {}\n\n", st.format.usage(usage)));
                 }
-                None => {
-                    st.done = true;
-                    let mut tail = String::new();
-                    let usage = Usage::new(
-                        st.prompt_tokens.values().sum(),
-                        st.completion_tokens,
-                        st.cached_tokens.values().sum(),
-                    );
-                    if let Some(charge) = st.charge.take() {
-                        charge.finish(&usage);
-                    }
-                    if st.include_usage {
-                        tail.push_str(&format!("data: {}\n\n", st.format.usage(usage)));
-                    }
-                    tail.push_str("data: [DONE]\n\n");
-                    return Some((Ok(Bytes::from(tail)), st));
-                }
+                tail.push_str("data: [DONE]\n\n");
+                Some((Ok(Bytes::from(tail)), st))
             }
         }
     });
