@@ -111,6 +111,9 @@ pub struct ChatCompletionRequest {
     pub tool_choice: Option<Value>,
     #[serde(default)]
     pub parallel_tool_calls: Option<bool>,
+    /// Every field not named above, so that the server can refuse it by name instead of ignoring it.
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +139,9 @@ pub struct CompletionRequest {
     pub suffix: Option<String>,
     #[serde(default)]
     pub best_of: Option<i64>,
+    /// Every field not named above, so that the server can refuse it by name instead of ignoring it.
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

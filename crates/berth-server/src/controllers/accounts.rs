@@ -88,10 +88,50 @@ pub async fn put_account(
 ) -> Result<Response, ArmApiError> {
     arm_api_version(&uri)?;
     state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
+    refuse_unserved_account_properties(body.properties.as_ref(), &path.account)?;
     let input = AccountPutInput { location: body.location, kind: body.kind, sku: body.sku.map(|s| s.name) };
     let (row, created) = state.put_account(&path.key(), input)?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(render::account(&state, &row, &principal.tenant_id))).into_response())
+}
+
+/// An account's properties that Berth serves as Azure does, and those it only reports (read-only,
+/// ignored in a PUT as ARM does). Anything else, or a value Berth would not honour, is refused by name.
+fn refuse_unserved_account_properties(
+    properties: Option<&serde_json::Value>,
+    account: &str,
+) -> Result<(), ArmApiError> {
+    const READ_ONLY: &[&str] =
+        &["endpoint", "endpoints", "provisioningState", "internalId", "dateCreated", "capabilities"];
+    let refuse = |field: &str, message: String| {
+        let mut e = ArmApiError::bad_request("InvalidResourceProperties", message);
+        e.target = Some(format!("properties.{field}"));
+        e
+    };
+    let Some(properties) = properties else { return Ok(()) };
+    let Some(fields) = properties.as_object() else {
+        return Err(ArmApiError::bad_request("InvalidRequestContent", "The account's 'properties' must be an object."));
+    };
+    for (name, value) in fields {
+        match (name.as_str(), value) {
+            (_, serde_json::Value::Null) => {}
+            ("publicNetworkAccess", v) if v.as_str().is_some_and(|v| v.eq_ignore_ascii_case("Enabled")) => {}
+            ("publicNetworkAccess", v) => {
+                return Err(refuse(name, format!("publicNetworkAccess {v} is not supported: Berth's network access is set where it listens, so every account is 'Enabled'.")))
+            }
+            ("disableLocalAuth", serde_json::Value::Bool(false)) => {}
+            ("disableLocalAuth", v) => {
+                return Err(refuse(name, format!("disableLocalAuth {v} is not supported: every account accepts its API keys.")))
+            }
+            ("customSubDomainName", v) if v.as_str().is_some_and(|v| v.eq_ignore_ascii_case(account)) => {}
+            ("customSubDomainName", v) => {
+                return Err(refuse(name, format!("customSubDomainName {v} is not supported: an account's endpoint is named after the account, '{account}'.")))
+            }
+            (name, _) if READ_ONLY.contains(&name) => {}
+            (name, _) => return Err(refuse(name, format!("The account property '{name}' is not supported by Berth."))),
+        }
+    }
+    Ok(())
 }
 
 /// `DELETE .../accounts/{name}`: 200, or 204 when there was none.

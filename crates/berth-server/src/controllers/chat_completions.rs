@@ -15,6 +15,17 @@ use berth_control::{AccountRow, Route};
 use berth_engine::{ChatMessage, FinishReason};
 use std::collections::{BTreeMap, HashMap};
 
+/// Fields of Azure OpenAI's chat completions that Berth does not serve yet: refused by name.
+const CHAT_FIELDS_NOT_YET_SERVED: &[(&str, &str)] = &[
+    ("functions", "Functions (legacy function calling) are not supported by this deployment's model."),
+    ("function_call", "'function_call' (legacy function calling) is not supported by this deployment's model."),
+    ("data_sources", "'data_sources' (Azure OpenAI On Your Data) is not supported by Berth."),
+    ("audio", "Audio output is not supported by this deployment's model."),
+    ("modalities", "Output modalities other than text are not supported by this deployment's model."),
+    ("prediction", "Predicted outputs are not supported by this deployment's model."),
+    ("reasoning_effort", "'reasoning_effort' applies to reasoning models only; this deployment's model is not one."),
+];
+
 const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
 /// Most messages one request may carry (the context bounds their tokens; this bounds the work of
 /// rendering and tokenising a request that could never fit).
@@ -85,6 +96,21 @@ fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, OpenAiApiEr
 }
 
 fn refuse_unsupported(req: &ChatCompletionRequest) -> Result<(), OpenAiApiError> {
+    generation::refuse_unknown_fields(&req.unknown, CHAT_FIELDS_NOT_YET_SERVED)?;
+    if req.tool_choice.as_ref().is_some_and(|c| c.as_str() != Some("none")) {
+        return Err(OpenAiApiError::invalid(
+            "tool_choice",
+            "unsupported_parameter",
+            "'tool_choice' is not supported by this deployment's model: it has no tools.",
+        ));
+    }
+    if req.parallel_tool_calls.is_some() {
+        return Err(OpenAiApiError::invalid(
+            "parallel_tool_calls",
+            "unsupported_parameter",
+            "'parallel_tool_calls' is not supported by this deployment's model: it has no tools.",
+        ));
+    }
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(OpenAiApiError::invalid(
             "tools",

@@ -37,6 +37,7 @@ async fn answer(
     route: &Route,
     req: CompletionRequest,
 ) -> Result<Response, OpenAiApiError> {
+    generation::refuse_unknown_fields(&req.unknown, &[])?;
     if req.logprobs.is_some_and(|n| n > 0) {
         return Err(OpenAiApiError::invalid("logprobs", "unsupported_parameter", "'logprobs' is not supported yet."));
     }

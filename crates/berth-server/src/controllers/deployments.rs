@@ -22,6 +22,7 @@ pub async fn create_or_update_deployment(
 ) -> Result<Response, ArmApiError> {
     let api_version = arm_api_version(&uri)?;
     state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
+    refuse_unserved(&body)?;
     let model = body.properties.as_ref().and_then(|p| p.model.clone());
     if let Some(source) = model.as_ref().and_then(|m| m.source.clone().or(m.source_account.clone())) {
         authorize_source(&state, &principal, &headers, &source, &path.scope())?;
@@ -43,6 +44,64 @@ pub async fn create_or_update_deployment(
         }
     }
     Ok(resp)
+}
+
+/// Read-only fields of a deployment that clients echo back from a GET; ARM ignores them in a PUT.
+const READ_ONLY: &[&str] = &[
+    "id",
+    "name",
+    "type",
+    "etag",
+    "systemData",
+    "provisioningState",
+    "capabilities",
+    "rateLimits",
+    "currentCapacity",
+    "callRateLimit",
+    "scheduledDeletionTime",
+    "error",
+];
+
+/// The one content-filtering policy and upgrade option Berth applies (and reports); others are refused,
+/// never stored and silently answered with these.
+pub(crate) const RAI_POLICY: &str = "Microsoft.DefaultV2";
+pub(crate) const VERSION_UPGRADE: &str = "NoAutoUpgrade";
+
+/// Refuses, by name, every field of a PUT that Berth would otherwise drop.
+fn refuse_unserved(body: &DeploymentPut) -> Result<(), ArmApiError> {
+    let refuse = |target: String, message: String| {
+        let mut e = ArmApiError::bad_request("InvalidResourceProperties", message);
+        e.target = Some(target);
+        e
+    };
+    let properties = body.properties.as_ref();
+    let unknown = body
+        .unknown
+        .keys()
+        .cloned()
+        .chain(properties.into_iter().flat_map(|p| p.unknown.keys().map(|k| format!("properties.{k}"))));
+    for name in unknown {
+        if !READ_ONLY.contains(&name.trim_start_matches("properties.")) {
+            return Err(refuse(name.clone(), format!("The field '{name}' is not supported on a deployment by Berth.")));
+        }
+    }
+    if let Some(policy) = properties.and_then(|p| p.rai_policy_name.as_deref()) {
+        if !policy.eq_ignore_ascii_case(RAI_POLICY) && !policy.is_empty() {
+            return Err(refuse(
+                "properties.raiPolicyName".into(),
+                format!("The content filtering policy '{policy}' does not exist: Berth applies only '{RAI_POLICY}'."),
+            ));
+        }
+    }
+    if let Some(option) = properties.and_then(|p| p.version_upgrade_option.as_deref()) {
+        if !option.eq_ignore_ascii_case(VERSION_UPGRADE) {
+            return Err(refuse(
+                "properties.versionUpgradeOption".into(),
+                format!("The version upgrade option '{option}' is not supported: the models Berth deploys have one version each, so only '{VERSION_UPGRADE}' applies."),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What PUT and PATCH share: SKU, tags, api-version and caller.
