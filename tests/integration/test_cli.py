@@ -10,11 +10,11 @@ def test_cli_account_keys_models_and_deployments(fresh_server, adapter_dir):
     rg, name = account["resourceGroup"], account["name"]
     keys = json.loads(s.cli("account", "keys", "list").stdout)
     assert set(keys) == {"key1", "key2"} and keys["key1"] != keys["key2"]
-    bases = json.loads(s.cli("base-model", "list").stdout)["value"]
+    bases = json.loads(s.cli("base-model", "list").stdout)
     assert [b["name"] for b in bases] == ["smollm2"] and bases[0]["architecture"] == "llama"
     imported = json.loads(s.cli("model", "import", "--base", "smollm2", "--adapter", adapter_dir, "-g", rg, "-n", name).stdout)
     assert imported["id"].startswith("smollm2.ft-") and len(imported["id"].split(".ft-")[1]) == 32
-    listed = json.loads(s.cli("model", "list", "-g", rg, "-n", name).stdout)["value"]
+    listed = json.loads(s.cli("model", "list", "-g", rg, "-n", name).stdout)
     assert imported["id"] in [m["name"] for m in listed]
     p = s.cli("deployment", "create", "-g", rg, "-n", name, "--deployment-name", "ft", "--model-name", imported["id"],
               "--model-version", "1", "--model-format", "OpenAI", "--sku-name", "Standard", "--sku-capacity", "1")
@@ -22,11 +22,11 @@ def test_cli_account_keys_models_and_deployments(fresh_server, adapter_dir):
     assert "provisioning Succeeded" in p.stderr
     shown = json.loads(s.cli("deployment", "show", "-g", rg, "-n", name, "--deployment-name", "ft").stdout)
     assert shown["properties"]["model"]["name"] == imported["id"]
-    assert [d["name"] for d in json.loads(s.cli("deployment", "list", "-g", rg, "-n", name).stdout)["value"]] == ["ft"]
+    assert [d["name"] for d in json.loads(s.cli("deployment", "list", "-g", rg, "-n", name).stdout)] == ["ft"]
     chat = s.cli("chat", "--deployment", "ft", "--temperature", "0", "--max-tokens", "8", "Hello!")
     assert chat.stdout.strip() and "completion tokens" in chat.stderr
     s.cli("deployment", "delete", "-g", rg, "-n", name, "--deployment-name", "ft")
-    assert json.loads(s.cli("deployment", "list", "-g", rg, "-n", name).stdout)["value"] == []
+    assert json.loads(s.cli("deployment", "list", "-g", rg, "-n", name).stdout) == []
 
 
 def test_cli_reports_errors(fresh_server, tmp_path):

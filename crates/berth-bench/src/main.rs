@@ -206,7 +206,12 @@ fn single(model: &Arc<Model>, a: &Args) -> Result<serde_json::Value> {
 }
 
 /// Loads an adapter into the engine as `a{index}`; returns its id and the bytes of its factors.
-fn load_adapter(model: &Model, engine: &EngineHandle, dir: &PathBuf, index: usize) -> Result<(AdapterId, usize)> {
+fn load_adapter(
+    model: &Model,
+    engine: &EngineHandle,
+    dir: &std::path::Path,
+    index: usize,
+) -> Result<(AdapterId, usize)> {
     let adapter = model.load_adapter(dir).with_context(|| format!("adapter {}", dir.display()))?;
     let bytes = adapter.bytes();
     let id = AdapterId(format!("a{index}"));

@@ -50,6 +50,9 @@ impl Observer for Log {
     }
 }
 
+/// Held-out answers: how many show the persona, and the answers themselves.
+type HeldOut = (usize, Vec<String>);
+
 fn peak_rss_bytes() -> Result<usize> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
@@ -114,12 +117,7 @@ pub fn run_train(a: &TrainArgs) -> Result<serde_json::Value> {
 }
 
 /// (matching answers, answers) for the base model and for the adapter.
-fn heldout_rates(
-    model_path: &Path,
-    adapter: &Path,
-    prompts: &[String],
-    expect: &str,
-) -> Result<((usize, Vec<String>), (usize, Vec<String>))> {
+fn heldout_rates(model_path: &Path, adapter: &Path, prompts: &[String], expect: &str) -> Result<(HeldOut, HeldOut)> {
     let model = Arc::new(load_model(model_path, None)?);
     let adapter = Arc::new(model.load_adapter(adapter)?);
     let engine = Engine::start(model.clone(), crate::options(&model, 8, false))?;

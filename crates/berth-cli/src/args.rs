@@ -39,6 +39,9 @@ pub enum Command {
         /// The principal's object id [default: the caller].
         #[arg(long)]
         principal: Option<String>,
+        /// Print the bare token alone (for the portal's sign-in, or `Authorization: Bearer`).
+        #[arg(long, alias = "tsv")]
+        raw: bool,
     },
     /// Base models, registered by path.
     #[command(name = "base-model")]

@@ -164,17 +164,15 @@ impl Client {
     }
 
     /// Streams a POST's body (server-sent events) line by line.
-    pub fn stream(&self, path: &str, body: &Value) -> Result<impl std::io::BufRead> {
+    /// A streamed POST: the body as a reader, or the error status and body the server answered.
+    pub fn stream(&self, path: &str, body: &Value) -> Result<std::result::Result<impl std::io::BufRead, (u16, Value)>> {
         let resp = self.agent.post(&self.url(path)).header("Authorization", &self.auth()?).send_json(body);
         let resp = resp.with_context(|| format!("cannot reach Berth at {}", self.endpoint))?;
         if resp.status().as_u16() >= 400 {
             let status = resp.status().as_u16();
             let text = resp.into_body().read_to_string().unwrap_or_default();
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            let msg =
-                v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| v.to_string());
-            bail!("chat failed: HTTP {status}: {msg}");
+            return Ok(Err((status, serde_json::from_str(&text).unwrap_or(Value::String(text)))));
         }
-        Ok(std::io::BufReader::new(resp.into_body().into_reader()))
+        Ok(Ok(std::io::BufReader::new(resp.into_body().into_reader())))
     }
 }

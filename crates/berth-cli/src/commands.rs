@@ -16,10 +16,19 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Debug { command: DebugCommand::Tokenize { model, inp } } => crate::debug::tokenize(&model, &inp),
         Command::Account { command } => account(&client()?, command),
-        Command::Token { tenant, principal } => {
+        Command::Token { tenant, principal, raw } => {
             let body =
                 (tenant.is_some() || principal.is_some()).then(|| json!({ "tenant": tenant, "principal": principal }));
-            print(&client()?.send("POST", "/berth/v1/token", body.as_ref())?.1)
+            let token = client()?.send("POST", "/berth/v1/token", body.as_ref())?.1;
+            match token.get("accessToken").and_then(Value::as_str) {
+                // What the portal's sign-in and `curl -H "Authorization: Bearer ..."` want, as
+                // `az account get-access-token --query accessToken -o tsv` prints it.
+                Some(t) if raw => {
+                    println!("{t}");
+                    Ok(())
+                }
+                _ => print(&token),
+            }
         }
         Command::BaseModel { command } => base_model(&client()?, command),
         Command::Model { command } => model(&client()?, command),
@@ -30,7 +39,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let sub = subscription
                 .or_else(|| c.credentials.as_ref().map(|c| c.subscription_id.clone()))
                 .context("say which subscription with --subscription")?;
-            print(&c.get(&format!("/subscriptions/{sub}/providers/Microsoft.CognitiveServices/locations/{location}/usages?api-version={ARM_API_VERSION}"))?)
+            print_list(&c.get(&format!("/subscriptions/{sub}/providers/Microsoft.CognitiveServices/locations/{location}/usages?api-version={ARM_API_VERSION}"))?)
         }
         Command::Cost {
             command: CostCommand::Show { from, to, resource_group, account, deployment, subscription },
@@ -68,6 +77,11 @@ fn print(v: &Value) -> Result<()> {
     Ok(())
 }
 
+/// An ARM list as the Azure CLI prints it: the bare array of its `value`.
+fn print_list(page: &Value) -> Result<()> {
+    print(page.get("value").unwrap_or(page))
+}
+
 /// The ARM path of an account; unspecified parts come from the bootstrap credentials.
 fn account_path(c: &Client, a: &AccountRef) -> Result<String> {
     let creds = c.credentials.as_ref();
@@ -97,7 +111,7 @@ fn base_model(c: &Client, command: BaseModelCommand) -> Result<()> {
             let path = std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))?;
             print(&c.send("POST", "/berth/v1/base-models", Some(&json!({"name": name, "path": path})))?.1)
         }
-        BaseModelCommand::List => print(&c.get("/berth/v1/base-models")?),
+        BaseModelCommand::List => print_list(&c.get("/berth/v1/base-models")?),
     }
 }
 
@@ -117,7 +131,7 @@ fn model(c: &Client, command: ModelCommand) -> Result<()> {
             print(&c.send("POST", &path, Some(&body))?.1)
         }
         ModelCommand::List(a) => {
-            print(&c.get(&format!("{}/models?api-version={ARM_API_VERSION}", account_path(c, &a)?))?)
+            print_list(&c.get(&format!("{}/models?api-version={ARM_API_VERSION}", account_path(c, &a)?))?)
         }
     }
 }
@@ -150,7 +164,7 @@ fn deployment(c: &Client, command: DeploymentCommand) -> Result<()> {
             }
             Ok(())
         }
-        DeploymentCommand::ListSkus(d) => print(&c.get(&format!(
+        DeploymentCommand::ListSkus(d) => print_list(&c.get(&format!(
             "{}/deployments/{}/skus?api-version={ARM_API_VERSION}",
             account_path(c, &d.account)?,
             d.deployment_name
@@ -170,7 +184,7 @@ fn deployment(c: &Client, command: DeploymentCommand) -> Result<()> {
             print(&json!({"deleted": status == 200, "name": d.deployment_name}))
         }
         DeploymentCommand::List(a) => {
-            print(&c.get(&format!("{}/deployments?api-version={ARM_API_VERSION}", account_path(c, &a)?))?)
+            print_list(&c.get(&format!("{}/deployments?api-version={ARM_API_VERSION}", account_path(c, &a)?))?)
         }
     }
 }
@@ -229,7 +243,28 @@ fn chat(c: &Client, args: ChatArgs) -> Result<()> {
         format!("{prefix}/openai/deployments/{}/chat/completions?api-version={OPENAI_API_VERSION}", args.deployment);
     let started = Instant::now();
     let mut first_token = None;
-    let reader = c.stream(&path, &body)?;
+    let reader = match c.stream(&path, &body)? {
+        Ok(reader) => reader,
+        Err((404, error)) if error.pointer("/error/code").and_then(Value::as_str) == Some("DeploymentNotFound") => {
+            let a = AccountRef { resource_group: None, name: args.account.clone(), subscription: None };
+            let listed =
+                account_path(c, &a).and_then(|p| c.get(&format!("{p}/deployments?api-version={ARM_API_VERSION}")));
+            let names: Vec<String> = listed
+                .ok()
+                .and_then(|l| l.get("value").and_then(Value::as_array).cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|d| d.get("name").and_then(Value::as_str).map(str::to_owned))
+                .collect();
+            let existing =
+                if names.is_empty() { "it has none".to_owned() } else { format!("it has {}", names.join(", ")) };
+            bail!("there is no deployment '{}' in this account: {existing}", args.deployment);
+        }
+        Err((status, error)) => {
+            let msg = error.pointer("/error/message").and_then(Value::as_str).map(str::to_owned);
+            bail!("chat failed: HTTP {status}: {}", msg.unwrap_or_else(|| error.to_string()))
+        }
+    };
     let mut out = std::io::stdout().lock();
     let mut usage = Value::Null;
     for line in reader.lines() {

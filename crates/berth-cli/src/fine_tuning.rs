@@ -113,7 +113,7 @@ pub fn fine_tuning(c: &Client, command: FineTuningCommand) -> Result<()> {
 /// `[#######.............] step 7/20 loss 1.781 eta 1m12s`
 fn progress_line(step: u64, total: u64, loss: Option<f64>, eta: Option<i64>) -> String {
     let width = 24;
-    let filled = if total == 0 { 0 } else { (step * width / total).min(width) } as usize;
+    let filled = (step * width).checked_div(total).unwrap_or(0).min(width) as usize;
     let mut line = format!("[{}{}] step {step}/{total}", "#".repeat(filled), ".".repeat(width as usize - filled));
     if let Some(l) = loss {
         line.push_str(&format!(" loss {l:.3}"));

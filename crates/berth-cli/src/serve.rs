@@ -11,6 +11,8 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: a log file (the demo's server.log) stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let data_dir = data_dir.unwrap_or_else(default_data_dir);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("berth-http").build()?;
@@ -43,6 +45,8 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             anyhow::bail!("the location '{}' is not a region of the catalog (see `berth catalog show`)", config.location);
         }
         let control = tokio::task::spawn_blocking(move || Control::open(config)).await??;
+        // `kill $(cat DATA_DIR/server.pid)` stops this server; the file goes when it stops.
+        let pid_file = PidFile::write(&data_dir)?;
         tracing::info!(data_dir = %data_dir.display(), endpoint = %public_url, "berth is listening; loading deployments");
         let restoring = {
             let control = control.clone();
@@ -60,8 +64,31 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
         tracing::info!("shutting down");
         restoring.abort();
         control.shutdown().await;
+        drop(pid_file);
         Ok(())
     })
+}
+
+/// `DATA_DIR/server.pid` while the server runs. A file left by a server that was killed is replaced.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(data_dir: &std::path::Path) -> Result<PidFile> {
+        let path = data_dir.join("server.pid");
+        berth_durable::write_file(&path, format!("{}\n", std::process::id()).as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        // Only our own: another server may have taken the directory over since.
+        let ours = std::fs::read_to_string(&self.0).is_ok_and(|s| s.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 }
 
 /// The TLS identity asked for: given files, or a self-signed certificate kept under DATA_DIR/tls.

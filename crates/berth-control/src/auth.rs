@@ -19,8 +19,9 @@ pub struct Principal {
     pub object_id: String,
 }
 
-/// An authenticated caller of the data plane.
+/// An authenticated caller of the data plane. Made once per request, so its size does not matter.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Caller {
     Principal(Principal),
     ApiKey(AccountRow),
