@@ -8,6 +8,8 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements
 BERTH_TEST_GGUF="$(scripts/fetch-model.sh)"
 BERTH_TEST_VOCABS="$(scripts/fetch-vocabs.sh)"
 export BERTH_TEST_GGUF BERTH_TEST_VOCABS
+# A snapshot that differs fails the test; it is never written into the tree.
+export INSTA_UPDATE=no
 # The Azure CLI is large and pins its own SDKs: it gets a virtual environment of its own, kept under
 # target/ between runs.
 AZ_VENV="${BERTH_AZ_VENV:-$PWD/target/azure-cli}"

@@ -1,0 +1,147 @@
+"""Issue 12 through the real binary: a client's mistake is a 4xx in the contract's shape (a prompt the
+KV pool can never hold, unknown or unserved fields, too many or too long stop strings), what a call
+computed is billed even when it fails or its client leaves, and the newcomer's path (CLI lists, a bare
+token, a missing deployment named, the portal under the account's address, the pid file, a plain log)."""
+from http.client import HTTPConnection
+import json
+import os
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests_shim as http
+from conftest import Server
+
+CHAT = "/openai/deployments/{}/chat/completions?api-version=2024-10-21"
+# SmolLM2's end-of-turn and end-of-text tokens: banned, so that an answer runs until something stops it.
+NO_EOS = {"2": -100, "0": -100}
+
+
+@pytest.fixture(scope="module")
+def small(gguf):
+    """A server whose KV pool (4 MiB: 5 blocks, 80 tokens of SmolLM2) is far smaller than the model's
+    8,192-token context."""
+    s = Server(tempfile.mkdtemp(prefix="berth-it-")).start(args=("--kv-cache-mib", "4"))
+    s.cli("base-model", "add", "smollm2", "--path", gguf)
+    assert s.deploy("tiny", "smollm2", capacity=100)["properties"]["provisioningState"] == "Succeeded"
+    s.key = s.keys()["key1"]
+    yield s
+    s.stop()
+
+
+def chat(s, body, deployment="tiny"):
+    return http.request("POST", s.url + CHAT.format(deployment), body=body, headers={"api-key": s.key})
+
+
+def usage_of(s, deployment):
+    now = datetime.now(timezone.utc)
+    q = f"from={(now - timedelta(hours=2)).strftime('%Y-%m-%dT%H:%M:%SZ')}&to={(now + timedelta(hours=2)).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    status, body, _ = s.arm("GET", f"/subscriptions/{s.creds['subscriptionId']}/providers/Microsoft.CognitiveServices/costs?{q}")
+    assert status == 200, body
+    line = next((l for l in body["value"] if l["deployment"] == deployment), {})
+    return line.get("requests", 0), line.get("inputTokens", 0), line.get("outputTokens", 0)
+
+
+def test_a_prompt_the_kv_pool_can_never_hold_is_a_400_with_the_real_limit(small):
+    """Item 5: it was a 500, found by matching the engine's message text."""
+    status, body, _ = chat(small, {"messages": [{"role": "user", "content": "word " * 120}], "max_tokens": 4})
+    assert status == 400, body
+    assert (body["error"]["code"], body["error"]["type"]) == ("context_length_exceeded", "invalid_request_error"), body
+    assert "at most 80 tokens" in body["error"]["message"], body
+    # The deployment still answers what fits.
+    status, body, _ = chat(small, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
+    assert status == 200, body
+
+
+def test_a_call_that_fails_after_generating_is_billed_for_what_it_computed(small):
+    """Items 5 and 9: an answer that outgrows the whole pool fails as the client's limit, and its tokens are metered."""
+    before = usage_of(small, "tiny")
+    body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 500, "logit_bias": NO_EOS}
+    status, err, _ = chat(small, body)
+    assert status == 400 and err["error"]["code"] == "context_length_exceeded", err
+    after = usage_of(small, "tiny")
+    assert after[0] == before[0] + 1, (before, after)
+    prompt, completion = after[1] - before[1], after[2] - before[2]
+    assert prompt > 20 and completion > 20 and prompt + completion <= 81, (prompt, completion)
+
+
+def test_a_stream_the_client_abandons_is_billed_for_what_it_computed(small):
+    """Item 9: a dropped stream was never metered."""
+    before = usage_of(small, "tiny")
+    conn = http_client(small)
+    payload = {"messages": [{"role": "user", "content": "Count to a hundred."}], "max_tokens": 40, "logit_bias": NO_EOS, "stream": True}
+    conn.request("POST", CHAT.format("tiny"), body=json.dumps(payload), headers={"api-key": small.key, "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    frames = 0
+    while frames < 4:
+        if resp.fp.readline().startswith(b"data: "):
+            frames += 1
+    conn.sock.shutdown(2)
+    conn.close()
+    deadline = time.time() + 30
+    while time.time() < deadline and usage_of(small, "tiny")[0] == before[0]:
+        time.sleep(0.2)
+    after = usage_of(small, "tiny")
+    assert after[0] == before[0] + 1, (before, after)
+    assert after[1] > before[1] and after[2] - before[2] >= 2, (before, after)
+
+
+def http_client(s):
+    host, port = s.url.removeprefix("http://").split(":")
+    return HTTPConnection(host, int(port), timeout=60)
+
+
+@pytest.mark.parametrize(
+    "extra,param,code",
+    [
+        ({"temprature": 0.5}, "temprature", "unknown_parameter"),
+        ({"functions": [{"name": "f", "parameters": {}}]}, "functions", "unsupported_parameter"),
+        ({"function_call": "auto"}, "function_call", "unsupported_parameter"),
+        ({"tool_choice": "auto"}, "tool_choice", "unsupported_parameter"),
+        ({"parallel_tool_calls": False}, "parallel_tool_calls", "unsupported_parameter"),
+        ({"data_sources": [{"type": "azure_search"}]}, "data_sources", "unsupported_parameter"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_value"),
+        ({"stop": "x" * 300}, "stop", "invalid_value"),
+        ({"max_tokens": 9223372036854775807}, "messages", "context_length_exceeded"),
+    ],
+)
+def test_fields_are_served_or_refused_by_name(small, extra, param, code):
+    """Item 6 (data plane) and item 10 (stop strings): nothing is silently ignored."""
+    status, body, _ = chat(small, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, **extra})
+    assert status == 400, body
+    assert (body["error"]["param"], body["error"]["code"]) == (param, code), body
+
+
+def test_the_completions_surface_refuses_unknown_fields_too(small):
+    status, body, _ = http.request(
+        "POST", small.url + "/openai/deployments/tiny/completions?api-version=2024-10-21",
+        body={"prompt": "Hi", "max_tokens": 2, "best_off": 2}, headers={"api-key": small.key},
+    )
+    assert status == 400 and (body["error"]["param"], body["error"]["code"]) == ("best_off", "unknown_parameter"), body
+
+
+def test_the_newcomer_s_path(small):
+    """Item 11 and item 12: az-shaped lists, a bare token, a missing deployment named, the portal
+    under the account's address, a log without colour codes."""
+    listed = json.loads(small.cli("deployment", "list").stdout)
+    assert isinstance(listed, list) and [d["name"] for d in listed] == ["tiny"]
+    assert isinstance(json.loads(small.cli("usage", "list", "-l", "local").stdout), list)
+    token = small.cli("token", "--raw").stdout.strip()
+    assert token.count(".") == 2 and " " not in token and not token.startswith("{"), token
+    status, _, _ = http.request("GET", small.url + "/subscriptions?api-version=2024-10-01", headers={"Authorization": f"Bearer {token}"})
+    assert status == 200
+    p = small.cli("chat", "--deployment", "nope", "Hi", check=False)
+    assert p.returncode != 0 and "'nope'" in p.stderr and "tiny" in p.stderr, p.stderr
+    status, page, _ = http.request("GET", small.url + "/accounts/berth/portal")
+    assert status == 200 and "<html" in page.lower(), page[:200]
+    assert "\x1b[" not in small.read_log()
+
+
+def test_the_pid_file_names_the_running_server_and_goes_with_it(gguf):
+    s = Server(tempfile.mkdtemp(prefix="berth-it-")).start()
+    pid_file = os.path.join(s.data_dir, "server.pid")
+    assert open(pid_file).read().strip() == str(s.proc.pid)
+    s.stop()
+    assert not os.path.exists(pid_file)
