@@ -70,6 +70,7 @@ fn json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
+        edge_number(),
         prop_oneof![Just(0.0), Just(-1.0), Just(2.5), Just(1e308), Just(-1e-308), any::<f64>()]
             .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         prop_oneof![Just("user".to_owned()), Just("Standard".to_owned()), Just("OpenAI".to_owned()), "\\PC{0,24}"]
@@ -82,6 +83,74 @@ fn json() -> impl Strategy<Value = Value> {
                 .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
         ]
     })
+}
+
+/// Numbers at the edges of i64, u64 and f64, and numbers spelled as strings (as the Azure CLI sends
+/// capacities), in every numeric field.
+fn edge_number() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        prop::sample::select(vec![i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX]).prop_map(Value::from),
+        prop::sample::select(vec![u64::MAX, u64::MAX - 1, 1 << 63]).prop_map(Value::from),
+        prop::sample::select(vec![1e308, -1e308, -0.0, 5e-324, 1e19, 9.2e18, 0.5, 1e-7])
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        prop::sample::select(vec![
+            "NaN",
+            "-NaN",
+            "Infinity",
+            "-Infinity",
+            "inf",
+            "1e308",
+            "-0",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "18446744073709551616",
+            "0x10",
+            " 5 ",
+            "5.0",
+            "",
+        ])
+        .prop_map(Value::from),
+    ]
+}
+
+/// A valid body whose numeric fields take edge values, and an arbitrary unknown field.
+fn edged(valid: &'static str) -> impl Strategy<Value = Vec<u8>> {
+    let base: Value = serde_json::from_str(valid).unwrap_or(Value::Null);
+    (prop::collection::vec((prop::sample::select(FIELDS), edge_number()), 1..4), "\\PC{1,12}", edge_number()).prop_map(
+        move |(edits, unknown, v)| {
+            let mut body = base.clone();
+            for (field, value) in edits {
+                set_everywhere(&mut body, field, &value);
+            }
+            if let Value::Object(m) = &mut body {
+                m.insert(unknown, v);
+            }
+            body.to_string().into_bytes()
+        },
+    )
+}
+
+/// Sets `field` to `value` wherever the body has it (at any depth), and at the top level.
+fn set_everywhere(body: &mut Value, field: &str, value: &Value) {
+    match body {
+        Value::Object(m) => {
+            for (k, v) in m.iter_mut() {
+                if k == field {
+                    *v = value.clone();
+                } else {
+                    set_everywhere(v, field, value);
+                }
+            }
+            m.entry(field.to_owned()).or_insert_with(|| value.clone());
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| set_everywhere(v, field, value)),
+        _ => {}
+    }
+}
+
+/// Any Unicode, percent-encoded byte by byte (so that the decoded value may be cut anywhere).
+fn encoded_unicode() -> impl Strategy<Value = String> {
+    "\\PC{0,16}".prop_map(|s| s.bytes().map(|b| format!("%{b:02X}")).collect())
 }
 
 /// A valid body with bytes flipped, dropped or inserted.
@@ -107,6 +176,8 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         4 => json().prop_map(|v| v.to_string().into_bytes()),
         2 => mutated(r#"{"sku":{"name":"Standard","capacity":5},"properties":{"model":{"format":"OpenAI","name":"smollm2","version":"1"}}}"#),
         2 => mutated(r#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_tokens":4,"stream":true}"#),
+        2 => edged(r#"{"sku":{"name":"Standard","capacity":5},"properties":{"model":{"format":"OpenAI","name":"smollm2","version":"1"}}}"#),
+        2 => edged(r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"temperature":0,"top_p":1,"n":1,"seed":1,"presence_penalty":0,"frequency_penalty":0,"logit_bias":{"1":1}}"#),
         1 => prop::collection::vec(any::<u8>(), 0..64),
     ]
 }
@@ -132,6 +203,7 @@ fn segment() -> impl Strategy<Value = String> {
         )
         .prop_map(str::to_owned),
         "[\\PC&&[^/?#%]]{1,8}".prop_map(|s| s.bytes().map(|b| format!("%{b:02X}")).collect()),
+        encoded_unicode(),
     ]
 }
 
@@ -141,8 +213,8 @@ fn path(account: String) -> impl Strategy<Value = String> {
     let data =
         prop::collection::vec(segment(), 0..4).prop_map(|extra| format!("/openai/deployments/{}", extra.join("/")));
     let known = prop::sample::select(vec![
-        "/openai/deployments/d/chat/completions".to_owned(),
-        "/openai/deployments/d/completions".to_owned(),
+        "/openai/deployments/dd/chat/completions".to_owned(),
+        "/openai/deployments/dd/completions".to_owned(),
         "/openai/fine_tuning/jobs".to_owned(),
         "/openai/files".to_owned(),
         "/subscriptions".to_owned(),
@@ -159,13 +231,30 @@ fn query() -> impl Strategy<Value = String> {
         Just("?api-version=2024-10-21".to_owned()),
         Just(String::new()),
         "[a-z0-9=&%.-]{0,24}".prop_map(|q| format!("?{q}")),
+        // Every query parameter Berth reads, with any Unicode or stray bytes as its value.
+        (
+            prop::sample::select(vec![
+                "api-version",
+                "limit",
+                "after",
+                "from",
+                "to",
+                "resourceGroup",
+                "account",
+                "deployment",
+                "purpose"
+            ]),
+            encoded_unicode(),
+            prop::sample::select(vec!["2024-10-21", "2024-10-01", "", "123456789%C3%A9", "%FF%FE", "2024-02-30"]),
+        )
+            .prop_map(|(name, value, version)| format!("?api-version={version}&{name}={value}")),
     ]
 }
 
 #[test]
 fn no_input_reaches_a_panic_or_a_server_error() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let h = Harness::new();
+    let h = rt.block_on(Harness::new().with_model());
     let token = format!("Bearer {}", h.control.credentials().admin_token);
     let c = h.control.credentials();
     let key = berth_control::AccountKey {
@@ -175,16 +264,40 @@ fn no_input_reaches_a_panic_or_a_server_error() {
     };
     let account = h.control.account(&key).unwrap();
     let api_key = h.control.account_keys(&account).unwrap().0;
-    // A deployment that exists (its model never loads here), so that data-plane bodies reach parsing.
-    let put = r#"{"sku":{"name":"Standard","capacity":5},"properties":{"model":{"format":"OpenAI","name":"none","version":"1"}}}"#;
-    let _ = rt.block_on(h.arm("PUT", &format!("{}/deployments/d", h.account_path()), put));
+    // A deployment that really serves, so that data-plane bodies are fuzzed past routing into
+    // validation and the engine.
+    let put = r#"{"sku":{"name":"Standard","capacity":1000},"properties":{"model":{"format":"OpenAI","name":"smollm2","version":"1"}}}"#;
+    let (status, created) = rt.block_on(h.arm("PUT", &format!("{}/deployments/dd", h.account_path()), put));
+    assert_eq!(status.as_u16(), 201, "{created}");
+    let ready = std::time::Instant::now();
+    while h.control.host().route(&berth_control::DeploymentKey::new(&key, "dd")).is_none() {
+        assert!(ready.elapsed().as_secs() < 120, "the fuzzer's deployment never became ready");
+        rt.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(50)).await });
+    }
 
     let method = prop::sample::select(vec!["GET", "PUT", "POST", "PATCH", "DELETE"]);
     let auth = prop::sample::select(vec![0u8, 1, 2, 3]);
-    let input = (method, path(h.account_path()), query(), auth, body());
-    let mut runner = TestRunner::new(Config { cases: 10000, failure_persistence: None, ..Config::default() });
+    let header = (
+        prop::sample::select(vec![
+            "api-key",
+            "authorization",
+            "x-ms-authorization-auxiliary",
+            "x-identity-header",
+            "content-type",
+            "x-ms-client-request-id",
+        ]),
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..24),
+            "\\PC{0,16}".prop_map(|s| format!("Bearer {s}").into_bytes()),
+        ],
+    );
+    let headers = prop::collection::vec(header, 0..3);
+    let input = (method, path(h.account_path()), query(), auth, headers, body());
+    // 10,000 inputs a CI run; BERTH_FUZZ_CASES sets more for a long run.
+    let cases = std::env::var("BERTH_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let tried = std::cell::Cell::new(0usize);
-    let result = runner.run(&input, |(method, path, query, auth, body)| {
+    let result = runner.run(&input, |(method, path, query, auth, headers, body)| {
         tried.set(tried.get() + 1);
         let mut req = Request::builder().method(method).uri(format!("{path}{query}"));
         req = match auth {
@@ -193,6 +306,12 @@ fn no_input_reaches_a_panic_or_a_server_error() {
             2 => req.header("authorization", "Bearer e30.e30.e30"),
             _ => req,
         };
+        // Headers clients and attackers send, with any bytes a header may carry (obs-text included).
+        for (name, value) in &headers {
+            if let Ok(value) = axum::http::HeaderValue::from_bytes(value) {
+                req = req.header(*name, value);
+            }
+        }
         let req = req
             .header("content-type", "application/json")
             .body(Body::from(body.clone()))
@@ -216,7 +335,7 @@ fn no_input_reaches_a_panic_or_a_server_error() {
     });
     result.unwrap();
     let tried = tried.get();
-    assert!(tried >= 10000, "{tried} inputs");
+    assert!(tried >= cases as usize, "{tried} inputs");
     println!("fuzzed {tried} inputs over both planes");
 }
 
@@ -229,6 +348,6 @@ async fn refusals_before_a_handler_keep_the_plane_s_shape() {
     let (status, body) =
         h.call("GET", "/openai/deployments/%FF/chat/completions?api-version=2024-10-21", &[], "").await;
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (405, Some("405")), "{body}");
-    let (status, body) = h.arm("POST", &format!("{}/deployments/d", h.account_path()), "").await;
+    let (status, body) = h.arm("POST", &format!("{}/deployments/dd", h.account_path()), "").await;
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (405, Some("MethodNotAllowed")), "{body}");
 }
