@@ -119,7 +119,7 @@ def test_quota_is_per_subscription_region_and_family(fresh_server):
     assert put(s, "ptu", "smollm2", "ProvisionedManaged", 3)[0] == 201
     assert put(s, "big", "smollm2", "Standard", 100)[0] == 200
     assert put(s, "more", "smollm2", "GlobalStandard", 500)[0] == 201
-    listed = json.loads(s.cli("usage", "list", "-l", "local").stdout)["value"]
+    listed = json.loads(s.cli("usage", "list", "-l", "local").stdout)
     assert {u["name"]["value"]: u["currentValue"] for u in listed} == {"OpenAI.Standard.local": 600, "OpenAI.ProvisionedManaged.local": 3}
     status, body, _ = s.arm("GET", f"/subscriptions/{s.creds['subscriptionId']}/providers/Microsoft.CognitiveServices/locations/atlantis/usages")
     assert status == 404 and body["error"]["code"] == "LocationNotFound"

@@ -49,6 +49,10 @@ pub async fn import_model(
 ) -> Result<(StatusCode, Json<ImportedModel>), ArmApiError> {
     arm_api_version(&uri)?;
     state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
+    // The body names a directory on the server: only the operator, who owns that filesystem, may
+    // have it read (and only the operator sees what reading it says). Tenants' own adapters and
+    // weights come by upload, not by server path.
+    state.operator(&principal)?;
     let source = match (body.adapter, body.weights) {
         (Some(a), None) => ModelSource::Adapter(a.into()),
         (None, Some(w)) => ModelSource::Weights(w.into()),

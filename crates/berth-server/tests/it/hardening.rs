@@ -172,3 +172,29 @@ async fn deployment_and_account_fields_berth_does_not_serve_are_refused_by_name(
     let (status, body) = h.arm("PUT", &account, fine).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
+
+/// Item 4: model import read and copied whatever server directory a Contributor named, and its errors
+/// described the server's filesystem.
+#[tokio::test]
+async fn only_the_operator_may_import_from_a_server_path() {
+    let h = Harness::new();
+    let c = h.control.credentials().clone();
+    let admin = h.control.authenticate_bearer(&c.admin_token).unwrap();
+    let (p, _) = h.control.add_principal(&admin, &c.tenant_id, "contributor", "User").unwrap();
+    let scope = h.account_path();
+    h.control.assign_role(&admin, "33333333-3333-3333-3333-333333333333", &scope, "Contributor", &p.object_id).unwrap();
+    let who = berth_control::Principal { tenant_id: p.tenant_id.clone(), object_id: p.object_id.clone() };
+    let token = h.control.issue_token(&admin, Some(&who)).unwrap().token;
+    let auth = format!("Bearer {token}");
+    let uri = format!("{}/models/import?api-version=2024-10-01", h.account_path());
+    for dir in ["/etc", "/root/.ssh", "/nonexistent"] {
+        let body = format!(r#"{{"base":"smollm2","adapter":"{dir}"}}"#);
+        let (status, err) = h.call("POST", &uri, &[("authorization", &auth)], &body).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("AuthorizationFailed")),
+            "{err}"
+        );
+        assert!(!err.to_string().contains(dir), "the answer says nothing of the path: {err}");
+    }
+}
