@@ -1,5 +1,5 @@
-//! Who is calling. Bearer tokens are JWTs signed with HMAC-SHA256 under a key kept in the data
-//! directory (claims `tid`, `oid`, `exp`), checked in constant time; the bootstrap administrator's
+//! Who is calling. Bearer tokens are JWTs (`jsonwebtoken`, HS256 only) signed under a key kept in the
+//! data directory (claims `aud`, `iss`, `iat`, `nbf`, `exp`, `tid`, `oid`, `sub`); the bootstrap administrator's
 //! long-lived token is an opaque secret recorded in the store. API keys belong to one account. What a
 //! principal may do is decided by its role assignments (`roles.rs`).
 
@@ -7,11 +7,7 @@ use crate::clock::{now_rfc3339, rfc3339_in, unix_now, unix_of};
 use crate::error::Result;
 use crate::secrets::{digest, matches};
 use crate::{Control, ControlError};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use berth_store::{AccessTokenRow, AccountRow};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -104,18 +100,18 @@ impl Control {
         };
         let now = unix_now();
         let exp = now + self.config.token_ttl_seconds;
-        let claims = serde_json::json!({
-            "aud": "https://management.azure.com/",
-            "iss": format!("https://sts.berth.local/{}/", target.tenant_id),
-            "iat": now,
-            "nbf": now,
-            "exp": exp,
-            "tid": target.tenant_id,
-            "oid": target.object_id,
-            "sub": target.object_id,
-        });
+        let claims = Claims {
+            aud: AUDIENCE.into(),
+            iss: issuer(&target.tenant_id),
+            iat: now,
+            nbf: now,
+            exp,
+            tid: target.tenant_id.clone(),
+            oid: target.object_id.clone(),
+            sub: target.object_id.clone(),
+        };
         Ok(AccessTokenRow {
-            token: self.sign_jwt(&claims),
+            token: self.sign_jwt(&claims)?,
             tenant_id: target.tenant_id,
             principal: target.object_id,
             expires_at: rfc3339_in(self.config.token_ttl_seconds),
@@ -147,45 +143,70 @@ impl Control {
         self.issue_token(&me, None)
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
-        Hmac::<Sha256>::new_from_slice(&self.signing_key).expect("HMAC takes keys of any length")
+    fn sign_jwt(&self, claims: &Claims) -> Result<String> {
+        let key = jsonwebtoken::EncodingKey::from_secret(&self.signing_key);
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), claims, &key)
+            .map_err(|e| ControlError::Internal(format!("cannot sign a token: {e}")))
     }
 
-    fn sign_jwt(&self, claims: &serde_json::Value) -> String {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-        let mut mac = self.mac();
-        mac.update(format!("{header}.{payload}").as_bytes());
-        format!("{header}.{payload}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
-    }
-
+    /// Checks signature (HS256 only: the header's `alg` cannot choose another), audience, issuer and
+    /// the time claims. Expiry and not-before are read on Berth's clock, the one every time comes from.
     fn verify_jwt(&self, token: &str) -> Result<Principal> {
         let invalid = |why: &str| ControlError::Unauthenticated {
             code: "InvalidAuthenticationToken",
             message: format!("The access token is invalid: {why}."),
         };
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(sig)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(invalid("not a JWT"));
-        };
-        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| invalid("bad signature encoding"))?;
-        let mut mac = self.mac();
-        mac.update(format!("{header}.{payload}").as_bytes());
-        // Constant-time comparison.
-        mac.verify_slice(&sig).map_err(|_| invalid("the signature does not match"))?;
-        let claims: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).map_err(|_| invalid("bad payload encoding"))?)
-                .map_err(|_| invalid("bad payload"))?;
-        let exp = claims.get("exp").and_then(|v| v.as_i64()).ok_or_else(|| invalid("no expiry"))?;
-        if exp <= unix_now() {
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        let key = jsonwebtoken::DecodingKey::from_secret(&self.signing_key);
+        let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::InvalidSignature => invalid("the signature does not match"),
+                    ErrorKind::InvalidAlgorithm => invalid("it is not signed with HS256"),
+                    ErrorKind::InvalidAudience => invalid("it is not meant for this service"),
+                    ErrorKind::MissingRequiredClaim(c) => invalid(&format!("it has no '{c}' claim")),
+                    _ => invalid("it is not a well-formed JWT"),
+                }
+            })?
+            .claims;
+        if claims.iss != issuer(&claims.tid) {
+            return Err(invalid("its issuer is not its tenant's"));
+        }
+        let now = unix_now();
+        if claims.exp <= now {
             return Err(ControlError::Unauthenticated {
                 code: "ExpiredAuthenticationToken",
-                message: format!("The access token expired at '{}'.", crate::clock::rfc3339_of(exp)),
+                message: format!("The access token expired at '{}'.", crate::clock::rfc3339_of(claims.exp)),
             });
         }
-        let field = |k: &str| {
-            claims.get(k).and_then(|v| v.as_str()).map(str::to_owned).ok_or_else(|| invalid("missing tid or oid"))
-        };
-        Ok(Principal { tenant_id: field("tid")?, object_id: field("oid")? })
+        if claims.nbf > now {
+            return Err(invalid("it is not valid yet"));
+        }
+        Ok(Principal { tenant_id: claims.tid, object_id: claims.oid })
     }
+}
+
+/// The audience of Berth's tokens: Azure Resource Manager's, which the Azure CLI and SDKs ask for.
+const AUDIENCE: &str = "https://management.azure.com/";
+
+fn issuer(tenant: &str) -> String {
+    format!("https://sts.berth.local/{tenant}/")
+}
+
+/// The claims of a bearer token, as Entra ID's access tokens carry them.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Claims {
+    aud: String,
+    iss: String,
+    iat: i64,
+    nbf: i64,
+    exp: i64,
+    tid: String,
+    oid: String,
+    sub: String,
 }

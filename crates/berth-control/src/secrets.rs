@@ -9,11 +9,9 @@ use crate::ControlError;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use berth_store::StoredKey;
-use hmac::{Hmac, Mac};
 use rand::RngCore;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use ring::{digest as sha, hmac};
 
 /// Rows carried over from databases that kept keys in plain text start with this.
 const PLAIN: &str = "plain:";
@@ -26,10 +24,9 @@ pub(crate) struct Vault {
 impl Vault {
     /// The sealing key is HMAC-SHA256(master, label): one secret file serves tokens and keys.
     pub(crate) fn new(master: &[u8]) -> Self {
-        let mut mac = Hmac::<Sha256>::new_from_slice(master).expect("HMAC takes keys of any length");
-        mac.update(b"berth/api-key-sealing/v1");
-        let key = mac.finalize().into_bytes();
-        Vault { sealing: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).expect("a 32-byte AES-256 key")) }
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, master), b"berth/api-key-sealing/v1");
+        let key = tag.as_ref();
+        Vault { sealing: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte AES-256 key")) }
     }
 
     /// How an API key is stored.
@@ -83,8 +80,8 @@ impl Vault {
 
 /// `sha256:<hex>` of a secret.
 pub(crate) fn digest(secret: &str) -> String {
-    let hash = Sha256::digest(secret.as_bytes());
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    let hash = sha::digest(&sha::SHA256, secret.as_bytes());
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("{DIGEST}{hex}")
 }
 
@@ -94,7 +91,9 @@ pub(crate) fn is_digest(value: &str) -> bool {
 
 /// Whether a presented secret matches a stored digest, in time independent of where they differ.
 pub(crate) fn matches(secret: &str, stored_digest: &str) -> bool {
-    digest(secret).as_bytes().ct_eq(stored_digest.as_bytes()).into()
+    let (a, b) = (digest(secret), stored_digest.as_bytes().to_vec());
+    // Every byte is compared whatever the first difference; black_box keeps the fold from being cut short.
+    a.len() == b.len() && std::hint::black_box(a.as_bytes().iter().zip(&b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
 }
 
 #[cfg(test)]

@@ -120,3 +120,34 @@ async fn a_damaged_signing_key_is_refused_not_replaced() {
     assert_eq!(std::fs::read_to_string(&key).unwrap(), "not a key\n");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Bearer tokens through `jsonwebtoken`: they expire on Berth's clock, and neither a changed claim,
+/// nor `alg: none`, nor another audience gets through.
+#[tokio::test]
+async fn bearer_tokens_expire_and_cannot_be_forged() {
+    use base64::Engine as _;
+    let dir = std::env::temp_dir().join(format!("berth-control-{}-{}", std::process::id(), crate::new_hex_id()));
+    let mut config = ControlConfig::new(dir.clone(), "http://127.0.0.1:1".into());
+    config.token_ttl_seconds = 1;
+    let control = Control::open(config).unwrap();
+    let admin = control.authenticate_bearer(&control.credentials().admin_token.clone()).unwrap();
+    let token = control.issue_token(&admin, None).unwrap().token;
+    assert_eq!(control.authenticate_bearer(&token).unwrap(), admin);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: serde_json::Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    claims["oid"] = "someone-else".into();
+    let forged = format!("{}.{}.{}", parts[0], b64.encode(claims.to_string()), parts[2]);
+    let none = format!("{}.{}.", b64.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+    for bad in [forged.as_str(), none.as_str(), "a.b.c"] {
+        let err = control.authenticate_bearer(bad).unwrap_err();
+        assert!(
+            matches!(err, crate::ControlError::Unauthenticated { code: "InvalidAuthenticationToken", .. }),
+            "{err:?}"
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let err = control.authenticate_bearer(&token).unwrap_err();
+    assert!(matches!(err, crate::ControlError::Unauthenticated { code: "ExpiredAuthenticationToken", .. }), "{err:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
