@@ -145,3 +145,47 @@ def test_the_pid_file_names_the_running_server_and_goes_with_it(gguf):
     assert open(pid_file).read().strip() == str(s.proc.pid)
     s.stop()
     assert not os.path.exists(pid_file)
+
+
+def multipart(fields, files):
+    """A multipart/form-data body: text fields, then (name, bytes) files as `file` parts."""
+    boundary = "berth-test-boundary"
+    out = b""
+    for k, v in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+    for name, data in files:
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'.encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_contributor_imports_by_upload_never_by_server_path(small, adapter_dir):
+    """Item 4: import read any server directory a Contributor named; tenants now send the files."""
+    from test_identity import assign, principal, token_for
+
+    s = small
+    who = principal(s, "uploader")
+    status, body, _ = assign(s, s.account_path, "Contributor", who)
+    assert status in (200, 201), body
+    token = token_for(s, s.creds["tenantId"], who)
+    # A server path: refused, and the answer says nothing of the server's filesystem.
+    status, body, _ = s.arm("POST", s.account_path + "/models/import", {"base": "smollm2", "adapter": "/etc"}, token=token)
+    assert status == 403 and "/etc" not in json.dumps(body), body
+    url = s.url + s.account_path + "/models/upload?api-version=2024-10-01"
+    files = [(n, open(os.path.join(adapter_dir, n), "rb").read()) for n in sorted(os.listdir(adapter_dir))]
+    # Names that are paths or hidden files, and files that are not an adapter of the base, are refused.
+    for bad_files, needle in [
+        ([("../adapter_config.json", files[0][1])], "not allowed"),
+        ([(".env", b"x")], "not allowed"),
+        ([("adapter_config.json", b"{}")], "uploaded"),
+    ]:
+        raw, ctype = multipart({"base": "smollm2", "kind": "adapter"}, bad_files)
+        status, body, _ = http.request("POST", url, raw=raw, headers={"Authorization": f"Bearer {token}", "Content-Type": ctype})
+        assert status == 400, body
+        assert needle in body["error"]["message"] and "uploads/" not in body["error"]["message"], body
+    raw, ctype = multipart({"base": "smollm2", "kind": "adapter"}, files)
+    status, model, _ = http.request("POST", url, raw=raw, headers={"Authorization": f"Bearer {token}", "Content-Type": ctype})
+    assert status == 201 and model["id"].startswith("smollm2.ft-") and model["kind"] == "adapter", model
+    assert not os.listdir(os.path.join(s.data_dir, "uploads")), "an upload leaves nothing behind"
+    assert s.deploy("uploaded", model["id"], capacity=10)["properties"]["provisioningState"] == "Succeeded"
+    status, answer, _ = chat(s, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}, deployment="uploaded")
+    assert status == 200, answer

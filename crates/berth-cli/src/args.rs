@@ -206,6 +206,10 @@ pub enum ModelCommand {
         adapter: Option<PathBuf>,
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// The directory is on the server, not here: the server reads it (the operator only).
+        /// Without this the directory's files are uploaded, so a remote server works too.
+        #[arg(long)]
+        server_path: bool,
         #[command(flatten)]
         account: AccountRef,
     },

@@ -163,6 +163,40 @@ impl Client {
         Ok(self.finish(&format!("POST {path}"), resp)?.1)
     }
 
+    /// POSTs `multipart/form-data` with text fields and the given files as `file` parts, streamed from
+    /// disk (model weights can be gigabytes).
+    pub fn upload_files(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        files: &[(String, std::path::PathBuf)],
+    ) -> Result<Value> {
+        use std::io::{Cursor, Read};
+        let boundary = format!("berth-{}", berth_control::new_hex_id());
+        let mut head = String::new();
+        for (name, value) in fields {
+            head.push_str(&format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            ));
+        }
+        let mut body: Box<dyn Read> = Box::new(Cursor::new(head.into_bytes()));
+        for (name, file) in files {
+            let safe = name.replace(['"', '\r', '\n'], "_");
+            let part = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{safe}\"\r\nContent-Type: application/octet-stream\r\n\r\n");
+            let opened = std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
+            body =
+                Box::new(body.chain(Cursor::new(part.into_bytes())).chain(opened).chain(Cursor::new(b"\r\n".to_vec())));
+        }
+        let body = body.chain(Cursor::new(format!("--{boundary}--\r\n").into_bytes()));
+        let resp = self
+            .agent
+            .post(&self.url(path))
+            .header("Authorization", &self.auth()?)
+            .header("Content-Type", &format!("multipart/form-data; boundary={boundary}"))
+            .send(ureq::SendBody::from_owned_reader(body));
+        Ok(self.finish(&format!("POST {path}"), resp)?.1)
+    }
+
     /// Streams a POST's body (server-sent events) line by line.
     /// A streamed POST: the body as a reader, or the error status and body the server answered.
     pub fn stream(&self, path: &str, body: &Value) -> Result<std::result::Result<impl std::io::BufRead, (u16, Value)>> {

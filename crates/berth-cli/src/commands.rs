@@ -117,7 +117,28 @@ fn base_model(c: &Client, command: BaseModelCommand) -> Result<()> {
 
 fn model(c: &Client, command: ModelCommand) -> Result<()> {
     match command {
-        ModelCommand::Import { base, adapter, weights, account } => {
+        ModelCommand::Import { base, adapter, weights, account, server_path: false } => {
+            let (kind, dir) = match (adapter, weights) {
+                (Some(a), _) => ("adapter", a),
+                (None, Some(w)) => ("weights", w),
+                (None, None) => bail!("say what to import with --adapter DIR or --weights DIR"),
+            };
+            let mut files = Vec::new();
+            for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if entry.file_type()?.is_file() && !name.starts_with('.') {
+                    files.push((name, entry.path()));
+                }
+            }
+            files.sort();
+            if files.is_empty() {
+                bail!("{} holds no files to upload", dir.display());
+            }
+            let path = format!("{}/models/upload?api-version={ARM_API_VERSION}", account_path(c, &account)?);
+            print(&c.upload_files(&path, &[("base", base.as_str()), ("kind", kind)], &files)?)
+        }
+        ModelCommand::Import { base, adapter, weights, account, server_path: true } => {
             let abs = |p: Option<std::path::PathBuf>| -> Result<Option<String>> {
                 p.map(|p| {
                     std::fs::canonicalize(&p)

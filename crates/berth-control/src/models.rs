@@ -75,9 +75,44 @@ impl Control {
         Ok(self.store.base_models()?)
     }
 
-    /// Imports a fine-tune of `base` into the account: validates it against the base's shapes, copies it
-    /// under the data directory, and records it as `<base>.ft-<32 hex>`.
+    /// Imports a fine-tune of `base` from a server directory (the operator's; the server checks): validates
+    /// it against the base's shapes, copies it under the data directory, and records it as
+    /// `<base>.ft-<32 hex>`.
     pub async fn import_model(&self, account: &AccountKey, base: &str, source: ModelSource) -> Result<ModelRow> {
+        self.import_from(account, base, source, None).await
+    }
+
+    /// Imports a fine-tune whose files a client uploaded into `dir` (see [`Control::upload_dir`]). Its
+    /// messages name the uploaded files, never where the server keeps them; `dir` is removed after.
+    pub async fn import_uploaded_model(
+        &self,
+        account: &AccountKey,
+        base: &str,
+        source: ModelSource,
+    ) -> Result<ModelRow> {
+        let dir = match &source {
+            ModelSource::Adapter(d) | ModelSource::Weights(d) => d.clone(),
+        };
+        let result = self.import_from(account, base, source, Some(&dir)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    /// A new, owner-only directory for one upload's files.
+    pub fn upload_dir(&self) -> Result<PathBuf> {
+        let dir = self.config.data_dir.join("uploads").join(new_hex_id());
+        berth_durable::create_private_dir_all(&dir)
+            .map_err(|e| ControlError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(dir)
+    }
+
+    async fn import_from(
+        &self,
+        account: &AccountKey,
+        base: &str,
+        source: ModelSource,
+        uploaded: Option<&Path>,
+    ) -> Result<ModelRow> {
         let account = self.account(account)?.key;
         let base_row = self.store.base_model(base)?.ok_or_else(|| ControlError::NotFound {
             code: "BaseModelNotFound",
@@ -111,7 +146,16 @@ impl Control {
         .map_err(|e| ControlError::Internal(e.to_string()))?;
         if let Err(e) = checked {
             let _ = std::fs::remove_dir_all(&dest);
-            return Err(e);
+            return Err(match (uploaded, e) {
+                (Some(dir), ControlError::Invalid { code, message, target }) => {
+                    // Say which uploaded file is wrong, not where the server put it.
+                    let inside = format!("{}/", dir.display());
+                    let message =
+                        message.replace(&inside, "").replace(&dir.display().to_string(), "the uploaded files");
+                    ControlError::Invalid { code, message, target }
+                }
+                (_, e) => e,
+            });
         }
         let row = ModelRow {
             account,

@@ -44,6 +44,10 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{ACCOUNT}/listKeys"), post(accounts::list_keys))
         .route(&format!("{ACCOUNT}/models"), get(models::list_account_models))
         .route(&format!("{ACCOUNT}/models/import"), post(admin::import_model))
+        .route(
+            &format!("{ACCOUNT}/models/upload"),
+            post(admin::upload_model).layer(DefaultBodyLimit::max(admin::MAX_MODEL_UPLOAD_BYTES)),
+        )
         .route(&format!("{ACCOUNT}/deployments"), get(deployments::list_deployments))
         .route(
             &format!("{ACCOUNT}/deployments/{{deployment}}"),

@@ -64,17 +64,7 @@ pub async fn import_model(
         }
     };
     let row = state.import_model(&path.key(), &body.base, source).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(ImportedModel {
-            id: row.id,
-            base_model: row.base_model,
-            kind: row.kind,
-            created_at: row.created_at,
-            account: row.account.account,
-            resource_group: row.account.resource_group,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(imported(row))))
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -113,4 +103,134 @@ pub async fn issue_token(
         subscription,
         token_type: "Bearer".into(),
     }))
+}
+
+/// The most one upload of model files may carry: an adapter is megabytes; full weights of the models
+/// Berth serves on a CPU are a few gigabytes.
+pub const MAX_MODEL_UPLOAD_BYTES: usize = 16 << 30;
+const MAX_ADAPTER_UPLOAD_BYTES: u64 = 2 << 30;
+const MAX_UPLOAD_FILES: usize = 64;
+
+/// A file name an upload may use: a plain name, never a path, a hidden file or an odd byte.
+fn valid_upload_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// `POST .../accounts/{a}/models/upload` (multipart): a tenant imports a fine-tune by sending its
+/// files. Fields: `base` (the base model), `kind` (`adapter` or `weights`), then one `file` part per
+/// file (`adapter_config.json` and `adapter_model.safetensors`; or `config.json` and the
+/// safetensors). Everything is checked before anything is recorded; nothing of the server's
+/// filesystem is named in an answer.
+pub async fn upload_model(
+    State(state): State<AppState>,
+    uri: Uri,
+    ArmPrincipal(principal): ArmPrincipal,
+    Path(path): Path<AccountPath>,
+    multipart: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<(StatusCode, Json<ImportedModel>), ArmApiError> {
+    arm_api_version(&uri)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Write)?;
+    let invalid = |message: String| {
+        let mut e = ArmApiError::bad_request("InvalidModelUpload", message);
+        e.target = Some("file".into());
+        e
+    };
+    let mut multipart = multipart.map_err(|e| {
+        invalid(format!("The upload must be multipart/form-data with the fields 'base', 'kind' and 'file': {e}"))
+    })?;
+    let dir = state.upload_dir()?;
+    let received = receive_files(&mut multipart, &dir, &invalid).await;
+    let (base, kind) = match received {
+        Ok(fields) => fields,
+        Err(e) => {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(e);
+        }
+    };
+    let source = match kind.as_str() {
+        "adapter" => ModelSource::Adapter(dir),
+        _ => ModelSource::Weights(dir),
+    };
+    let row = state.import_uploaded_model(&path.key(), &base, source).await?;
+    Ok((StatusCode::CREATED, Json(imported(row))))
+}
+
+/// Streams the file parts into `dir` under their checked names; returns `base` and `kind`.
+async fn receive_files(
+    multipart: &mut axum::extract::Multipart,
+    dir: &std::path::Path,
+    invalid: &impl Fn(String) -> ArmApiError,
+) -> Result<(String, String), ArmApiError> {
+    use tokio::io::AsyncWriteExt;
+    let (mut base, mut kind, mut names, mut total) = (None, None, Vec::<String>::new(), 0u64);
+    while let Some(mut field) =
+        multipart.next_field().await.map_err(|e| invalid(format!("The multipart body cannot be read: {e}")))?
+    {
+        match field.name().unwrap_or_default() {
+            "base" => base = Some(field.text().await.map_err(|e| invalid(format!("'base' cannot be read: {e}")))?),
+            "kind" => kind = Some(field.text().await.map_err(|e| invalid(format!("'kind' cannot be read: {e}")))?),
+            "file" => {
+                let name = field.file_name().unwrap_or_default().to_owned();
+                if !valid_upload_name(&name) {
+                    return Err(invalid(format!("The file name '{name}' is not allowed: use a plain name of letters, digits, '.', '_' and '-' (no path), as the model's own files are named.")));
+                }
+                if names.contains(&name) {
+                    return Err(invalid(format!("The file '{name}' was sent twice.")));
+                }
+                if names.len() >= MAX_UPLOAD_FILES {
+                    return Err(invalid(format!("An upload holds at most {MAX_UPLOAD_FILES} files.")));
+                }
+                let limit = if kind.as_deref() == Some("adapter") {
+                    MAX_ADAPTER_UPLOAD_BYTES
+                } else {
+                    MAX_MODEL_UPLOAD_BYTES as u64
+                };
+                let mut out = tokio::fs::File::create(dir.join(&name))
+                    .await
+                    .map_err(|e| ArmApiError::from(berth_control::ControlError::Internal(e.to_string())))?;
+                while let Some(chunk) =
+                    field.chunk().await.map_err(|e| invalid(format!("The file '{name}' cannot be read: {e}")))?
+                {
+                    total = total.saturating_add(chunk.len() as u64);
+                    if total > limit {
+                        return Err(invalid(format!(
+                            "The upload is larger than the {} MiB allowed for this kind of model.",
+                            limit >> 20
+                        )));
+                    }
+                    out.write_all(&chunk)
+                        .await
+                        .map_err(|e| ArmApiError::from(berth_control::ControlError::Internal(e.to_string())))?;
+                }
+                names.push(name);
+            }
+            other => {
+                return Err(invalid(format!(
+                    "The field '{other}' is not part of a model upload; send 'base', 'kind' and 'file' parts."
+                )))
+            }
+        }
+    }
+    let base = base.ok_or_else(|| invalid("The field 'base' (the base model) is required.".into()))?;
+    let kind = kind.ok_or_else(|| invalid("The field 'kind' ('adapter' or 'weights') is required.".into()))?;
+    if !matches!(kind.as_str(), "adapter" | "weights") {
+        return Err(invalid(format!("'kind' must be 'adapter' or 'weights', not '{kind}'.")));
+    }
+    if names.is_empty() {
+        return Err(invalid("The upload has no 'file' parts.".into()));
+    }
+    Ok((base, kind))
+}
+
+fn imported(row: berth_control::ModelRow) -> ImportedModel {
+    ImportedModel {
+        id: row.id,
+        base_model: row.base_model,
+        kind: row.kind,
+        created_at: row.created_at,
+        account: row.account.account,
+        resource_group: row.account.resource_group,
+    }
 }
