@@ -18,11 +18,15 @@ if [ ! -x "$AZ_VENV/bin/az" ]; then
     "$AZ_VENV/bin/pip" install --quiet --disable-pip-version-check azure-cli==2.91.0
 fi
 export BERTH_TEST_AZ="$AZ_VENV/bin/az"
-# The portal's browser test: Debian's chromium, driven by playwright-core from npm.
-if ! command -v chromium >/dev/null; then
+# Debian's packages: chromium for the portal's browser test (driven by playwright-core from npm),
+# strace for the durability test (it watches the server's fsyncs and renames).
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v strace >/dev/null || need+=(strace)
+if [ ${#need[@]} -gt 0 ]; then
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 npm ci --prefix tests/portal --no-audit --no-fund --silent
 cargo build --release --locked

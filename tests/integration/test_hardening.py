@@ -189,3 +189,31 @@ def test_a_contributor_imports_by_upload_never_by_server_path(small, adapter_dir
     assert s.deploy("uploaded", model["id"], capacity=10)["properties"]["provisioningState"] == "Succeeded"
     status, answer, _ = chat(s, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}, deployment="uploaded")
     assert status == 200, answer
+
+
+def test_an_uploaded_file_is_on_disk_before_its_answer(small):
+    """Item 8: nothing was fsynced. Watched with strace: the file is flushed before the rename that
+    publishes it, and the directory after, all before the 200."""
+    import re
+    import subprocess
+
+    log = os.path.join(small.data_dir, "strace.log")
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-p", str(small.proc.pid), "-o", log],
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.0)
+    try:
+        data = open(os.path.join(os.path.dirname(__file__), "..", "..", "data", "fine-tuning", "pirate-train.jsonl"), "rb").read()
+        raw, ctype = multipart({"purpose": "fine-tune"}, [("train.jsonl", data)])
+        status, body, _ = http.request("POST", small.url + "/openai/files?api-version=2024-10-21", raw=raw, headers={"api-key": small.key, "Content-Type": ctype})
+        assert status == 200 or status == 201, body
+    finally:
+        time.sleep(0.3)
+        tracer.terminate()
+        tracer.wait(10)
+    lines = open(log).read().splitlines()
+    name = f"{body['id']}.jsonl"
+    renamed = next(i for i, l in enumerate(lines) if re.search(r"rename(at2?)?\(.*" + re.escape(name + ".tmp") + r".*" + re.escape(name) + r'"', l))
+    assert any(re.search(r"f(data)?sync\(\d+<[^>]*" + re.escape(name + ".tmp") + ">", l) for l in lines[:renamed]), lines
+    assert any(re.search(r"fsync\(\d+<[^>]*/files>", l) for l in lines[renamed:]), lines
