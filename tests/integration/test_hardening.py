@@ -217,3 +217,29 @@ def test_an_uploaded_file_is_on_disk_before_its_answer(small):
     renamed = next(i for i, l in enumerate(lines) if re.search(r"rename(at2?)?\(.*" + re.escape(name + ".tmp") + r".*" + re.escape(name) + r'"', l))
     assert any(re.search(r"f(data)?sync\(\d+<[^>]*" + re.escape(name + ".tmp") + ">", l) for l in lines[:renamed]), lines
     assert any(re.search(r"fsync\(\d+<[^>]*/files>", l) for l in lines[renamed:]), lines
+
+
+def test_engines_share_a_memory_budget(gguf, tmp_path):
+    """Item 10: engines were created per weights path with no cap; now a load past the budget fails
+    provisioning with the reason, and room made by deleting a deployment is usable at once."""
+    import shutil
+
+    s = Server(tempfile.mkdtemp(prefix="berth-it-")).start(args=("--kv-cache-mib", "16", "--engine-memory-mib", "200"))
+    try:
+        copy = tmp_path / "copy.gguf"
+        shutil.copy(gguf, copy)
+        s.cli("base-model", "add", "smollm2", "--path", gguf)
+        s.cli("base-model", "add", "smollm2-copy", "--path", str(copy))
+        assert s.deploy("first", "smollm2", capacity=10)["properties"]["provisioningState"] == "Succeeded"
+        second = s.deploy("second", "smollm2-copy", capacity=10)
+        assert second["properties"]["provisioningState"] == "Failed", second
+        message = second["properties"]["error"]["message"]
+        assert "engine memory budget" in message and "200 MiB" in message and str(copy) not in message, message
+        # A second deployment of the loaded model shares its engine and needs no more.
+        assert s.deploy("also-first", "smollm2", capacity=10)["properties"]["provisioningState"] == "Succeeded"
+        for name in ("first", "also-first"):
+            status, _, _ = s.arm("DELETE", f"{s.account_path}/deployments/{name}")
+            assert status == 200
+        assert s.deploy("second", "smollm2-copy", capacity=10)["properties"]["provisioningState"] == "Succeeded"
+    finally:
+        s.stop()

@@ -119,6 +119,10 @@ pub struct ServeArgs {
     /// and reloaded on demand).
     #[arg(long, default_value_t = 1024, env = "BERTH_ADAPTER_CACHE_MIB")]
     pub adapter_cache_mib: usize,
+    /// Memory all engines together may take (weights and KV caches), in MiB: a deployment that would
+    /// load past it fails provisioning with the reason [default: 80 % of the machine's memory; 0: no limit].
+    #[arg(long, env = "BERTH_ENGINE_MEMORY_MIB")]
+    pub engine_memory_mib: Option<u64>,
     /// Batch slots each engine keeps for provisioned deployments' requests while they are active.
     #[arg(long, default_value_t = 4, env = "BERTH_RESERVED_BATCH")]
     pub reserved_batch: usize,

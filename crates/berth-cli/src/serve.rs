@@ -33,6 +33,11 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             adapter_cache_bytes: args.adapter_cache_mib << 20,
             reserved_batch: args.reserved_batch.min(args.max_batch.saturating_sub(1)),
         };
+        config.engine_memory_bytes = match args.engine_memory_mib {
+            Some(0) => None,
+            Some(mib) => Some(mib.saturating_mul(1 << 20)),
+            None => machine_memory_bytes().map(|total| total / 5 * 4),
+        };
         config.fine_tuning_slots = args.fine_tuning_slots.max(1);
         config.location = berth_control::normalize_region(&args.location);
         config.retention = berth_control::Retention { idle_days: args.idle_days, developer_hours: args.developer_hours, sweep_seconds: args.idle_sweep_seconds };
@@ -67,6 +72,14 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
         drop(pid_file);
         Ok(())
     })
+}
+
+/// The machine's memory (`MemTotal` of `/proc/meminfo`), where Linux says it.
+fn machine_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
 }
 
 /// `DATA_DIR/server.pid` while the server runs. A file left by a server that was killed is replaced.

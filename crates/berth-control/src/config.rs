@@ -17,6 +17,8 @@ pub struct ControlConfig {
     pub token_ttl_seconds: i64,
     /// Batch, queue and KV-cache sizes of every engine (one per loaded base model).
     pub engine: EngineOptions,
+    /// Memory all engines together may take (weights and KV caches); `None`: no limit.
+    pub engine_memory_bytes: Option<u64>,
     /// Fine-tuning jobs that run at once on this machine.
     pub fine_tuning_slots: usize,
     /// Regions, deployment types per model family, capacity rules and default quotas.
@@ -35,6 +37,7 @@ impl ControlConfig {
             location: "local".into(),
             token_ttl_seconds: 3600,
             engine: EngineOptions::default(),
+            engine_memory_bytes: None,
             fine_tuning_slots: 1,
             catalog: Arc::new(Catalog::builtin()),
             retention: Retention::default(),

@@ -49,7 +49,7 @@ impl Control {
         let vault = Vault::new(&signing_key);
         seal_plain_secrets(&store, &vault)?;
         let credentials = ensure_bootstrapped(&store, &config, &vault)?;
-        let host = Arc::new(ModelHost::new(config.engine.clone()));
+        let host = Arc::new(ModelHost::new(config.engine.clone()).with_memory_budget(config.engine_memory_bytes));
         let control = Arc::new(Control {
             store,
             host,

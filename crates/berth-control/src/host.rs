@@ -40,6 +40,8 @@ pub struct Route {
 
 struct EngineEntry {
     handle: Arc<EngineHandle>,
+    /// What the engine was counted as taking against the memory budget.
+    bytes: u64,
     users: usize,
     adapters: HashMap<AdapterId, usize>,
 }
@@ -68,11 +70,23 @@ pub struct ModelHost {
     /// not load it twice.
     loading: Mutex<()>,
     options: EngineOptions,
+    /// Memory all engines together may take; a load past it is refused with the reason.
+    memory_budget: Option<u64>,
 }
 
 impl ModelHost {
     pub fn new(options: EngineOptions) -> Self {
-        ModelHost { state: Mutex::default(), loading: Mutex::new(()), options }
+        ModelHost { state: Mutex::default(), loading: Mutex::new(()), options, memory_budget: None }
+    }
+
+    pub fn with_memory_budget(mut self, bytes: Option<u64>) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+
+    /// Memory the loaded engines were counted as taking.
+    pub fn engine_bytes(&self) -> u64 {
+        self.state().engines.values().map(|e| e.bytes).sum()
     }
 
     fn state(&self) -> MutexGuard<'_, HostState> {
@@ -95,6 +109,21 @@ impl ModelHost {
         let handle = match existing {
             Some(h) => h,
             None => {
+                let need = weights_bytes(Path::new(&plan.weights)).saturating_add(self.options.kv_cache_bytes as u64);
+                if let Some(budget) = self.memory_budget {
+                    let used = self.engine_bytes();
+                    if used.saturating_add(need) > budget {
+                        let mib = |b: u64| b >> 20;
+                        return Err(format!(
+                            "Loading '{}' needs about {} MiB (weights and a KV cache of {} MiB), but the engines already loaded take {} MiB of the {} MiB engine memory budget (--engine-memory-mib). Delete a deployment of another model, or raise the budget.",
+                            plan.model_name,
+                            mib(need),
+                            self.options.kv_cache_bytes >> 20,
+                            mib(used),
+                            mib(budget)
+                        ));
+                    }
+                }
                 let text_fallback = match &plan.text_from {
                     Some(base) => Some(load_text(Path::new(base))?),
                     None => None,
@@ -107,7 +136,7 @@ impl ModelHost {
                 let handle = Arc::new(Engine::start(Arc::new(model), options).map_err(|e| e.to_string())?);
                 self.state().engines.insert(
                     plan.weights.clone(),
-                    EngineEntry { handle: handle.clone(), users: 0, adapters: HashMap::new() },
+                    EngineEntry { handle: handle.clone(), bytes: need, users: 0, adapters: HashMap::new() },
                 );
                 handle
             }
@@ -175,6 +204,40 @@ impl ModelHost {
         state.routes.clear();
         state.engines.clear();
     }
+}
+
+/// What a model's weights take once loaded: a GGUF file is held as it is (quantised blocks stay
+/// quantised); safetensors weights are held as f32, so 4 bytes per element, read from their headers.
+fn weights_bytes(path: &Path) -> u64 {
+    if !path.is_dir() {
+        return std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    }
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .map(|e| safetensors_f32_bytes(&e.path()).unwrap_or_else(|| e.metadata().map(|m| m.len()).unwrap_or(0)))
+        .fold(0u64, u64::saturating_add)
+}
+
+fn safetensors_f32_bytes(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; usize::try_from(len).ok()?];
+    f.read_exact(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let elements = header
+        .as_object()?
+        .values()
+        .filter_map(|t| t.get("shape")?.as_array().cloned())
+        .map(|shape| shape.iter().filter_map(|d| d.as_u64()).fold(1u64, u64::saturating_mul));
+    Some(elements.fold(0u64, u64::saturating_add).saturating_mul(4))
 }
 
 fn load_text(base: &Path) -> Result<Arc<TextModel>, String> {
