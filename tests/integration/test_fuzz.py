@@ -16,7 +16,51 @@ SEEDS = {
     "account": {"location": "local", "kind": "OpenAI", "sku": {"name": "S0"}},
     "job": {"model": "smollm2", "training_file": "file-x", "hyperparameters": {"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1}, "suffix": "s", "seed": 1},
 }
-ODD_VALUES = [None, True, -1, 0, 2**63, -2**70, 1e308, float("-inf") if False else -1e308, "", "x" * 5000, "\u0000\ud7ff\U0001F600", [], {}, [[[[]]]], {"a": {"b": {"c": {}}}}, "9" * 40, 0.5, "NaN"]
+ODD_VALUES = [None, True, -1, 0, 2**63, -2**70, 1e308, -1e308, "", "x" * 5000, "\u0000\ud7ff\U0001F600", [], {}, [[[[]]]], {"a": {"b": {"c": {}}}}, "9" * 40, 0.5, "NaN"]
+# Numbers at the edges of i64, u64 and f64, and numbers spelled as strings, for every numeric field.
+EDGE_NUMBERS = [2**63 - 1, -2**63, 2**64 - 1, 2**64, 1e19, 9.2e18, -0.0, 5e-324, 1e-7, "NaN", "-NaN", "Infinity", "-Infinity", "-0", "1e308", "9223372036854775808", "0x10", " 5 "]
+ODD_VALUES += EDGE_NUMBERS
+NUMERIC_FIELDS = {"max_tokens", "temperature", "top_p", "n", "seed", "presence_penalty", "frequency_penalty", "capacity", "n_epochs", "batch_size", "learning_rate_multiplier"}
+QUERY_PARAMS = ["api-version", "limit", "after", "from", "to", "resourceGroup", "account", "deployment", "purpose"]
+
+
+def unicode_text(rng, n):
+    """Any code points (astral, combining, controls), percent-encoded as UTF-8 by the caller."""
+    pools = [(0x20, 0x7E), (0xA0, 0x2FF), (0x300, 0x36F), (0x4E00, 0x4FFF), (0x1F600, 0x1F64F), (0x1, 0x1F), (0xE000, 0xF8FF)]
+    out = []
+    for _ in range(n):
+        lo, hi = rng.choice(pools)
+        out.append(chr(rng.randint(lo, hi)))
+    return "".join(out)
+
+
+def fuzz_query(rng, version):
+    from urllib.parse import quote
+
+    params = {"api-version": version}
+    if rng.random() < 0.3:
+        params["api-version"] = rng.choice([unicode_text(rng, rng.randint(1, 14)), "123456789\u00e9", version + "-\u00e9"])
+    for name in rng.sample(QUERY_PARAMS, rng.randint(0, 2)):
+        params[name] = unicode_text(rng, rng.randint(0, 12))
+    return "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in params.items())
+
+
+def fuzz_headers(rng, headers):
+    """Credentials and other headers with any printable Latin-1 text (what HTTP/1.1 can carry)."""
+    headers = dict(headers)
+    for name in rng.sample(["api-key", "Authorization", "x-ms-authorization-auxiliary", "x-identity-header", "Content-Type"], rng.randint(0, 2)):
+        text = "".join(chr(rng.choice([rng.randint(0x20, 0x7E), rng.randint(0xA0, 0xFF)])) for _ in range(rng.randint(0, 20)))
+        headers[name] = rng.choice(["", "Bearer "]) + text
+    return headers
+
+
+def edge_numbers(value, rng):
+    """The body with every numeric field (at any depth) set to an edge value."""
+    if isinstance(value, dict):
+        return {k: (rng.choice(EDGE_NUMBERS) if k in NUMERIC_FIELDS else edge_numbers(v, rng)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [edge_numbers(v, rng) for v in value]
+    return value
 
 
 def mutate(value, rng, depth=0):
@@ -54,7 +98,7 @@ def raw_garbage(rng):
 
 def fuzz_path(rng):
     pieces = ["..", "%2e%2e", "%00", "\u00e9", "a" * 3000, "deployments", "openai", "{x}", "%ZZ", "subscriptions", "-", ""]
-    return "/" + "/".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+    return "/" + "/".join(rng.choice(pieces + [unicode_text(rng, rng.randint(1, 8))]) for _ in range(rng.randint(1, 8)))
 
 
 def test_no_input_gets_a_server_error(fresh_server):
@@ -63,14 +107,14 @@ def test_no_input_gets_a_server_error(fresh_server):
     s.deploy("alive", "smollm2", capacity=10)
     key = s.keys()["key1"]
     rng = random.Random(20261129)
-    data = lambda p: f"{s.url}/openai/deployments/smol/{p}?api-version={VERSION}"  # noqa: E731
+    data = lambda p: f"{s.url}/openai/deployments/smol/{p}"  # noqa: E731
     targets = [
         ("POST", data("chat/completions"), "chat", "data"),
         ("POST", data("completions"), "completion", "data"),
-        ("PUT", f"{s.url}{s.account_path}/deployments/fz?api-version=2024-10-01", "deployment", "arm"),
-        ("PATCH", f"{s.url}{s.account_path}/deployments/smol?api-version=2024-10-01", "deployment", "arm"),
-        ("PUT", f"{s.url}{s.account_path[: s.account_path.rindex('/')]}/fz?api-version=2024-10-01", "account", "arm"),
-        ("POST", f"{s.url}/openai/fine_tuning/jobs?api-version={VERSION}", "job", "data"),
+        ("PUT", f"{s.url}{s.account_path}/deployments/fz", "deployment", "arm"),
+        ("PATCH", f"{s.url}{s.account_path}/deployments/smol", "deployment", "arm"),
+        ("PUT", f"{s.url}{s.account_path[: s.account_path.rindex('/')]}/fz", "account", "arm"),
+        ("POST", f"{s.url}/openai/fine_tuning/jobs", "job", "data"),
     ]
     seen = Counter()
     failures = []
@@ -78,10 +122,15 @@ def test_no_input_gets_a_server_error(fresh_server):
     for i in range(6000):
         method, url, seed, plane = targets[i % len(targets)]
         headers = {"api-key": key} if plane == "data" else {"Authorization": f"Bearer {s.token}"}
+        if rng.random() < 0.2:
+            headers = fuzz_headers(rng, headers)
+        url = f"{url}?{fuzz_query(rng, VERSION if plane == 'data' else '2024-10-01')}"
         if rng.random() < 0.15:
             raw = raw_garbage(rng)
         else:
             body = SEEDS[seed]
+            if rng.random() < 0.3:
+                body = edge_numbers(body, rng)
             for _ in range(rng.randint(1, 4)):
                 body = mutate(body, rng)
             raw = json.dumps(body, allow_nan=True).encode()
@@ -96,6 +145,8 @@ def test_no_input_gets_a_server_error(fresh_server):
         seen[status] += 1
         if status != "closed" and status >= 500:
             failures.append((method, url, raw[:300], status, resp))
+        elif status != "closed" and status >= 400 and not (isinstance(resp, dict) and isinstance(resp.get("error", {}).get("message"), str)):
+            failures.append(("shape", method, url, raw[:300], status, resp))
     for i in range(1000):
         path = fuzz_path(rng)
         for prefix, headers in [("", {"api-key": key}), ("/subscriptions/x", {"Authorization": f"Bearer {s.token}"})]:
