@@ -243,3 +243,61 @@ def test_engines_share_a_memory_budget(gguf, tmp_path):
         assert s.deploy("second", "smollm2-copy", capacity=10)["properties"]["provisioningState"] == "Succeeded"
     finally:
         s.stop()
+
+
+def scrape(s, token=None):
+    """`/metrics` as {(name, frozenset(labels)): value}."""
+    import re
+
+    status, text, headers = http.request("GET", s.url + "/metrics", headers={"Authorization": f"Bearer {token or s.token}"})
+    assert status == 200, text
+    assert headers["content-type"].startswith("application/openmetrics-text"), headers
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$', line)
+        if m:
+            labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+            out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def test_metrics_move_by_exactly_a_known_workload(small):
+    """Issue 14's metrics, taken with this issue: every counter moves by exactly what was done."""
+    from test_identity import principal, token_for
+
+    L = lambda **kw: frozenset({"account": "berth", "deployment": "tiny", "model": "smollm2", **kw}.items())  # noqa: E731
+    before = scrape(small)
+    usages = []
+    for i in range(3):
+        status, body, _ = chat(small, {"messages": [{"role": "user", "content": f"Say {i}"}], "max_tokens": 3, "logit_bias": NO_EOS})
+        assert status == 200, body
+        usages.append(body["usage"])
+    status, body, _ = chat(small, {"messages": [{"role": "user", "content": "Hi"}], "temperature": 9})
+    assert status == 400
+    after = scrape(small)
+    delta = lambda key: after.get(key, 0) - before.get(key, 0)  # noqa: E731
+    assert delta(("berth_requests_total", L(outcome="ok"))) == 3
+    assert delta(("berth_requests_total", L(outcome="4xx"))) == 1
+    assert delta(("berth_tokens_total", L(kind="prompt"))) == sum(u["prompt_tokens"] for u in usages)
+    assert delta(("berth_tokens_total", L(kind="completion"))) == sum(u["completion_tokens"] for u in usages) == 9
+    assert delta(("berth_tokens_total", L(kind="cached"))) == sum(u["prompt_tokens_details"]["cached_tokens"] for u in usages)
+    assert delta(("berth_time_to_first_token_seconds_count", L())) == 3
+    assert delta(("berth_time_per_output_token_seconds_count", L())) == 3
+    route = "/openai/deployments/{deployment}/chat/completions"
+    assert delta(("berth_http_requests_total", frozenset({"method": "POST", "route": route, "status": "2xx"}.items()))) == 3
+    assert delta(("berth_http_requests_total", frozenset({"method": "POST", "route": route, "status": "4xx"}.items()))) == 1
+    engine = frozenset({"engine": os.path.basename(os.environ["BERTH_TEST_GGUF"])}.items())
+    assert ("berth_engine_queue_depth", engine) in after and ("berth_engine_running_sequences", engine) in after
+    assert after[("berth_kv_blocks", engine | {("state", "free")})] + after[("berth_kv_blocks", engine | {("state", "used")})] == 5
+    assert ("berth_fine_tuning_jobs", frozenset({("status", "pending")})) in after
+    assert any(k[0] == "berth_provisioning_duration_seconds_count" for k in after)
+    # Only the operator scrapes: the names of every tenant's deployments are in it.
+    status, _, _ = http.request("GET", small.url + "/metrics")
+    assert status == 401
+    reader = token_for(small, small.creds["tenantId"], principal(small, "nobody"))
+    status, _, _ = http.request("GET", small.url + "/metrics", headers={"Authorization": f"Bearer {reader}"})
+    assert status == 403
+    # The request log: one line per request, with its route template and deployment, never a key.
+    log = small.read_log()
+    assert 'route="/openai/deployments/{deployment}/chat/completions"' in log or "route=/openai/deployments/{deployment}/chat/completions" in log, log[-2000:]
+    assert small.key not in log

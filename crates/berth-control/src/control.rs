@@ -27,6 +27,8 @@ pub struct Control {
     pub(crate) signing_key: Vec<u8>,
     /// Seals API keys under a key derived from the signing key.
     pub(crate) vault: Vault,
+    /// This replica's Prometheus metrics.
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Control {
@@ -61,6 +63,7 @@ impl Control {
             limiter: Arc::new(RateLimiter::default()),
             signing_key,
             vault,
+            metrics: crate::metrics::Metrics::default(),
         });
         // Databases from before roles: the bootstrap administrator owns everything of its tenant.
         if control.store.count_role_assignments()? == 0 {
@@ -75,6 +78,26 @@ impl Control {
             control.grant_administrator(&admin.tenant_id, &admin.object_id)?;
         }
         Ok(control)
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The Prometheus text exposition: what was counted, and the engines' and jobs' state now.
+    pub fn render_metrics(&self) -> Result<String> {
+        let jobs = self.store.job_status_counts()?;
+        Ok(self.metrics.render(&self.host.engine_samples(), &jobs))
+    }
+
+    /// A deployment's metric labels (its account, name and model), when it exists.
+    pub fn deployment_labels(
+        &self,
+        account: &AccountKey,
+        deployment: &str,
+    ) -> Option<crate::metrics::DeploymentLabels> {
+        let d = self.store.deployment(account, deployment).ok().flatten()?;
+        Some(crate::metrics::DeploymentLabels { account: d.account.account, deployment: d.name, model: d.model_name })
     }
 
     pub fn credentials(&self) -> &Credentials {

@@ -298,6 +298,7 @@ impl Control {
         };
         let error = result.as_ref().err().map(|e| format!("The model '{}' could not be loaded: {e}", row.model_name));
         let state = if error.is_none() { "Succeeded" } else { "Failed" };
+        self.metrics.provisioned(error.is_none(), started.elapsed());
         let applied = self.store.finish_provisioning(
             &row.account,
             &row.name,

@@ -158,7 +158,14 @@ impl ModelHost {
             }
         }
         let mut state = self.state();
-        let entry = state.engines.get_mut(&plan.weights).expect("engine inserted above");
+        // A deletion of the engine's last other deployment may have unloaded it while the adapter
+        // loaded (the state lock is not held across loads): fail this provisioning, never panic.
+        let Some(entry) = state.engines.get_mut(&plan.weights) else {
+            return Err(
+                "the model was unloaded while this deployment was being provisioned; update the deployment to retry"
+                    .into(),
+            );
+        };
         entry.users += 1;
         if let Some(id) = &plan.adapter_id {
             *entry.adapters.entry(id.clone()).or_default() += 1;
@@ -190,12 +197,48 @@ impl ModelHost {
     }
 
     fn release_engine_if_unused(&self, weights: &str) {
-        let mut state = self.state();
-        if state.engines.get(weights).is_some_and(|e| e.users == 0) {
-            // Dropping the last handle stops and joins the engine thread (in-flight requests hold clones).
-            state.engines.remove(weights);
+        let removed = {
+            let mut state = self.state();
+            match state.engines.get(weights) {
+                Some(e) if e.users == 0 => state.engines.remove(weights),
+                _ => None,
+            }
+        };
+        // Dropped outside the lock: dropping the last handle stops and joins the engine thread (for up
+        // to one step), and route lookups must not wait for that.
+        if let Some(entry) = removed {
+            drop(entry);
             tracing::info!(%weights, "engine unloaded");
         }
+    }
+
+    /// Each loaded engine's state, for metrics; engines are named by their weights' file name.
+    pub fn engine_samples(&self) -> Vec<crate::metrics::EngineSample> {
+        let state = self.state();
+        let mut out: Vec<_> = state
+            .engines
+            .iter()
+            .map(|(weights, e)| {
+                let s = e.handle.stats();
+                let (total, free, cached) = s.kv_blocks();
+                let (_, prompt_cached) = s.prompt_tokens();
+                let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                crate::metrics::EngineSample {
+                    name: Path::new(weights).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    queued: as_i64(s.queued()),
+                    running: as_i64(s.running()),
+                    kv_used: as_i64(total.saturating_sub(free)),
+                    kv_free: as_i64(free),
+                    kv_cached: as_i64(cached),
+                    cached_prompt_tokens: prompt_cached,
+                    adapter_loads: s.adapters().2,
+                    adapter_evictions: s.adapter_evictions(),
+                    preemptions: s.preemptions(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Drops every route and engine; engine threads stop once in-flight requests let go of them.

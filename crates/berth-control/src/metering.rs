@@ -54,6 +54,12 @@ impl Control {
             Ok(Some(m)) => m.base_model,
             _ => d.model_name.clone(),
         };
+        let labels = crate::metrics::DeploymentLabels {
+            account: d.account.account.clone(),
+            deployment: d.name.clone(),
+            model: d.model_name.clone(),
+        };
+        self.metrics.tokens(&labels, prompt, cached, completion);
         let row = UsageRow {
             account: d.account.clone(),
             deployment: d.name.clone(),

@@ -93,9 +93,20 @@ pub struct EngineStats {
     pub(crate) adapters_loaded: AtomicUsize,
     pub(crate) adapter_bytes: AtomicUsize,
     pub(crate) adapter_loads: AtomicU64,
+    pub(crate) adapter_evictions: AtomicU64,
 }
 
 impl EngineStats {
+    /// Requests submitted and not yet in the batch (what counts against the queue depth).
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Loaded adapters dropped from the pool to stay within its budget, so far.
+    pub fn adapter_evictions(&self) -> u64 {
+        self.adapter_evictions.load(Ordering::Relaxed)
+    }
+
     /// Sequences in the running batch.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)

@@ -343,6 +343,7 @@ impl Worker {
             let Some(victim) = victim else { break };
             if let Some(slot) = self.adapters.get_mut(&victim) {
                 slot.loaded = None;
+                self.stats.adapter_evictions.fetch_add(1, Ordering::Relaxed);
             }
             tracing::info!(adapter = %victim.0, "adapter evicted from the pool");
         }

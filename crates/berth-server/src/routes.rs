@@ -2,7 +2,7 @@
 
 use crate::controllers::{
     accounts, admin, chat_completions, completions, costs, deployments, files, fine_tuning, health, identity,
-    managed_identity, models, operations, portal, quota,
+    managed_identity, metrics, models, operations, portal, quota,
 };
 use crate::headers::common_headers;
 use crate::{AppState, ArmApiError, OpenAiApiError};
@@ -114,7 +114,12 @@ pub fn router(state: AppState) -> Router {
                 get(fine_tuning::list_checkpoints),
             );
     }
-    layered(r.fallback(not_found).with_state(state), region)
+    let r = r
+        .route("/metrics", get(metrics::scrape))
+        .route_layer(axum::middleware::from_fn(crate::headers::tag_route))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::headers::count_http));
+    layered(r.with_state(state), region)
 }
 
 /// The layers every route gets, innermost first: a panic anywhere in a request becomes a 500 (the
@@ -124,6 +129,7 @@ pub fn router(state: AppState) -> Router {
 pub fn layered(routes: Router, region: HeaderValue) -> Router {
     routes
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(crate::rejections::panicked))
+        .layer(crate::headers::request_log())
         .layer(axum::middleware::from_fn(crate::rejections::shape_rejections))
         .layer(axum::middleware::from_fn(move |req, next| common_headers(region.clone(), req, next)))
 }

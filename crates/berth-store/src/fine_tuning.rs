@@ -140,10 +140,18 @@ impl Store {
     /// Jobs in one of `statuses`, oldest first.
     pub fn jobs_with_status(&self, statuses: &[&str]) -> Result<Vec<FineTuningJobRow>> {
         let conn = self.conn();
-        let mut st = conn.prepare(&format!("{JOB_SELECT} ORDER BY created_at, rowid"))?;
-        let rows = st.query_map([], job_from_row)?;
-        let all: Vec<FineTuningJobRow> = rows.collect::<Result<_, _>>()?;
-        Ok(all.into_iter().filter(|j| statuses.contains(&j.status.as_str())).collect())
+        let marks = vec!["?"; statuses.len()].join(", ");
+        let mut st = conn.prepare(&format!("{JOB_SELECT} WHERE status IN ({marks}) ORDER BY created_at, rowid"))?;
+        let rows = st.query_map(rusqlite::params_from_iter(statuses), job_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many jobs are in each status.
+    pub fn job_status_counts(&self) -> Result<Vec<(String, i64)>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT status, COUNT(*) FROM fine_tuning_jobs GROUP BY status")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Moves a job to `to` if it is in one of `from`, with an event; returns whether it moved.

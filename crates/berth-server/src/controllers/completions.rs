@@ -27,7 +27,7 @@ pub async fn completions(
     let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Inference)?;
     let deployment = params.get("deployment").cloned().unwrap_or_default();
     let route = generation::route(&state, &account, &deployment)?;
-    generation::limits_on_error(&state, &account, &deployment, answer(&state, &account, &deployment, &route, req).await)
+    generation::finish_call(&state, &account, &deployment, answer(&state, &account, &deployment, &route, req).await)
 }
 
 async fn answer(

@@ -105,18 +105,27 @@ pub fn resolve_account(
 }
 
 /// An error answer of a known deployment carries its remaining limits too.
-pub fn limits_on_error(
+/// Ends a call that reached its deployment: an error carries the deployment's remaining limits, and
+/// the answer is counted by outcome.
+pub fn finish_call(
     state: &AppState,
     account: &AccountRow,
     deployment: &str,
     result: Result<Response, OpenAiApiError>,
 ) -> Result<Response, OpenAiApiError> {
-    result.map_err(|mut e| {
-        if e.remaining.is_none() {
-            e.remaining = state.rate_remaining(&account.key, deployment);
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(mut e) => {
+            if e.remaining.is_none() {
+                e.remaining = state.rate_remaining(&account.key, deployment);
+            }
+            e.into_response()
         }
-        e
-    })
+    };
+    if let Some(labels) = state.deployment_labels(&account.key, deployment) {
+        state.metrics().request(&labels, resp.status().as_u16());
+    }
+    Ok(resp)
 }
 
 pub fn route(state: &AppState, account: &AccountRow, deployment: &str) -> Result<Route, OpenAiApiError> {
@@ -278,12 +287,29 @@ pub struct Charge {
     deployment: String,
     /// Each choice's prompt and what the engine computed for it.
     progress: Vec<(usize, Arc<Progress>)>,
+    /// The deployment's metric labels.
+    labels: Option<berth_control::DeploymentLabels>,
+    admitted: std::time::Instant,
+    first_text: Option<std::time::Instant>,
 }
 
 impl Charge {
-    /// Corrects the admission charge to what the call used, and meters it.
+    /// Corrects the admission charge to what the call used, and meters it with its latencies.
     fn finish(mut self, usage: &Usage) {
+        if let Some(labels) = &self.labels {
+            let first = self.first_text.map(|t| t - self.admitted);
+            let per_token = match (self.first_text, usage.completion_tokens) {
+                (Some(t), n) if n > 1 => Some(t.elapsed() / u32::try_from(n - 1).unwrap_or(u32::MAX)),
+                _ => None,
+            };
+            self.control.metrics().latency(labels, first, per_token);
+        }
         self.settle(usage);
+    }
+
+    /// Notes the first text of the answer (time to first token).
+    fn text_arrived(&mut self) {
+        self.first_text.get_or_insert_with(std::time::Instant::now);
     }
 
     fn settle(&mut self, usage: &Usage) {
@@ -393,6 +419,9 @@ pub fn submit(
     let ticket = match state.admit(&account.key, deployment, estimate)? {
         Ok(t) => t,
         Err(refusal) => {
+            if let Some(labels) = state.deployment_labels(&account.key, deployment) {
+                state.metrics().rate_limited(&labels);
+            }
             let secs = refusal.retry_after.as_secs_f64().ceil() as u64;
             let mut e = OpenAiApiError::plain(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -412,6 +441,9 @@ pub fn submit(
         account: account.key.clone(),
         deployment: deployment.to_owned(),
         progress: Vec::new(),
+        labels: state.deployment_labels(&account.key, deployment),
+        admitted: std::time::Instant::now(),
+        first_text: None,
     };
     let mut out = Vec::new();
     for (p, (prompt, max_tokens)) in prompts.iter().zip(plans).enumerate() {
@@ -449,7 +481,7 @@ pub struct Choice {
 
 /// Waits for every choice; usage counts each prompt once. The call's charge is corrected to its usage.
 pub async fn collect(submitted: Submitted) -> Result<(Vec<Choice>, Usage), OpenAiApiError> {
-    let Submitted { running, charge } = submitted;
+    let Submitted { running, mut charge } = submitted;
     let mut choices = Vec::with_capacity(running.len());
     let mut prompt_tokens = std::collections::BTreeMap::new();
     let mut completion_tokens = 0;
@@ -458,7 +490,10 @@ pub async fn collect(submitted: Submitted) -> Result<(Vec<Choice>, Usage), OpenA
         let mut text = String::new();
         loop {
             match r.events.recv().await {
-                Some(GenerateEvent::Text(t)) => text.push_str(&t),
+                Some(GenerateEvent::Text(t)) => {
+                    charge.text_arrived();
+                    text.push_str(&t)
+                }
                 Some(GenerateEvent::Finished { reason, prompt_tokens: p, completion_tokens: c, cached_tokens }) => {
                     prompt_tokens.insert(r.prompt_index, p as u64);
                     cached.entry(r.prompt_index).or_insert(cached_tokens as u64);
@@ -534,7 +569,12 @@ pub fn sse<F: ChunkFormat>(submitted: Submitted, format: F, include_usage: bool)
             return Some((Ok::<_, Infallible>(Bytes::from(frames)), st));
         }
         match st.events.next().await {
-            Some((index, _, GenerateEvent::Text(t))) => Some((Ok(frame(st.format.text(index, t))), st)),
+            Some((index, _, GenerateEvent::Text(t))) => {
+                if let Some(charge) = st.charge.as_mut() {
+                    charge.text_arrived();
+                }
+                Some((Ok(frame(st.format.text(index, t))), st))
+            }
             Some((
                 index,
                 prompt,

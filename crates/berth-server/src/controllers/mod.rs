@@ -13,6 +13,7 @@ pub mod generation;
 pub mod health;
 pub mod identity;
 pub mod managed_identity;
+pub mod metrics;
 pub mod models;
 pub mod operations;
 pub mod portal;
