@@ -291,6 +291,9 @@ def test_metrics_move_by_exactly_a_known_workload(small):
     assert after[("berth_kv_blocks", engine | {("state", "free")})] + after[("berth_kv_blocks", engine | {("state", "used")})] == 5
     assert ("berth_fine_tuning_jobs", frozenset({("status", "pending")})) in after
     assert any(k[0] == "berth_provisioning_duration_seconds_count" for k in after)
+    # Which replica answered is on every answer.
+    _, _, headers = http.request("GET", small.url + "/healthz")
+    assert headers["x-berth-replica"], headers
     # Only the operator scrapes: the names of every tenant's deployments are in it.
     status, _, _ = http.request("GET", small.url + "/metrics")
     assert status == 401

@@ -1,11 +1,12 @@
-//! Headers on every answer: a request id (also as `apim-request-id`) and the region.
+//! Headers on every answer: a request id (also as `apim-request-id`), the region, and which replica
+//! answered (`x-berth-replica`: behind a load balancer, the one to look at).
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 
-pub async fn common_headers(region: HeaderValue, req: Request, next: Next) -> Response {
+pub async fn common_headers(region: HeaderValue, replica: HeaderValue, req: Request, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let mut resp = {
@@ -21,7 +22,19 @@ pub async fn common_headers(region: HeaderValue, req: Request, next: Next) -> Re
         h.insert("x-ms-request-id", v);
     }
     h.insert("x-ms-region", region);
+    h.insert("x-berth-replica", replica);
     resp
+}
+
+/// This replica's name: `BERTH_REPLICA`, else the host name (a pod's name under Kubernetes).
+pub fn replica_name() -> HeaderValue {
+    let name = std::env::var("BERTH_REPLICA")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "berth".into());
+    HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("berth"))
 }
 
 /// `x-ratelimit-remaining-requests`, `x-ratelimit-remaining-tokens` and, for provisioned deployments,

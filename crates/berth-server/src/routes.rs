@@ -127,11 +127,12 @@ pub fn router(state: AppState) -> Router {
 /// every answer gets its request id and region. Public so that a test can put a route that panics
 /// under exactly these layers.
 pub fn layered(routes: Router, region: HeaderValue) -> Router {
+    let replica = crate::headers::replica_name();
     routes
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(crate::rejections::panicked))
         .layer(crate::headers::request_log())
         .layer(axum::middleware::from_fn(crate::rejections::shape_rejections))
-        .layer(axum::middleware::from_fn(move |req, next| common_headers(region.clone(), req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| common_headers(region.clone(), replica.clone(), req, next)))
 }
 
 async fn not_found(uri: Uri) -> Response {
