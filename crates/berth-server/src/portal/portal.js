@@ -157,8 +157,10 @@ function signOut() {
   sessionStorage.clear();
   session.token = session.key = "";
   session.account = null;
-  location.hash = "#signin";
-  render();
+  // Render the sign-in page once: a change of hash renders it (hashchange), so rendering here too
+  // would replace the form a moment later and lose whatever was typed into it meanwhile.
+  if (location.hash === "#signin") render();
+  else location.hash = "#signin";
 }
 
 function renderChrome() {
