@@ -83,9 +83,29 @@ pub fn arm_api_version(uri: &Uri) -> Result<String, ArmApiError> {
     }
 }
 
-/// The data plane's `api-version`: required, as Azure OpenAI requires it.
+/// Whether a path is on the v1 surface (`/openai/v1/...`), where `api-version` is optional.
+pub fn is_v1(uri: &Uri) -> bool {
+    let path = uri.path();
+    path.contains("/openai/v1/") || path.ends_with("/openai/v1")
+}
+
+/// The data plane's `api-version`: required, as Azure OpenAI requires it, except on the v1 surface,
+/// which takes none (or `preview` / `latest`).
 pub fn openai_api_version(uri: &Uri) -> Result<String, OpenAiApiError> {
-    match query_param(uri, "api-version") {
+    let given = query_param(uri, "api-version");
+    if is_v1(uri) {
+        return match given.as_deref() {
+            None => Ok("v1".into()),
+            Some(v @ ("preview" | "latest" | "v1")) => Ok(v.to_owned()),
+            Some(v) if well_formed_api_version(v) => Ok(v.to_owned()),
+            Some(v) => Err(OpenAiApiError::plain(
+                StatusCode::BAD_REQUEST,
+                "InvalidApiVersion",
+                format!("The api-version '{v}' is invalid; the v1 API takes none, or 'preview' or 'latest'."),
+            )),
+        };
+    }
+    match given {
         None => Err(OpenAiApiError::plain(
             StatusCode::BAD_REQUEST,
             "MissingApiVersion",

@@ -92,27 +92,29 @@ pub fn router(state: AppState) -> Router {
                 post(chat_completions::chat_completions),
             )
             .route(&format!("{prefix}/openai/deployments/{{deployment}}/completions"), post(completions::completions))
-            .route(&format!("{prefix}/openai/models"), get(models::list_models))
-            .route(&format!("{prefix}/openai/models/{{model}}"), get(models::get_model))
-            .route(
-                &format!("{prefix}/openai/files"),
-                post(files::upload_file)
-                    .layer(DefaultBodyLimit::max(berth_control::MAX_FILE_BYTES + (1 << 20)))
-                    .get(files::list_files),
-            )
-            .route(&format!("{prefix}/openai/files/{{file}}"), get(files::get_file).delete(files::delete_file))
-            .route(&format!("{prefix}/openai/files/{{file}}/content"), get(files::file_content))
-            .route(
-                &format!("{prefix}/openai/fine_tuning/jobs"),
-                post(fine_tuning::create_job).get(fine_tuning::list_jobs),
-            )
-            .route(&format!("{prefix}/openai/fine_tuning/jobs/{{job}}"), get(fine_tuning::get_job))
-            .route(&format!("{prefix}/openai/fine_tuning/jobs/{{job}}/cancel"), post(fine_tuning::cancel_job))
-            .route(&format!("{prefix}/openai/fine_tuning/jobs/{{job}}/events"), get(fine_tuning::list_events))
-            .route(
-                &format!("{prefix}/openai/fine_tuning/jobs/{{job}}/checkpoints"),
-                get(fine_tuning::list_checkpoints),
-            );
+            // The v1 surface: the deployment in the body's `model`, no api-version.
+            .route(&format!("{prefix}/openai/v1/chat/completions"), post(chat_completions::chat_completions_v1))
+            .route(&format!("{prefix}/openai/v1/completions"), post(completions::completions_v1));
+        // Models, files and fine-tuning answer the same on both surfaces.
+        for base in ["/openai", "/openai/v1"] {
+            let at = format!("{prefix}{base}");
+            r = r
+                .route(&format!("{at}/models"), get(models::list_models))
+                .route(&format!("{at}/models/{{model}}"), get(models::get_model))
+                .route(
+                    &format!("{at}/files"),
+                    post(files::upload_file)
+                        .layer(DefaultBodyLimit::max(berth_control::MAX_FILE_BYTES + (1 << 20)))
+                        .get(files::list_files),
+                )
+                .route(&format!("{at}/files/{{file}}"), get(files::get_file).delete(files::delete_file))
+                .route(&format!("{at}/files/{{file}}/content"), get(files::file_content))
+                .route(&format!("{at}/fine_tuning/jobs"), post(fine_tuning::create_job).get(fine_tuning::list_jobs))
+                .route(&format!("{at}/fine_tuning/jobs/{{job}}"), get(fine_tuning::get_job))
+                .route(&format!("{at}/fine_tuning/jobs/{{job}}/cancel"), post(fine_tuning::cancel_job))
+                .route(&format!("{at}/fine_tuning/jobs/{{job}}/events"), get(fine_tuning::list_events))
+                .route(&format!("{at}/fine_tuning/jobs/{{job}}/checkpoints"), get(fine_tuning::list_checkpoints));
+        }
     }
     let r = r
         .route("/metrics", get(metrics::scrape))

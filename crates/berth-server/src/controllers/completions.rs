@@ -24,10 +24,33 @@ pub async fn completions(
     OpenAiJson(req): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, OpenAiApiError> {
     openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Inference)?;
     let deployment = params.get("deployment").cloned().unwrap_or_default();
-    let route = generation::route(&state, &account, &deployment)?;
-    generation::finish_call(&state, &account, &deployment, answer(&state, &account, &deployment, &route, req).await)
+    serve(&state, &headers, &prefix, &deployment, req).await
+}
+
+/// `POST /openai/v1/completions`: the deployment is the body's `model`.
+pub async fn completions_v1(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    prefix: AccountPrefix,
+    OpenAiJson(req): OpenAiJson<CompletionRequest>,
+) -> Result<Response, OpenAiApiError> {
+    openai_api_version(&uri)?;
+    let deployment = generation::deployment_of_model(req.sampling.model.as_deref())?;
+    serve(&state, &headers, &prefix, &deployment, req).await
+}
+
+async fn serve(
+    state: &AppState,
+    headers: &HeaderMap,
+    prefix: &AccountPrefix,
+    deployment: &str,
+    req: CompletionRequest,
+) -> Result<Response, OpenAiApiError> {
+    let account = resolve_account(state, headers, prefix.name(), berth_control::Action::Inference)?;
+    let route = generation::route(state, &account, deployment)?;
+    generation::finish_call(state, &account, deployment, answer(state, &account, deployment, &route, req).await)
 }
 
 async fn answer(

@@ -72,6 +72,13 @@ pub fn resolve_account(
         )),
         Some(Err(())) => Err(denied()),
         Some(Ok(token)) => {
+            // The plain `OpenAI` client sends the API key as a bearer token (Azure's v1 accepts it).
+            if let (Err(_), Ok(account)) = (state.authenticate_bearer(token), state.authenticate_key(token)) {
+                if prefix.is_some_and(|p| !p.eq_ignore_ascii_case(&account.key.account)) {
+                    return Err(denied());
+                }
+                return Ok(account);
+            }
             let principal = state.authenticate_bearer(token).map_err(|e| match e {
                 ControlError::Unauthenticated { message, .. } => OpenAiApiError::plain(StatusCode::UNAUTHORIZED, "401", message),
                 other => other.into(),
@@ -126,6 +133,18 @@ pub fn finish_call(
         state.metrics().request(&labels, resp.status().as_u16());
     }
     Ok(resp)
+}
+
+/// On the v1 surface the deployment is named by the body's `model`.
+pub fn deployment_of_model(model: Option<&str>) -> Result<String, OpenAiApiError> {
+    match model.map(str::trim) {
+        Some(m) if !m.is_empty() => Ok(m.to_owned()),
+        _ => Err(OpenAiApiError::invalid(
+            "model",
+            "missing_required_parameter",
+            "The v1 API names the deployment in 'model': you must provide a model parameter.",
+        )),
+    }
 }
 
 pub fn route(state: &AppState, account: &AccountRow, deployment: &str) -> Result<Route, OpenAiApiError> {
