@@ -1,8 +1,8 @@
 //! Every route of the server, in one place.
 
 use crate::controllers::{
-    accounts, admin, chat_completions, completions, costs, deployments, files, fine_tuning, health, identity,
-    managed_identity, metrics, models, operations, portal, quota,
+    accounts, admin, costs, deployments, files, fine_tuning, generation, health, identity, managed_identity, metrics,
+    models, operations, portal, quota,
 };
 use crate::headers::common_headers;
 use crate::{AppState, ArmApiError, OpenAiApiError};
@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
+use berth_api::openai::{ChatCompletionRequest, CompletionRequest};
 
 const ACCOUNT: &str =
     "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.CognitiveServices/accounts/{account}";
@@ -89,12 +90,15 @@ pub fn router(state: AppState) -> Router {
         r = r
             .route(
                 &format!("{prefix}/openai/deployments/{{deployment}}/chat/completions"),
-                post(chat_completions::chat_completions),
+                post(generation::on_deployment::<ChatCompletionRequest>),
             )
-            .route(&format!("{prefix}/openai/deployments/{{deployment}}/completions"), post(completions::completions))
+            .route(
+                &format!("{prefix}/openai/deployments/{{deployment}}/completions"),
+                post(generation::on_deployment::<CompletionRequest>),
+            )
             // The v1 surface: the deployment in the body's `model`, no api-version.
-            .route(&format!("{prefix}/openai/v1/chat/completions"), post(chat_completions::chat_completions_v1))
-            .route(&format!("{prefix}/openai/v1/completions"), post(completions::completions_v1));
+            .route(&format!("{prefix}/openai/v1/chat/completions"), post(generation::on_v1::<ChatCompletionRequest>))
+            .route(&format!("{prefix}/openai/v1/completions"), post(generation::on_v1::<CompletionRequest>));
         // Models, files and fine-tuning answer the same on both surfaces.
         for base in ["/openai", "/openai/v1"] {
             let at = format!("{prefix}{base}");

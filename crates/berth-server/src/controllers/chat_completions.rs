@@ -1,10 +1,7 @@
 //! `POST /openai/deployments/{deployment}/chat/completions`.
 
-use super::generation::{self, blocking, resolve_account, AccountPrefix, ChunkFormat};
-use crate::extract::{openai_api_version, OpenAiJson};
+use super::generation::{self, blocking, ChunkFormat, GenerationCall};
 use crate::{AppState, OpenAiApiError};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_api::openai::{
@@ -13,7 +10,7 @@ use berth_api::openai::{
 };
 use berth_control::{AccountRow, Route};
 use berth_engine::{ChatMessage, FinishReason};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Fields of Azure OpenAI's chat completions that Berth does not serve yet: refused by name.
 const CHAT_FIELDS_NOT_YET_SERVED: &[(&str, &str)] = &[
@@ -133,111 +130,83 @@ fn refuse_unsupported(req: &ChatCompletionRequest) -> Result<(), OpenAiApiError>
     Ok(())
 }
 
-pub async fn chat_completions(
-    State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    prefix: AccountPrefix,
-    Path(params): Path<HashMap<String, String>>,
-    OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
-) -> Result<Response, OpenAiApiError> {
-    openai_api_version(&uri)?;
-    let deployment = params.get("deployment").cloned().unwrap_or_default();
-    serve(&state, &headers, &prefix, &deployment, req).await
-}
-
-/// `POST /openai/v1/chat/completions`: the deployment is the body's `model`.
-pub async fn chat_completions_v1(
-    State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    prefix: AccountPrefix,
-    OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
-) -> Result<Response, OpenAiApiError> {
-    openai_api_version(&uri)?;
-    let deployment = generation::deployment_of_model(req.sampling.model.as_deref())?;
-    serve(&state, &headers, &prefix, &deployment, req).await
-}
-
-async fn serve(
-    state: &AppState,
-    headers: &HeaderMap,
-    prefix: &AccountPrefix,
-    deployment: &str,
-    req: ChatCompletionRequest,
-) -> Result<Response, OpenAiApiError> {
-    let account = resolve_account(state, headers, prefix.name(), berth_control::Action::Inference)?;
-    let route = generation::route(state, &account, deployment)?;
-    generation::finish_call(state, &account, deployment, answer(state, &account, deployment, &route, req).await)
-}
-
-async fn answer(
-    state: &AppState,
-    account: &AccountRow,
-    deployment: &str,
-    route: &Route,
-    req: ChatCompletionRequest,
-) -> Result<Response, OpenAiApiError> {
-    refuse_unsupported(&req)?;
-    let msgs = messages(&req)?;
-    let text = route.engine.model().text().clone();
-    let sampling = generation::validate_sampling(
-        &req.sampling,
-        text.vocab_size(),
-        req.max_completion_tokens.or(req.sampling.max_tokens),
-    )?;
-    let prompt = blocking(move || {
-        let rendered = text.render_chat(&msgs).map_err(|e| {
-            OpenAiApiError::invalid(
-                "messages",
-                "invalid_value",
-                format!("The messages cannot be formatted for this model: {e}"),
-            )
-        })?;
-        text.encode(&rendered).map_err(OpenAiApiError::internal)
-    })
-    .await?;
-    let submitted = generation::submit(
-        state,
-        account,
-        deployment,
-        "ChatCompletions_Create",
-        route,
-        &[prompt],
-        &sampling,
-        "messages",
-        None,
-    )?;
-    let remaining = submitted.remaining();
-    let id = generation::completion_id("chatcmpl");
-    let created = berth_control::unix_now();
-    let fingerprint = generation::fingerprint(route);
-    if sampling.stream {
-        let format = ChatFormat { id, created, model: route.model_name.clone(), fingerprint };
-        return Ok(generation::sse(submitted, format, sampling.include_usage));
+impl GenerationCall for ChatCompletionRequest {
+    fn model(&self) -> Option<&str> {
+        self.sampling.model.as_deref()
     }
-    let (choices, usage) = generation::collect(submitted).await?;
-    let resp = Json(ChatCompletion {
-        id,
-        object: "chat.completion".into(),
-        created,
-        model: route.model_name.clone(),
-        system_fingerprint: fingerprint,
-        prompt_filter_results: vec![PromptFilterResult { prompt_index: 0, content_filter_results: BTreeMap::new() }],
-        choices: choices
-            .into_iter()
-            .map(|c| ChatChoice {
-                index: c.index,
-                finish_reason: Some(c.finish_reason.as_str().into()),
-                message: ChatMessageOut { role: "assistant".into(), content: c.text },
-                logprobs: None,
+
+    async fn answer(
+        self,
+        state: &AppState,
+        account: &AccountRow,
+        deployment: &str,
+        route: &Route,
+    ) -> Result<Response, OpenAiApiError> {
+        let req = self;
+        refuse_unsupported(&req)?;
+        let msgs = messages(&req)?;
+        let text = route.engine.model().text().clone();
+        let sampling = generation::validate_sampling(
+            &req.sampling,
+            text.vocab_size(),
+            req.max_completion_tokens.or(req.sampling.max_tokens),
+        )?;
+        let prompt = blocking(move || {
+            let rendered = text.render_chat(&msgs).map_err(|e| {
+                OpenAiApiError::invalid(
+                    "messages",
+                    "invalid_value",
+                    format!("The messages cannot be formatted for this model: {e}"),
+                )
+            })?;
+            text.encode(&rendered).map_err(OpenAiApiError::internal)
+        })
+        .await?;
+        let submitted = generation::submit(
+            state,
+            account,
+            deployment,
+            "ChatCompletions_Create",
+            route,
+            &[prompt],
+            &sampling,
+            "messages",
+            None,
+        )?;
+        let remaining = submitted.remaining();
+        let id = generation::completion_id("chatcmpl");
+        let created = berth_control::unix_now();
+        let fingerprint = generation::fingerprint(route);
+        if sampling.stream {
+            let format = ChatFormat { id, created, model: route.model_name.clone(), fingerprint };
+            return Ok(generation::sse(submitted, format, sampling.include_usage));
+        }
+        let (choices, usage) = generation::collect(submitted).await?;
+        let resp = Json(ChatCompletion {
+            id,
+            object: "chat.completion".into(),
+            created,
+            model: route.model_name.clone(),
+            system_fingerprint: fingerprint,
+            prompt_filter_results: vec![PromptFilterResult {
+                prompt_index: 0,
                 content_filter_results: BTreeMap::new(),
-            })
-            .collect(),
-        usage,
-    })
-    .into_response();
-    Ok(generation::with_limits(resp, &remaining))
+            }],
+            choices: choices
+                .into_iter()
+                .map(|c| ChatChoice {
+                    index: c.index,
+                    finish_reason: Some(c.finish_reason.as_str().into()),
+                    message: ChatMessageOut { role: "assistant".into(), content: c.text },
+                    logprobs: None,
+                    content_filter_results: BTreeMap::new(),
+                })
+                .collect(),
+            usage,
+        })
+        .into_response();
+        Ok(generation::with_limits(resp, &remaining))
+    }
 }
 
 struct ChatFormat {

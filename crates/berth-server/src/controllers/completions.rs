@@ -1,153 +1,123 @@
 //! `POST /openai/deployments/{deployment}/completions` (legacy completions).
 
-use super::generation::{self, blocking, resolve_account, AccountPrefix, ChunkFormat};
-use crate::extract::{openai_api_version, OpenAiJson};
+use super::generation::{self, blocking, ChunkFormat, GenerationCall};
 use crate::{AppState, OpenAiApiError};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_api::openai::{Completion, CompletionChoice, CompletionRequest, Prompt, PromptFilterResult, Usage};
 use berth_control::{AccountRow, Route};
 use berth_engine::FinishReason;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Legacy completions stop after 16 tokens unless told otherwise.
 const DEFAULT_MAX_TOKENS: usize = 16;
 
-pub async fn completions(
-    State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    prefix: AccountPrefix,
-    Path(params): Path<HashMap<String, String>>,
-    OpenAiJson(req): OpenAiJson<CompletionRequest>,
-) -> Result<Response, OpenAiApiError> {
-    openai_api_version(&uri)?;
-    let deployment = params.get("deployment").cloned().unwrap_or_default();
-    serve(&state, &headers, &prefix, &deployment, req).await
-}
-
-/// `POST /openai/v1/completions`: the deployment is the body's `model`.
-pub async fn completions_v1(
-    State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    prefix: AccountPrefix,
-    OpenAiJson(req): OpenAiJson<CompletionRequest>,
-) -> Result<Response, OpenAiApiError> {
-    openai_api_version(&uri)?;
-    let deployment = generation::deployment_of_model(req.sampling.model.as_deref())?;
-    serve(&state, &headers, &prefix, &deployment, req).await
-}
-
-async fn serve(
-    state: &AppState,
-    headers: &HeaderMap,
-    prefix: &AccountPrefix,
-    deployment: &str,
-    req: CompletionRequest,
-) -> Result<Response, OpenAiApiError> {
-    let account = resolve_account(state, headers, prefix.name(), berth_control::Action::Inference)?;
-    let route = generation::route(state, &account, deployment)?;
-    generation::finish_call(state, &account, deployment, answer(state, &account, deployment, &route, req).await)
-}
-
-async fn answer(
-    state: &AppState,
-    account: &AccountRow,
-    deployment: &str,
-    route: &Route,
-    req: CompletionRequest,
-) -> Result<Response, OpenAiApiError> {
-    generation::refuse_unknown_fields(&req.unknown, &[])?;
-    if req.logprobs.is_some_and(|n| n > 0) {
-        return Err(OpenAiApiError::invalid("logprobs", "unsupported_parameter", "'logprobs' is not supported yet."));
+impl GenerationCall for CompletionRequest {
+    fn model(&self) -> Option<&str> {
+        self.sampling.model.as_deref()
     }
-    if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
-        return Err(OpenAiApiError::invalid(
-            "suffix",
-            "unsupported_parameter",
-            "'suffix' (insertion) is not supported by this model.",
-        ));
-    }
-    let text = route.engine.model().text().clone();
-    let sampling = generation::validate_sampling(&req.sampling, text.vocab_size(), req.sampling.max_tokens)?;
-    if let Some(best_of) = req.best_of {
-        if best_of != sampling.n as i64 {
+
+    async fn answer(
+        self,
+        state: &AppState,
+        account: &AccountRow,
+        deployment: &str,
+        route: &Route,
+    ) -> Result<Response, OpenAiApiError> {
+        let req = self;
+        generation::refuse_unknown_fields(&req.unknown, &[])?;
+        if req.logprobs.is_some_and(|n| n > 0) {
             return Err(OpenAiApiError::invalid(
-                "best_of",
+                "logprobs",
                 "unsupported_parameter",
-                "'best_of' other than 'n' is not supported.",
+                "'logprobs' is not supported yet.",
             ));
         }
-    }
-    let prompt = req
-        .prompt
-        .clone()
-        .ok_or_else(|| OpenAiApiError::invalid("prompt", "missing_required_parameter", "'prompt' is required."))?;
-    // A token the embedding has no row for would fail the whole batch in the engine: refuse it here.
-    let vocab = text.vocab_size().min(route.engine.model().config().vocab_size);
-    let prompts: Vec<Vec<u32>> = blocking(move || match prompt {
-        Prompt::Text(s) => Ok(vec![text.encode(&s).map_err(OpenAiApiError::internal)?]),
-        Prompt::Texts(v) => v.iter().map(|s| text.encode(s).map_err(OpenAiApiError::internal)).collect(),
-        Prompt::Tokens(ids) => Ok(vec![ids]),
-        Prompt::TokenLists(lists) => Ok(lists),
-    })
-    .await?;
-    if prompts.is_empty() {
-        return Err(OpenAiApiError::invalid("prompt", "invalid_value", "'prompt' must not be an empty list."));
-    }
-    if let Some(bad) = prompts.iter().flatten().find(|&&id| id as usize >= vocab) {
-        return Err(OpenAiApiError::invalid(
-            "prompt",
-            "invalid_value",
-            format!("Token id {bad} is outside this model's vocabulary of {vocab}."),
-        ));
-    }
-    let echo: Vec<String> = if req.echo == Some(true) {
+        if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(OpenAiApiError::invalid(
+                "suffix",
+                "unsupported_parameter",
+                "'suffix' (insertion) is not supported by this model.",
+            ));
+        }
         let text = route.engine.model().text().clone();
-        prompts.iter().map(|p| text.decode(p)).collect()
-    } else {
-        vec![String::new(); prompts.len()]
-    };
-    let submitted = generation::submit(
-        state,
-        account,
-        deployment,
-        "Completions_Create",
-        route,
-        &prompts,
-        &sampling,
-        "prompt",
-        Some(DEFAULT_MAX_TOKENS),
-    )?;
-    let remaining = submitted.remaining();
-    let id = generation::completion_id("cmpl");
-    let created = berth_control::unix_now();
-    let format = CompletionFormat {
-        id,
-        created,
-        model: route.model_name.clone(),
-        fingerprint: generation::fingerprint(route),
-        echo,
-        n: sampling.n,
-    };
-    if sampling.stream {
-        return Ok(generation::sse(submitted, format, sampling.include_usage));
-    }
-    let (choices, usage) = generation::collect(submitted).await?;
-    let choices = choices
-        .into_iter()
-        .map(|c| CompletionChoice {
-            index: c.index,
-            text: format!("{}{}", format.echo[c.prompt_index], c.text),
-            finish_reason: Some(c.finish_reason.as_str().into()),
-            logprobs: None,
-            content_filter_results: BTreeMap::new(),
+        let sampling = generation::validate_sampling(&req.sampling, text.vocab_size(), req.sampling.max_tokens)?;
+        if let Some(best_of) = req.best_of {
+            if best_of != sampling.n as i64 {
+                return Err(OpenAiApiError::invalid(
+                    "best_of",
+                    "unsupported_parameter",
+                    "'best_of' other than 'n' is not supported.",
+                ));
+            }
+        }
+        let prompt = req
+            .prompt
+            .clone()
+            .ok_or_else(|| OpenAiApiError::invalid("prompt", "missing_required_parameter", "'prompt' is required."))?;
+        // A token the embedding has no row for would fail the whole batch in the engine: refuse it here.
+        let vocab = text.vocab_size().min(route.engine.model().config().vocab_size);
+        let prompts: Vec<Vec<u32>> = blocking(move || match prompt {
+            Prompt::Text(s) => Ok(vec![text.encode(&s).map_err(OpenAiApiError::internal)?]),
+            Prompt::Texts(v) => v.iter().map(|s| text.encode(s).map_err(OpenAiApiError::internal)).collect(),
+            Prompt::Tokens(ids) => Ok(vec![ids]),
+            Prompt::TokenLists(lists) => Ok(lists),
         })
-        .collect();
-    Ok(generation::with_limits(Json(format.completion(choices, Some(usage), true)).into_response(), &remaining))
+        .await?;
+        if prompts.is_empty() {
+            return Err(OpenAiApiError::invalid("prompt", "invalid_value", "'prompt' must not be an empty list."));
+        }
+        if let Some(bad) = prompts.iter().flatten().find(|&&id| id as usize >= vocab) {
+            return Err(OpenAiApiError::invalid(
+                "prompt",
+                "invalid_value",
+                format!("Token id {bad} is outside this model's vocabulary of {vocab}."),
+            ));
+        }
+        let echo: Vec<String> = if req.echo == Some(true) {
+            let text = route.engine.model().text().clone();
+            prompts.iter().map(|p| text.decode(p)).collect()
+        } else {
+            vec![String::new(); prompts.len()]
+        };
+        let submitted = generation::submit(
+            state,
+            account,
+            deployment,
+            "Completions_Create",
+            route,
+            &prompts,
+            &sampling,
+            "prompt",
+            Some(DEFAULT_MAX_TOKENS),
+        )?;
+        let remaining = submitted.remaining();
+        let id = generation::completion_id("cmpl");
+        let created = berth_control::unix_now();
+        let format = CompletionFormat {
+            id,
+            created,
+            model: route.model_name.clone(),
+            fingerprint: generation::fingerprint(route),
+            echo,
+            n: sampling.n,
+        };
+        if sampling.stream {
+            return Ok(generation::sse(submitted, format, sampling.include_usage));
+        }
+        let (choices, usage) = generation::collect(submitted).await?;
+        let choices = choices
+            .into_iter()
+            .map(|c| CompletionChoice {
+                index: c.index,
+                text: format!("{}{}", format.echo[c.prompt_index], c.text),
+                finish_reason: Some(c.finish_reason.as_str().into()),
+                logprobs: None,
+                content_filter_results: BTreeMap::new(),
+            })
+            .collect();
+        Ok(generation::with_limits(Json(format.completion(choices, Some(usage), true)).into_response(), &remaining))
+    }
 }
 
 struct CompletionFormat {

@@ -135,6 +135,61 @@ pub fn finish_call(
     Ok(resp)
 }
 
+/// A generation call's body: chat completions or completions. Both surfaces route it the same way.
+pub trait GenerationCall: serde::de::DeserializeOwned + Send + 'static {
+    /// The body's `model`: on the v1 surface, the deployment.
+    fn model(&self) -> Option<&str>;
+
+    /// Answers the call on its resolved deployment.
+    fn answer(
+        self,
+        state: &AppState,
+        account: &AccountRow,
+        deployment: &str,
+        route: &Route,
+    ) -> impl std::future::Future<Output = Result<Response, OpenAiApiError>> + Send;
+}
+
+/// `POST /openai/deployments/{deployment}/{chat/completions|completions}`.
+pub async fn on_deployment<R: GenerationCall>(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    prefix: AccountPrefix,
+    axum::extract::Path(params): axum::extract::Path<std::collections::HashMap<String, String>>,
+    crate::extract::OpenAiJson(req): crate::extract::OpenAiJson<R>,
+) -> Result<Response, OpenAiApiError> {
+    crate::extract::openai_api_version(&uri)?;
+    let deployment = params.get("deployment").cloned().unwrap_or_default();
+    serve(&state, &headers, &prefix, &deployment, req).await
+}
+
+/// `POST /openai/v1/{chat/completions|completions}`: the deployment is the body's `model`.
+pub async fn on_v1<R: GenerationCall>(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    prefix: AccountPrefix,
+    crate::extract::OpenAiJson(req): crate::extract::OpenAiJson<R>,
+) -> Result<Response, OpenAiApiError> {
+    crate::extract::openai_api_version(&uri)?;
+    let deployment = deployment_of_model(req.model())?;
+    serve(&state, &headers, &prefix, &deployment, req).await
+}
+
+async fn serve<R: GenerationCall>(
+    state: &AppState,
+    headers: &HeaderMap,
+    prefix: &AccountPrefix,
+    deployment: &str,
+    req: R,
+) -> Result<Response, OpenAiApiError> {
+    let account = resolve_account(state, headers, prefix.name(), berth_control::Action::Inference)?;
+    let route = route(state, &account, deployment)?;
+    let answered = req.answer(state, &account, deployment, &route).await;
+    finish_call(state, &account, deployment, answered)
+}
+
 /// On the v1 surface the deployment is named by the body's `model`.
 pub fn deployment_of_model(model: Option<&str>) -> Result<String, OpenAiApiError> {
     match model.map(str::trim) {
