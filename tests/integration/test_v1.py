@@ -1,6 +1,8 @@
 """The v1 surface (`/openai/v1/...`, as Azure's newer documentation uses it): the plain `OpenAI` client
 with `base_url`, the deployment named in the body's `model`, no api-version, the API key sent as a
 bearer token, on the server's and the account's endpoint."""
+import os
+
 import openai
 import pytest
 import requests_shim as http
@@ -34,8 +36,14 @@ def test_models_files_and_jobs_answer_on_v1_and_on_the_account_endpoint(v1):
     s, key, client = v1
     ids = [m.id for m in client.models.list()]
     assert "smollm2" in ids and s.ft_model in ids
-    assert client.files.list().object == "list"
-    assert client.fine_tuning.jobs.list().object == "list"
+    # Upload a training file and start a job through the plain client, then cancel it.
+    training = open(os.path.join(os.path.dirname(__file__), "..", "..", "data", "fine-tuning", "pirate-train.jsonl"), "rb")
+    uploaded = client.files.create(file=training, purpose="fine-tune")
+    assert uploaded.id.startswith("file-") and uploaded.id in [f.id for f in client.files.list()]
+    job = client.fine_tuning.jobs.create(model="smollm2", training_file=uploaded.id, suffix="v1")
+    assert job.status in ("pending", "running"), job
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    assert job.id in [j.id for j in client.fine_tuning.jobs.list()]
     account = openai.OpenAI(base_url=f"{s.url}/accounts/{s.creds['account']}/openai/v1/", api_key=key, max_retries=0)
     assert account.chat.completions.create(model="smol", messages=HI, max_tokens=2).usage.completion_tokens <= 2
     # A bearer token of a principal works too.
