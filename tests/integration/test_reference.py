@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import berth_bin
 
 HERE = os.path.dirname(__file__)
@@ -58,3 +59,59 @@ def test_every_matmul_path_matches(gguf, adapter_dir):
         diff = np.abs(np.array(out["logits"]) - ref).max()
         print(f"{len(out['tokens'])}-token batch, adapter={bool(adapter)}: max |engine - reference| {diff:.2e}")
         assert diff < TOLERANCE
+
+
+def log_softmax(row):
+    row = np.asarray(row, dtype=np.float64)
+    m = row.max()
+    return row - (m + np.log(np.exp(row - m).sum()))
+
+
+def test_logprobs_equal_the_reference_log_softmax_at_every_position(server, gguf):
+    """Issue 13's logprobs: each generated token's log-probability and its top 5 alternatives, taken
+    from the logits the sampler used, equal the numpy reference's log-softmax at every position."""
+    import requests_shim as http
+
+    cfg, weights = reference.load(gguf)
+    prompt, _ = engine_logits(gguf)
+    key = server.keys()["key1"]
+    url = server.url + "/openai/deployments/smol/completions?api-version=2024-10-21"
+    status, body, _ = http.request("POST", url, body={"prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 5}, headers={"api-key": key})
+    assert status == 200, body
+    lp = body["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == body["usage"]["completion_tokens"]
+    assert "".join(lp["tokens"]) == body["choices"][0]["text"]
+    seq, worst = list(prompt), 0.0
+    for i, chosen in enumerate(lp["token_logprobs"]):
+        ref = log_softmax(reference.forward(cfg, weights, seq)[-1])
+        order = np.argsort(-ref)[:5]
+        top = sorted(lp["top_logprobs"][i].values(), reverse=True)
+        assert len(top) == 5
+        worst = max(worst, abs(chosen - ref[order[0]]), np.abs(np.array(top) - ref[order]).max())
+        seq.append(int(order[0]))
+    print(f"logprobs: max |engine - reference| {worst:.2e} over {len(lp['token_logprobs'])} positions")
+    assert worst < TOLERANCE
+
+
+def test_chat_logprobs_stream_in_openai_s_shape(server):
+    import openai
+
+    client = openai.AzureOpenAI(azure_endpoint=server.url, api_key=server.keys()["key1"], api_version="2024-10-21", max_retries=0)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    whole = client.chat.completions.create(model="smol", messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
+    content = whole.choices[0].logprobs.content
+    # Every generated token but the end-of-turn one (counted in usage, not part of the answer).
+    ended = whole.choices[0].finish_reason == "stop"
+    assert len(content) == whole.usage.completion_tokens - ended and all(len(t.top_logprobs) == 3 for t in content)
+    assert "".join(t.token for t in content) == whole.choices[0].message.content
+    assert all(t.top_logprobs[0].logprob >= t.logprob - 1e-6 and t.logprob <= 0 for t in content)
+    assert all(bytes(t.bytes).decode() == t.token for t in content)
+    streamed = [t for c in client.chat.completions.create(model="smol", messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3, stream=True)
+                if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [(t.token, round(t.logprob, 4)) for t in streamed] == [(t.token, round(t.logprob, 4)) for t in content]
+    plain = client.chat.completions.create(model="smol", messages=messages, max_tokens=4, temperature=0)
+    assert plain.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smol", messages=messages, max_tokens=4, top_logprobs=3)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smol", messages=messages, max_tokens=4, logprobs=True, top_logprobs=21)

@@ -168,7 +168,7 @@ fn run(engine: &EngineHandle, requests: Vec<GenerateRequest>) -> Result<(f64, us
     for mut rx in receivers {
         loop {
             match rx.blocking_recv() {
-                Some(GenerateEvent::Text(_)) => {}
+                Some(GenerateEvent::Text(_) | GenerateEvent::Logprob(_)) => {}
                 Some(GenerateEvent::Finished { completion_tokens, .. }) => {
                     generated += completion_tokens;
                     break;

@@ -143,6 +143,7 @@ fn heldout_rates(model_path: &Path, adapter: &Path, prompts: &[String], expect: 
             loop {
                 match rx.blocking_recv() {
                     Some(GenerateEvent::Text(t)) => out.push_str(&t),
+                    Some(GenerateEvent::Logprob(_)) => {}
                     Some(GenerateEvent::Finished { .. }) => break,
                     Some(GenerateEvent::Failed(e)) => bail!("generation failed: {e}"),
                     None => bail!("the engine dropped a request"),

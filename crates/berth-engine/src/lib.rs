@@ -37,7 +37,7 @@ pub use error::EngineError;
 pub use kv_cache::{KvPool, BLOCK_TOKENS};
 pub use lora::{AdapterId, LoraAdapter};
 pub use model::{load_dense_weights, load_model, probe_config, text_model_of_gguf, DenseWeights, Logits, Model};
-pub use request::{Failure, FinishReason, GenerateEvent, GenerateRequest, Progress, SamplingParams};
+pub use request::{Failure, FinishReason, GenerateEvent, GenerateRequest, Progress, SamplingParams, TokenLogprob};
 
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,10 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Added to the logits of these tokens before sampling.
     pub logit_bias: Vec<(u32, f32)>,
+    /// Report each sampled token's log-probability and this many most likely alternatives (`None`:
+    /// report nothing). Taken from the logits the sampler used: after the bias and penalties,
+    /// before temperature and top-p, as OpenAI defines them.
+    pub logprobs: Option<usize>,
 }
 
 impl SamplingParams {
@@ -31,6 +35,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -70,10 +75,21 @@ impl FinishReason {
     }
 }
 
-/// What the engine says about one request, in order: text pieces, then exactly one `Finished` or `Failed`.
+/// A sampled token's log-probability, and the most likely tokens at its position with theirs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    /// Most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What the engine says about one request, in order: text pieces (each sampled token's `Logprob`
+/// before the text it adds, when asked for), then exactly one `Finished` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenerateEvent {
     Text(String),
+    Logprob(TokenLogprob),
     Finished { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize },
     Failed(Failure),
 }

@@ -1,6 +1,6 @@
 //! Token selection: greedy at temperature 0, otherwise nucleus sampling with a per-request RNG.
 
-use crate::SamplingParams;
+use crate::{SamplingParams, TokenLogprob};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -22,7 +22,14 @@ impl Sampler {
     }
 
     /// Picks the next token and remembers it for the penalties.
+    #[cfg(test)]
     pub(crate) fn sample(&mut self, logits: &[f32]) -> u32 {
+        self.sample_scored(logits).0
+    }
+
+    /// [`Sampler::sample`], and with `logprobs` asked for, the token's log-probability and the top
+    /// alternatives under the logits it was picked from.
+    pub(crate) fn sample_scored(&mut self, logits: &[f32]) -> (u32, Option<TokenLogprob>) {
         let adjusted;
         let logits = if self.params.logit_bias.is_empty() && self.counts.is_empty() {
             logits
@@ -31,10 +38,11 @@ impl Sampler {
             &adjusted
         };
         let token = self.pick(logits);
+        let scored = self.params.logprobs.map(|top| log_probs(logits, token, top));
         if self.params.presence_penalty != 0.0 || self.params.frequency_penalty != 0.0 {
             *self.counts.entry(token).or_default() += 1;
         }
-        token
+        (token, scored)
     }
 
     fn adjust(&self, logits: &[f32]) -> Vec<f32> {
@@ -89,6 +97,26 @@ impl Sampler {
         }
         probs.last().map(|p| p.0).unwrap_or(0)
     }
+}
+
+/// Log-softmax of `logits` at `token`, and the `top` most likely tokens with theirs (ties by id). The
+/// normaliser is summed in f64, so that a 49k vocabulary adds no error of its own.
+fn log_probs(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    let norm = max + sum.ln();
+    let lp = |id: u32| logits.get(id as usize).map_or(f32::NEG_INFINITY, |&l| (l as f64 - norm) as f32);
+    // The `top` best, kept sorted (best first) while scanning once.
+    let mut best: Vec<u32> = Vec::with_capacity(top + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if top == 0 || (best.len() == top && best.last().is_some_and(|&b| l <= logits[b as usize])) {
+            continue;
+        }
+        let at = best.partition_point(|&b| logits[b as usize] >= l);
+        best.insert(at, i as u32);
+        best.truncate(top);
+    }
+    TokenLogprob { token, logprob: lp(token), top: best.into_iter().map(|id| (id, lp(id))).collect() }
 }
 
 pub(crate) fn argmax(logits: &[f32]) -> u32 {

@@ -494,10 +494,15 @@ impl Worker {
                 continue; // mid-prompt chunk: nothing to sample yet
             }
             self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
-            let token = r.sampler.sample(&row);
+            let (token, scored) = r.sampler.sample_scored(&row);
             r.generated += 1;
             r.progress.sampled(r.generated);
-            if !r.request.ignore_eos && text.end_of_generation().contains(&token) {
+            let end = !r.request.ignore_eos && text.end_of_generation().contains(&token);
+            // The end-of-turn token is not part of the answer, so neither is its log-probability.
+            if let (Some(scored), false) = (scored, end) {
+                send(r, GenerateEvent::Logprob(scored));
+            }
+            if end {
                 let tail = r.decoder.flush(&text);
                 finish_with(r, &tail, FinishReason::Stop);
                 continue;

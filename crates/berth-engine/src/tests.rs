@@ -114,3 +114,29 @@ mod quant_kernels {
         assert!(q.gather_rows(&[8]).is_err());
     }
 }
+
+#[test]
+fn logprobs_are_the_log_softmax_of_the_biased_logits_whatever_the_temperature() {
+    let logits = [1.0f32, 3.0, -2.0, 2.5, 0.0];
+    let params = |temperature| SamplingParams {
+        temperature,
+        logit_bias: vec![(4, 4.0)],
+        logprobs: Some(3),
+        seed: Some(1),
+        ..SamplingParams::default()
+    };
+    let biased = [1.0f64, 3.0, -2.0, 2.5, 4.0];
+    let norm = biased.iter().map(|l| l.exp()).sum::<f64>().ln();
+    for temperature in [0.0, 0.7, 1.5] {
+        let (token, scored) = Sampler::new(params(temperature)).sample_scored(&logits);
+        let scored = scored.unwrap();
+        assert_eq!(scored.token, token);
+        assert!((scored.logprob as f64 - (biased[token as usize] - norm)).abs() < 1e-6);
+        assert_eq!(scored.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![4, 1, 3]);
+        for (id, lp) in &scored.top {
+            assert!((*lp as f64 - (biased[*id as usize] - norm)).abs() < 1e-6);
+        }
+    }
+    let (_, none) = Sampler::new(SamplingParams::greedy()).sample_scored(&logits);
+    assert!(none.is_none());
+}

@@ -28,6 +28,7 @@ fn generate(engine: &berth_engine::EngineHandle, request: GenerateRequest) -> (S
     loop {
         match rx.blocking_recv().expect("engine answered") {
             GenerateEvent::Text(t) => text.push_str(&t),
+            GenerateEvent::Logprob(_) => {}
             GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, .. } => {
                 return (text, reason, prompt_tokens, completion_tokens)
             }
@@ -95,6 +96,7 @@ fn batched_sequences_match_sequences_run_alone() {
             while let Some(ev) = rx.blocking_recv() {
                 match ev {
                     GenerateEvent::Text(t) => s.push_str(&t),
+                    GenerateEvent::Logprob(_) => {}
                     GenerateEvent::Finished { .. } => break,
                     GenerateEvent::Failed(e) => panic!("{e}"),
                 }

@@ -48,6 +48,7 @@ fn run_all(engine: &EngineHandle, requests: Vec<GenerateRequest>) -> Vec<Answer>
             loop {
                 match rx.blocking_recv().expect("an answer") {
                     GenerateEvent::Text(t) => text.push_str(&t),
+                    GenerateEvent::Logprob(_) => {}
                     GenerateEvent::Finished { completion_tokens, cached_tokens, .. } => {
                         return Answer { text, completion_tokens, cached_tokens }
                     }

@@ -115,8 +115,21 @@ fn refuse_unsupported(req: &ChatCompletionRequest) -> Result<(), OpenAiApiError>
             "Tools (function calling) are not supported by this deployment's model.",
         ));
     }
-    if req.logprobs == Some(true) || req.top_logprobs.is_some_and(|n| n > 0) {
-        return Err(OpenAiApiError::invalid("logprobs", "unsupported_parameter", "'logprobs' is not supported yet."));
+    if let Some(n) = req.top_logprobs {
+        if !(0..=20).contains(&n) {
+            return Err(OpenAiApiError::invalid(
+                "top_logprobs",
+                "invalid_value",
+                format!("{n} is not a valid value for 'top_logprobs': it must be between 0 and 20."),
+            ));
+        }
+        if req.logprobs != Some(true) {
+            return Err(OpenAiApiError::invalid(
+                "top_logprobs",
+                "invalid_value",
+                "'logprobs' must be set to true when 'top_logprobs' is given.",
+            ));
+        }
     }
     if let Some(format) = &req.response_format {
         if format.get("type").and_then(|t| t.as_str()) != Some("text") {
@@ -146,11 +159,16 @@ impl GenerationCall for ChatCompletionRequest {
         refuse_unsupported(&req)?;
         let msgs = messages(&req)?;
         let text = route.engine.model().text().clone();
-        let sampling = generation::validate_sampling(
+        let mut sampling = generation::validate_sampling(
             &req.sampling,
             text.vocab_size(),
             req.max_completion_tokens.or(req.sampling.max_tokens),
         )?;
+        let logprobs = req.logprobs == Some(true);
+        if logprobs {
+            sampling.params.logprobs = Some(usize::try_from(req.top_logprobs.unwrap_or(0)).unwrap_or(0));
+        }
+        let text_model = text.clone();
         let prompt = blocking(move || {
             let rendered = text.render_chat(&msgs).map_err(|e| {
                 OpenAiApiError::invalid(
@@ -178,7 +196,8 @@ impl GenerationCall for ChatCompletionRequest {
         let created = berth_control::unix_now();
         let fingerprint = generation::fingerprint(route);
         if sampling.stream {
-            let format = ChatFormat { id, created, model: route.model_name.clone(), fingerprint };
+            let format =
+                ChatFormat { id, created, model: route.model_name.clone(), fingerprint, text: text_model, logprobs };
             return Ok(generation::sse(submitted, format, sampling.include_usage));
         }
         let (choices, usage) = generation::collect(submitted).await?;
@@ -198,7 +217,7 @@ impl GenerationCall for ChatCompletionRequest {
                     index: c.index,
                     finish_reason: Some(c.finish_reason.as_str().into()),
                     message: ChatMessageOut { role: "assistant".into(), content: c.text },
-                    logprobs: None,
+                    logprobs: logprobs.then(|| generation::chat_logprobs(&text_model, &c.logprobs)),
                     content_filter_results: BTreeMap::new(),
                 })
                 .collect(),
@@ -214,6 +233,9 @@ struct ChatFormat {
     created: i64,
     model: String,
     fingerprint: String,
+    text: std::sync::Arc<berth_engine::TextModel>,
+    /// Whether the request asked for `logprobs`.
+    logprobs: bool,
 }
 
 impl ChatFormat {
@@ -256,8 +278,12 @@ impl ChunkFormat for ChatFormat {
         frames
     }
 
-    fn text(&self, index: u32, text: String) -> String {
-        self.chunk(vec![Self::choice(index, ChatDelta { role: None, content: Some(text) }, None)], None, false)
+    fn text(&self, index: u32, text: String, logprobs: Vec<berth_engine::TokenLogprob>) -> String {
+        let mut choice = Self::choice(index, ChatDelta { role: None, content: Some(text) }, None);
+        if self.logprobs {
+            choice.logprobs = Some(generation::chat_logprobs(&self.text, &logprobs));
+        }
+        self.chunk(vec![choice], None, false)
     }
 
     fn finish(&self, index: u32, reason: FinishReason) -> String {

@@ -26,12 +26,21 @@ impl GenerationCall for CompletionRequest {
     ) -> Result<Response, OpenAiApiError> {
         let req = self;
         generation::refuse_unknown_fields(&req.unknown, &[])?;
-        if req.logprobs.is_some_and(|n| n > 0) {
-            return Err(OpenAiApiError::invalid(
-                "logprobs",
-                "unsupported_parameter",
-                "'logprobs' is not supported yet.",
-            ));
+        if let Some(n) = req.logprobs {
+            if !(0..=5).contains(&n) {
+                return Err(OpenAiApiError::invalid(
+                    "logprobs",
+                    "invalid_value",
+                    format!("{n} is not a valid value for 'logprobs': it must be between 0 and 5."),
+                ));
+            }
+            if req.echo == Some(true) {
+                return Err(OpenAiApiError::invalid(
+                    "logprobs",
+                    "unsupported_parameter",
+                    "'logprobs' with 'echo' (the prompt's log-probabilities) is not supported; leave one of them out.",
+                ));
+            }
         }
         if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(OpenAiApiError::invalid(
@@ -41,7 +50,8 @@ impl GenerationCall for CompletionRequest {
             ));
         }
         let text = route.engine.model().text().clone();
-        let sampling = generation::validate_sampling(&req.sampling, text.vocab_size(), req.sampling.max_tokens)?;
+        let mut sampling = generation::validate_sampling(&req.sampling, text.vocab_size(), req.sampling.max_tokens)?;
+        sampling.params.logprobs = req.logprobs.map(|n| usize::try_from(n).unwrap_or(0));
         if let Some(best_of) = req.best_of {
             if best_of != sampling.n as i64 {
                 return Err(OpenAiApiError::invalid(
@@ -101,6 +111,9 @@ impl GenerationCall for CompletionRequest {
             fingerprint: generation::fingerprint(route),
             echo,
             n: sampling.n,
+            text: route.engine.model().text().clone(),
+            logprobs: req.logprobs.is_some(),
+            offsets: Default::default(),
         };
         if sampling.stream {
             return Ok(generation::sse(submitted, format, sampling.include_usage));
@@ -110,9 +123,9 @@ impl GenerationCall for CompletionRequest {
             .into_iter()
             .map(|c| CompletionChoice {
                 index: c.index,
+                logprobs: format.logprobs.then(|| generation::completion_logprobs(&format.text, &c.logprobs, 0)),
                 text: format!("{}{}", format.echo[c.prompt_index], c.text),
                 finish_reason: Some(c.finish_reason.as_str().into()),
-                logprobs: None,
                 content_filter_results: BTreeMap::new(),
             })
             .collect();
@@ -128,6 +141,11 @@ struct CompletionFormat {
     /// Per prompt: its text when `echo` is on, else empty.
     echo: Vec<String>,
     n: usize,
+    text: std::sync::Arc<berth_engine::TextModel>,
+    /// Whether the request asked for `logprobs`.
+    logprobs: bool,
+    /// Per streamed choice, the characters sent so far (`text_offset` counts from the answer's start).
+    offsets: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
 }
 
 impl CompletionFormat {
@@ -173,8 +191,23 @@ impl ChunkFormat for CompletionFormat {
             .collect()
     }
 
-    fn text(&self, index: u32, text: String) -> String {
-        self.chunk(index, text, None)
+    fn text(&self, index: u32, text: String, logprobs: Vec<berth_engine::TokenLogprob>) -> String {
+        if !self.logprobs {
+            return self.chunk(index, text, None);
+        }
+        let mut offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
+        let at = offsets.entry(index).or_default();
+        let scored = generation::completion_logprobs(&self.text, &logprobs, *at);
+        *at += text.chars().count();
+        drop(offsets);
+        let choice = CompletionChoice {
+            index,
+            text,
+            finish_reason: None,
+            logprobs: Some(scored),
+            content_filter_results: BTreeMap::new(),
+        };
+        serde_json::to_string(&self.completion(vec![choice], None, false)).unwrap_or_default()
     }
 
     fn finish(&self, index: u32, reason: FinishReason) -> String {

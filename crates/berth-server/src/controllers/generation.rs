@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use berth_api::openai::{OneOrMany, SamplingFields, Usage};
 use berth_control::AccountRow;
 use berth_control::{ControlError, DeploymentKey, Route};
-use berth_engine::{FinishReason, GenerateEvent, GenerateRequest, Progress, SamplingParams};
+use berth_engine::{FinishReason, GenerateEvent, GenerateRequest, Progress, SamplingParams, TextModel, TokenLogprob};
 use futures_util::stream::{self, SelectAll, StreamExt};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -318,6 +318,7 @@ pub fn validate_sampling(
             presence_penalty: presence as f32,
             frequency_penalty: frequency as f32,
             logit_bias,
+            logprobs: None,
         },
         n: n as usize,
         stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
@@ -524,7 +525,9 @@ pub fn submit(
         for j in 0..sampling.n {
             let mut params = sampling.params.clone();
             params.seed = params.seed.map(|s| s.wrapping_add(j as u64));
-            let (tx, rx) = tokio::sync::mpsc::channel(max_tokens + 4);
+            // A log-probability event precedes each token's text: twice the room then.
+            let per_token = if params.logprobs.is_some() { 2 } else { 1 };
+            let (tx, rx) = tokio::sync::mpsc::channel(max_tokens.saturating_mul(per_token).saturating_add(4));
             let request = GenerateRequest {
                 prompt: prompt.clone(),
                 adapter: route.adapter.clone(),
@@ -551,6 +554,50 @@ pub struct Choice {
     pub prompt_index: usize,
     pub text: String,
     pub finish_reason: FinishReason,
+    /// Each generated token's log-probability, when asked for.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// A token's text as OpenAI reports it in `logprobs`: its piece, and the piece's bytes.
+fn piece(text: &TextModel, id: u32) -> (String, Vec<u8>) {
+    let s = text.decode(&[id]);
+    let bytes = s.as_bytes().to_vec();
+    (s, bytes)
+}
+
+/// Chat completions' `logprobs`: `{"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}`.
+pub fn chat_logprobs(text: &TextModel, tokens: &[TokenLogprob]) -> serde_json::Value {
+    let entry = |id: u32, lp: f32| {
+        let (token, bytes) = piece(text, id);
+        serde_json::json!({ "token": token, "logprob": lp, "bytes": bytes })
+    };
+    let content: Vec<serde_json::Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(t.token, t.logprob);
+            e["top_logprobs"] = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+            e
+        })
+        .collect();
+    serde_json::json!({ "content": content, "refusal": null })
+}
+
+/// Legacy completions' `logprobs`: parallel lists of tokens, their log-probabilities, the top
+/// alternatives as `{token: logprob}`, and each token's offset in the text (after `offset`).
+pub fn completion_logprobs(text: &TextModel, tokens: &[TokenLogprob], offset: usize) -> serde_json::Value {
+    let mut at = offset;
+    let (mut pieces, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+    for t in tokens {
+        let (token, _) = piece(text, t.token);
+        offsets.push(at);
+        at += token.chars().count();
+        pieces.push(token);
+        lps.push(t.logprob);
+        let top: serde_json::Map<String, serde_json::Value> =
+            t.top.iter().map(|&(id, lp)| (piece(text, id).0, serde_json::json!(lp))).collect();
+        tops.push(serde_json::Value::Object(top));
+    }
+    serde_json::json!({ "tokens": pieces, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets })
 }
 
 /// Waits for every choice; usage counts each prompt once. The call's charge is corrected to its usage.
@@ -562,17 +609,25 @@ pub async fn collect(submitted: Submitted) -> Result<(Vec<Choice>, Usage), OpenA
     let mut cached = std::collections::BTreeMap::new();
     for mut r in running {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         loop {
             match r.events.recv().await {
                 Some(GenerateEvent::Text(t)) => {
                     charge.text_arrived();
                     text.push_str(&t)
                 }
+                Some(GenerateEvent::Logprob(lp)) => logprobs.push(lp),
                 Some(GenerateEvent::Finished { reason, prompt_tokens: p, completion_tokens: c, cached_tokens }) => {
                     prompt_tokens.insert(r.prompt_index, p as u64);
                     cached.entry(r.prompt_index).or_insert(cached_tokens as u64);
                     completion_tokens += c as u64;
-                    choices.push(Choice { index: r.index, prompt_index: r.prompt_index, text, finish_reason: reason });
+                    choices.push(Choice {
+                        index: r.index,
+                        prompt_index: r.prompt_index,
+                        text,
+                        finish_reason: reason,
+                        logprobs,
+                    });
                     break;
                 }
                 Some(GenerateEvent::Failed(e)) => return Err(OpenAiApiError::from(e)),
@@ -589,7 +644,8 @@ pub async fn collect(submitted: Submitted) -> Result<(Vec<Choice>, Usage), OpenA
 pub trait ChunkFormat: Send + 'static {
     /// Frames before any text (prompt filter results, the assistant role).
     fn opening(&self, indices: &[u32]) -> Vec<String>;
-    fn text(&self, index: u32, text: String) -> String;
+    /// A text delta, with the log-probabilities of the tokens it completes (empty unless asked for).
+    fn text(&self, index: u32, text: String, logprobs: Vec<TokenLogprob>) -> String;
     fn finish(&self, index: u32, reason: FinishReason) -> String;
     fn usage(&self, usage: Usage) -> String;
 }
@@ -605,6 +661,8 @@ struct StreamState<F> {
     done: bool,
     /// Finished when the stream ends; dropped with it (estimate kept) if the client goes away.
     charge: Option<Charge>,
+    /// Per choice, log-probabilities whose tokens' text has not been sent yet.
+    pending_logprobs: std::collections::HashMap<u32, Vec<TokenLogprob>>,
 }
 
 fn frame(json: String) -> Bytes {
@@ -633,6 +691,7 @@ pub fn sse<F: ChunkFormat>(submitted: Submitted, format: F, include_usage: bool)
         opening,
         done: false,
         charge: Some(charge),
+        pending_logprobs: Default::default(),
     };
     let body = stream::unfold(state, |mut st| async move {
         if st.done {
@@ -647,7 +706,13 @@ pub fn sse<F: ChunkFormat>(submitted: Submitted, format: F, include_usage: bool)
                 if let Some(charge) = st.charge.as_mut() {
                     charge.text_arrived();
                 }
-                Some((Ok(frame(st.format.text(index, t))), st))
+                let logprobs = st.pending_logprobs.remove(&index).unwrap_or_default();
+                Some((Ok(frame(st.format.text(index, t, logprobs))), st))
+            }
+            Some((index, _, GenerateEvent::Logprob(lp))) => {
+                // Held until the text its token completes (a character may span tokens).
+                st.pending_logprobs.entry(index).or_default().push(lp);
+                Some((Ok(Bytes::new()), st))
             }
             Some((
                 index,
@@ -657,7 +722,12 @@ pub fn sse<F: ChunkFormat>(submitted: Submitted, format: F, include_usage: bool)
                 st.prompt_tokens.insert(prompt, prompt_tokens as u64);
                 st.cached_tokens.entry(prompt).or_insert(cached_tokens as u64);
                 st.completion_tokens += completion_tokens as u64;
-                Some((Ok(frame(st.format.finish(index, reason))), st))
+                let mut frames = String::new();
+                if let Some(held) = st.pending_logprobs.remove(&index).filter(|h| !h.is_empty()) {
+                    frames.push_str(&format!("data: {}\n\n", st.format.text(index, String::new(), held)));
+                }
+                frames.push_str(&format!("data: {}\n\n", st.format.finish(index, reason)));
+                Some((Ok(Bytes::from(frames)), st))
             }
             Some((_, _, GenerateEvent::Failed(e))) => {
                 st.done = true;
