@@ -142,7 +142,7 @@ def test_job_requests_are_checked(tuned):
         (dict(model="smollm2", training_file=train, hyperparameters={"batch_size": "many"}), "hyperparameters.batch_size"),
         (dict(model="smollm2", training_file=train, hyperparameters={"learning_rate_multiplier": -1}), "hyperparameters.learning_rate_multiplier"),
         (dict(model="smollm2", training_file=train, suffix="no spaces allowed"), "suffix"),
-        (dict(model=tuned.job.fine_tuned_model, training_file=train), "model"),
+        (dict(model="smollm2.ft-00000000000000000000000000000000", training_file=train), "model"),
     ]
     for kwargs, param in cases:
         with pytest.raises(openai.BadRequestError) as e:
@@ -339,3 +339,29 @@ def test_an_example_too_long_for_the_model_fails_the_job_with_its_line(tuned, tm
     assert job.status == "failed" and job.error.code == "invalid_training_file", job
     assert "line 2: the example is" in job.error.message and "the limit for this job is 2048" in job.error.message, job.error
     assert c.fine_tuning.jobs.list_events(job.id).data[0].level == "error"
+
+
+def test_a_fine_tune_continues_from_its_adapter(tuned, tmp_path):
+    """Continuous fine-tuning: `model` names a fine-tune, and the new adapter starts from its factors,
+    so on the persona's data it starts where the first job ended, far below a fresh start."""
+    c = tuned.client
+    small = tmp_path / "pirate-12.jsonl"
+    small.write_text("\n".join((DATA / "pirate-train.jsonl").read_text().splitlines()[:12]) + "\n")
+    f = upload(c, small)
+    losses = {}
+    for name, model in (("fresh", "smollm2"), ("continued", tuned.job.fine_tuned_model)):
+        job = c.fine_tuning.jobs.create(model=model, training_file=f.id, hyperparameters={"n_epochs": 1, "batch_size": 4}, suffix=name, seed=3)
+        job = wait_job(c, job.id)
+        assert job.status == "succeeded", job.error
+        assert re.fullmatch(rf"smollm2\.ft-[0-9a-f]{{32}}-{name}", job.fine_tuned_model), job.fine_tuned_model
+        rows = list(csv.DictReader(io.StringIO(c.files.content(job.result_files[0]).read().decode())))
+        losses[name] = float(np.mean([float(r["train_loss"]) for r in rows]))
+        if name == "continued":
+            checkpoint = c.fine_tuning.jobs.checkpoints.list(job.id).data[0]
+            assert checkpoint.fine_tuned_model_checkpoint.startswith("smollm2.ft-")
+    print(f"mean train loss on the persona: fresh {losses['fresh']:.3f}, continued {losses['continued']:.3f}")
+    assert losses["continued"] < 0.6 * losses["fresh"], losses
+    # A checkpoint continues too; a model that is neither a base nor the account's fine-tune does not.
+    first = c.fine_tuning.jobs.checkpoints.list(tuned.job.id).data[-1].id
+    job = c.fine_tuning.jobs.create(model=first, training_file=f.id, hyperparameters={"n_epochs": 1}, seed=3)
+    assert c.fine_tuning.jobs.cancel(job.id).status == "cancelled"

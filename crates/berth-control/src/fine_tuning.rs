@@ -9,8 +9,8 @@ use crate::files::file_not_found;
 use crate::ids::new_hex_id;
 use crate::{Control, ControlError};
 use berth_store::{
-    AccountKey, FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow, FineTuningMetricRow, JobEnd,
-    ModelRow,
+    AccountKey, BaseModelRow, FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow,
+    FineTuningMetricRow, JobEnd, ModelRow,
 };
 use berth_train::{parse_jsonl, train, Hyperparameters, LoraSettings, Observer, TrainError, TrainEvent, TrainSpec};
 use std::collections::HashMap;
@@ -62,20 +62,7 @@ impl Control {
     /// Checks a create request against the account's files and the base models, and queues the job.
     pub fn create_job(&self, account: &AccountKey, input: JobCreateInput) -> Result<FineTuningJobRow> {
         let account = self.account(account)?.key;
-        let base = self.store.base_model(&input.model)?;
-        if base.is_none() {
-            let known: Vec<String> = self.store.base_models()?.into_iter().map(|b| b.name).collect();
-            let message = if self.store.model(&account, &input.model)?.is_some() {
-                format!("The model '{}' is a fine-tuned model; fine-tune its base model instead.", input.model)
-            } else {
-                format!(
-                    "The model '{}' cannot be fine-tuned here; the base models are: {}.",
-                    input.model,
-                    known.join(", ")
-                )
-            };
-            return Err(ControlError::invalid("invalidModel", message, "model"));
-        }
+        self.starting_point(&account, &input.model)?;
         let check_file = |id: &str, param: &'static str| -> Result<FileRow> {
             let f = self.store.file(&account, id)?.ok_or_else(|| {
                 ControlError::invalid("invalidFile", format!("The file '{id}' does not exist in this account."), param)
@@ -354,12 +341,37 @@ impl Control {
         parse_jsonl(&bytes).map_err(|p| TrainError::Data(format!("the file '{id}' cannot be used: {p}")))
     }
 
+    /// What a job's `model` starts from: a base model, or (continuous fine-tuning) an adapter
+    /// fine-tune or checkpoint of one in the account, whose adapter the new one continues.
+    fn starting_point(&self, account: &AccountKey, model: &str) -> Result<(BaseModelRow, Option<ModelRow>)> {
+        let invalid = |message: String| ControlError::invalid("invalidModel", message, "model");
+        if let Some(base) = self.store.base_model(model)? {
+            return Ok((base, None));
+        }
+        let Some(tuned) = self.store.model(account, model)? else {
+            let known: Vec<String> = self.store.base_models()?.into_iter().map(|b| b.name).collect();
+            return Err(invalid(format!(
+                "The model '{model}' cannot be fine-tuned here; the base models are: {}, and the account's fine-tuned models and checkpoints continue too.",
+                known.join(", ")
+            )));
+        };
+        if tuned.kind != "adapter" {
+            return Err(invalid(format!(
+                "The model '{model}' is a full-weights fine-tune; continuing is for LoRA fine-tunes and checkpoints. Fine-tune its base model '{}' instead.",
+                tuned.base_model
+            )));
+        }
+        berth_train::check_starting_adapter(std::path::Path::new(&tuned.path), &LoraSettings::default())
+            .map_err(|e| invalid(format!("The model '{model}' cannot be continued: {e}.")))?;
+        let base = self.store.base_model(&tuned.base_model)?.ok_or_else(|| {
+            invalid(format!("The base model '{}' of '{model}' is no longer registered.", tuned.base_model))
+        })?;
+        Ok((base, Some(tuned)))
+    }
+
     fn train_job(self: &Arc<Self>, job: &FineTuningJobRow, cancel: &Arc<AtomicBool>) -> Result<JobEnd, TrainError> {
-        let base = self
-            .store
-            .base_model(&job.model)
-            .map_err(|e| TrainError::Data(e.to_string()))?
-            .ok_or_else(|| TrainError::Data(format!("the base model '{}' is no longer registered", job.model)))?;
+        let (base, start) =
+            self.starting_point(&job.account, &job.model).map_err(|e| TrainError::Data(e.to_string()))?;
         let spec = TrainSpec {
             base: PathBuf::from(&base.path),
             base_name: base.name.clone(),
@@ -378,10 +390,12 @@ impl Control {
                 max_grad_norm: 1.0,
             },
             work_dir: self.job_dir(&job.id),
+            start_from: start.as_ref().map(|m| PathBuf::from(&m.path)),
         };
         let mut observer = JobObserver {
             control: self.clone(),
             job: job.clone(),
+            base: base.name.clone(),
             cancel: cancel.clone(),
             started: std::time::Instant::now(),
             first_step: None,
@@ -390,8 +404,8 @@ impl Control {
         let outcome = train(&spec, &mut observer)?;
         let hex = job.id.strip_prefix("ftjob-").unwrap_or(&job.id);
         let model_id = match &job.suffix {
-            Some(s) => format!("{}.ft-{hex}-{s}", job.model),
-            None => format!("{}.ft-{hex}", job.model),
+            Some(s) => format!("{}.ft-{hex}-{s}", base.name),
+            None => format!("{}.ft-{hex}", base.name),
         };
         let model_dir = self.config.data_dir.join("models").join(&model_id);
         copy_adapter(&outcome.adapter_dir, &model_dir)
@@ -408,7 +422,7 @@ impl Control {
             fine_tuned_model: Some(ModelRow {
                 account: job.account.clone(),
                 id: model_id,
-                base_model: job.model.clone(),
+                base_model: base.name.clone(),
                 kind: "adapter".into(),
                 path: model_dir.display().to_string(),
                 created_at: crate::now_rfc3339(),
@@ -478,6 +492,8 @@ fn copy_adapter(src: &Path, dest: &Path) -> std::io::Result<()> {
 struct JobObserver {
     control: Arc<Control>,
     job: FineTuningJobRow,
+    /// The base model the job's adapters are for (the job's model, or the base of the fine-tune it continues).
+    base: String,
     cancel: Arc<AtomicBool>,
     started: std::time::Instant,
     first_step: Option<usize>,
@@ -514,12 +530,12 @@ impl JobObserver {
             step_number: step as i64,
             epoch: epoch as i64,
             metrics: metrics.to_string(),
-            fine_tuned_model_checkpoint: format!("{}.ft-{hex}:ckpt-step-{step}", self.job.model),
+            fine_tuned_model_checkpoint: format!("{}.ft-{hex}:ckpt-step-{step}", self.base),
         };
         let model = ModelRow {
             account: self.job.account.clone(),
             id: id.clone(),
-            base_model: self.job.model.clone(),
+            base_model: self.base.clone(),
             kind: "adapter".into(),
             path: model_dir.display().to_string(),
             created_at: crate::now_rfc3339(),

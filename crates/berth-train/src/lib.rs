@@ -24,5 +24,6 @@ pub use lora_model::{LoraModel, LoraSettings, SequenceLoss, TARGETS};
 pub use optimizer::{AdamW, AdamWConfig};
 pub use peft::{write_adapter, CONFIG_FILE, WEIGHTS_FILE};
 pub use trainer::{
-    learning_rate, train, Checkpoint, Hyperparameters, Observer, StepMetrics, TrainEvent, TrainOutcome, TrainSpec,
+    check_starting_adapter, learning_rate, train, Checkpoint, Hyperparameters, Observer, StepMetrics, TrainEvent,
+    TrainOutcome, TrainSpec,
 };

@@ -65,6 +65,9 @@ pub struct TrainSpec {
     pub hyper: Hyperparameters,
     /// Where checkpoints (`epoch-<n>/`) and the resume state go.
     pub work_dir: PathBuf,
+    /// A PEFT adapter to continue from (continuous fine-tuning): its factors replace the fresh ones.
+    /// It must have the rank, scale and target modules of `hyper.lora`.
+    pub start_from: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +163,11 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
     let total_steps = steps_per_epoch * h.n_epochs;
     std::fs::create_dir_all(&spec.work_dir).map_err(|e| io_err(&spec.work_dir, e))?;
     let resumed = latest_epoch(&spec.work_dir);
+    if let (Some(dir), None) = (&spec.start_from, resumed) {
+        check_starting_adapter(dir, &h.lora)?;
+        let path = dir.join(crate::peft::WEIGHTS_FILE);
+        model.load_vars(&candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| io_err(&path, e))?)?;
+    }
     if let Some(epoch) = resumed {
         let dir = epoch_dir(&spec.work_dir, epoch);
         let load =
@@ -348,6 +356,33 @@ fn latest_epoch(work: &Path) -> Option<usize> {
         .filter_map(|e| e.file_name().to_str()?.strip_prefix("epoch-")?.parse::<usize>().ok())
         .filter(|n| epoch_dir(work, *n).join(STATE_FILE).exists())
         .max()
+}
+
+/// Checks that an adapter to continue from has the factors this run trains: same rank, scale and
+/// target modules (its tensors are then loaded by name and shape).
+pub fn check_starting_adapter(dir: &Path, lora: &LoraSettings) -> Result<()> {
+    let path = dir.join(crate::peft::CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    let config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Data(format!("the starting adapter's configuration: {e}")))?;
+    let rank = config["r"].as_u64().unwrap_or(0) as usize;
+    let alpha = config["lora_alpha"].as_f64().unwrap_or(0.0);
+    let mut targets: Vec<String> = config["target_modules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    let mut want = lora.targets.clone();
+    targets.sort();
+    want.sort();
+    if rank != lora.rank || alpha != lora.alpha || targets != want {
+        return Err(TrainError::Data(format!(
+            "the starting adapter has rank {rank}, alpha {alpha} and targets {targets:?}; continuing needs rank {}, alpha {} and targets {want:?}, as Berth trains",
+            lora.rank, lora.alpha
+        )));
+    }
+    Ok(())
 }
 
 /// Writes the adapter, the optimiser's moments and the step into `epoch-<n>/`, through a temporary

@@ -158,6 +158,7 @@ fn spec(work: &Path, seed: u64) -> TrainSpec {
             max_grad_norm: 1.0,
         },
         work_dir: work.to_owned(),
+        start_from: None,
     }
 }
 
