@@ -365,3 +365,36 @@ def test_a_fine_tune_continues_from_its_adapter(tuned, tmp_path):
     first = c.fine_tuning.jobs.checkpoints.list(tuned.job.id).data[-1].id
     job = c.fine_tuning.jobs.create(model=first, training_file=f.id, hyperparameters={"n_epochs": 1}, seed=3)
     assert c.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+
+
+def test_a_job_pauses_after_a_checkpoint_and_resumes_from_it(tuned, tmp_path):
+    """Job control as Azure has it: a paused job stops at its next pass, keeps its checkpoints and
+    takes no more steps; resumed, it continues from its last checkpoint and every step is recorded once."""
+    c = tuned.client
+    small = tmp_path / "pirate-12.jsonl"
+    small.write_text("\n".join((DATA / "pirate-train.jsonl").read_text().splitlines()[:12]) + "\n")
+    f = upload(c, small)
+    job = c.fine_tuning.jobs.create(model="smollm2", training_file=f.id, hyperparameters={"n_epochs": 3, "batch_size": 4}, seed=5)
+    deadline = time.time() + 300
+    while not c.fine_tuning.jobs.checkpoints.list(job.id).data:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    paused = c.fine_tuning.jobs.pause(job.id)
+    assert paused.status == "paused", paused
+    time.sleep(3)
+    held = c.fine_tuning.jobs.retrieve(job.id)
+    steps_then = {e.data["step"] for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"}
+    time.sleep(2)
+    steps_later = {e.data["step"] for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"}
+    assert held.status == "paused" and steps_then == steps_later, (held.status, steps_then, steps_later)
+    with pytest.raises(openai.BadRequestError):
+        c.fine_tuning.jobs.pause(job.id)
+    assert c.fine_tuning.jobs.resume(job.id).status in ("pending", "running")
+    done = wait_job(c, job.id)
+    assert done.status == "succeeded", done.error
+    rows = list(csv.DictReader(io.StringIO(c.files.content(done.result_files[0]).read().decode())))
+    assert [int(r["step"]) for r in rows] == list(range(1, 10))
+    with pytest.raises(openai.BadRequestError):
+        c.fine_tuning.jobs.resume(job.id)
+    messages = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert "Job paused." in messages and any(m.startswith("Job resumed") for m in messages)

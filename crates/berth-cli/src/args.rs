@@ -404,6 +404,18 @@ pub enum JobCommand {
         #[command(flatten)]
         account: DataAccount,
     },
+    /// Pause a queued or running job (it keeps its checkpoints).
+    Pause {
+        id: String,
+        #[command(flatten)]
+        account: DataAccount,
+    },
+    /// Resume a paused job from its last checkpoint.
+    Resume {
+        id: String,
+        #[command(flatten)]
+        account: DataAccount,
+    },
     /// The job's events, oldest first.
     Events {
         id: String,

@@ -96,6 +96,12 @@ pub fn fine_tuning(c: &Client, command: FineTuningCommand) -> Result<()> {
         JobCommand::Cancel { id, account } => {
             print(&c.send("POST", &data_path(c, &account, &format!("/fine_tuning/jobs/{id}/cancel")), None)?.1)
         }
+        JobCommand::Pause { id, account } => {
+            print(&c.send("POST", &data_path(c, &account, &format!("/fine_tuning/jobs/{id}/pause")), None)?.1)
+        }
+        JobCommand::Resume { id, account } => {
+            print(&c.send("POST", &data_path(c, &account, &format!("/fine_tuning/jobs/{id}/resume")), None)?.1)
+        }
         JobCommand::Events { id, limit, account } => {
             let mut page = c.get(&data_path(c, &account, &format!("/fine_tuning/jobs/{id}/events?limit={limit}")))?;
             if let Some(data) = page.get_mut("data").and_then(Value::as_array_mut) {

@@ -177,7 +177,47 @@ impl Control {
         if let Some(flag) = self.fine_tuning.cancel.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             flag.store(true, Ordering::Release);
         }
-        self.store.transition_job(id, &["pending", "running"], "cancelled", unix_now(), "Job cancelled.")?;
+        self.store.transition_job(id, &["pending", "running", "paused"], "cancelled", unix_now(), "Job cancelled.")?;
+        self.job(account, id)
+    }
+
+    /// Pauses a queued or running job, as Azure's `.../pause` does: a running one stops at its next
+    /// pass and keeps its checkpoints; [`Control::resume_job`] continues it from the last of them.
+    pub fn pause_job(&self, account: &AccountKey, id: &str) -> Result<FineTuningJobRow> {
+        let job = self.job(account, id)?;
+        if !matches!(job.status.as_str(), "pending" | "running") {
+            return Err(ControlError::invalid(
+                "jobNotPausable",
+                format!("The job '{id}' is {} and cannot be paused; only queued or running jobs can.", job.status),
+                "",
+            ));
+        }
+        // The status first: the runner, seeing its flag, then leaves the job as it finds it.
+        self.store.transition_job(id, &["pending", "running"], "paused", unix_now(), "Job paused.")?;
+        if let Some(flag) = self.fine_tuning.cancel.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            flag.store(true, Ordering::Release);
+        }
+        self.job(account, id)
+    }
+
+    /// Queues a paused job again; it resumes from its last checkpoint.
+    pub fn resume_job(&self, account: &AccountKey, id: &str) -> Result<FineTuningJobRow> {
+        let job = self.job(account, id)?;
+        if job.status != "paused" {
+            return Err(ControlError::invalid(
+                "jobNotPaused",
+                format!("The job '{id}' is {} and cannot be resumed; only a paused job can.", job.status),
+                "",
+            ));
+        }
+        self.store.transition_job(
+            id,
+            &["paused"],
+            "pending",
+            unix_now(),
+            "Job resumed; it continues from its last checkpoint.",
+        )?;
+        self.fine_tuning.wake.notify_waiters();
         self.job(account, id)
     }
 
@@ -292,7 +332,7 @@ impl Control {
                 );
                 return;
             }
-            Err(TrainError::Cancelled) => return, // already recorded by cancel_job
+            Err(TrainError::Cancelled) => return, // already recorded by cancel_job or pause_job
             Err(e) => {
                 let code = match e {
                     TrainError::Data(_) => "invalid_training_file",

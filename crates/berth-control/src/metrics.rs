@@ -288,7 +288,7 @@ impl Metrics {
         }
         drop(seen);
         self.jobs.clear();
-        for status in ["pending", "running", "succeeded", "failed", "cancelled"] {
+        for status in ["pending", "running", "paused", "succeeded", "failed", "cancelled"] {
             let n = jobs.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
             self.jobs.get_or_create(&StatusLabels { status: status.into() }).set(n);
         }

@@ -112,7 +112,7 @@ impl Store {
         if let Some(job) = self
             .jobs(&account.key, None, 10_000)?
             .into_iter()
-            .find(|j| matches!(j.status.as_str(), "pending" | "running"))
+            .find(|j| matches!(j.status.as_str(), "pending" | "running" | "paused"))
         {
             return Ok(Some(Err(DeleteRefusal::HasRunningJob(job.id))));
         }

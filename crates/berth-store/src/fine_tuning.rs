@@ -70,7 +70,7 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let user: Option<String> = tx
             .query_row(
-                "SELECT id FROM fine_tuning_jobs WHERE (training_file = ?1 OR validation_file = ?1) AND status IN ('pending', 'running') LIMIT 1",
+                "SELECT id FROM fine_tuning_jobs WHERE (training_file = ?1 OR validation_file = ?1) AND status IN ('pending', 'running', 'paused') LIMIT 1",
                 params![id],
                 |r| r.get(0),
             )

@@ -167,3 +167,29 @@ pub async fn list_checkpoints(
     let checkpoints = state.job_checkpoints(&account.key, &job_id(&params))?;
     Ok(Json(Page::new(checkpoints.iter().map(render::checkpoint).collect(), false)))
 }
+
+/// `POST .../fine_tuning/jobs/{job}/pause`.
+pub async fn pause_job(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    prefix: AccountPrefix,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Json<Job>, OpenAiApiError> {
+    openai_api_version(&uri)?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
+    Ok(Json(render::job(&state.pause_job(&account.key, &job_id(&params))?)))
+}
+
+/// `POST .../fine_tuning/jobs/{job}/resume`.
+pub async fn resume_job(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    prefix: AccountPrefix,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Json<Job>, OpenAiApiError> {
+    openai_api_version(&uri)?;
+    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
+    Ok(Json(render::job(&state.resume_job(&account.key, &job_id(&params))?)))
+}
