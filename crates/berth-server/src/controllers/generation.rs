@@ -659,7 +659,7 @@ struct StreamState<F> {
     completion_tokens: u64,
     opening: Vec<String>,
     done: bool,
-    /// Finished when the stream ends; dropped with it (estimate kept) if the client goes away.
+    /// Finished when the stream ends; dropped with it if the client goes away (then it settles to, and meters, what was computed).
     charge: Option<Charge>,
     /// Per choice, log-probabilities whose tokens' text has not been sent yet.
     pending_logprobs: std::collections::HashMap<u32, Vec<TokenLogprob>>,
@@ -701,54 +701,59 @@ pub fn sse<F: ChunkFormat>(submitted: Submitted, format: F, include_usage: bool)
             let frames: String = st.opening.drain(..).map(|f| format!("data: {f}\n\n")).collect();
             return Some((Ok::<_, Infallible>(Bytes::from(frames)), st));
         }
-        match st.events.next().await {
-            Some((index, _, GenerateEvent::Text(t))) => {
-                if let Some(charge) = st.charge.as_mut() {
-                    charge.text_arrived();
+        loop {
+            match st.events.next().await {
+                Some((index, _, GenerateEvent::Text(t))) => {
+                    if let Some(charge) = st.charge.as_mut() {
+                        charge.text_arrived();
+                    }
+                    let logprobs = st.pending_logprobs.remove(&index).unwrap_or_default();
+                    return Some((Ok(frame(st.format.text(index, t, logprobs))), st));
                 }
-                let logprobs = st.pending_logprobs.remove(&index).unwrap_or_default();
-                Some((Ok(frame(st.format.text(index, t, logprobs))), st))
-            }
-            Some((index, _, GenerateEvent::Logprob(lp))) => {
-                // Held until the text its token completes (a character may span tokens).
-                st.pending_logprobs.entry(index).or_default().push(lp);
-                Some((Ok(Bytes::new()), st))
-            }
-            Some((
-                index,
-                prompt,
-                GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens },
-            )) => {
-                st.prompt_tokens.insert(prompt, prompt_tokens as u64);
-                st.cached_tokens.entry(prompt).or_insert(cached_tokens as u64);
-                st.completion_tokens += completion_tokens as u64;
-                let mut frames = String::new();
-                if let Some(held) = st.pending_logprobs.remove(&index).filter(|h| !h.is_empty()) {
-                    frames.push_str(&format!("data: {}\n\n", st.format.text(index, String::new(), held)));
+                Some((index, _, GenerateEvent::Logprob(lp))) => {
+                    // Held until the text its token completes (a character may span tokens).
+                    st.pending_logprobs.entry(index).or_default().push(lp);
+                    continue;
                 }
-                frames.push_str(&format!("data: {}\n\n", st.format.finish(index, reason)));
-                Some((Ok(Bytes::from(frames)), st))
-            }
-            Some((_, _, GenerateEvent::Failed(e))) => {
-                st.done = true;
-                let err = OpenAiApiError::from(e);
-                let body =
-                    serde_json::to_string(&berth_api::openai::OpenAiError { error: err.body }).unwrap_or_default();
-                Some((Ok(frame(body)), st))
-            }
-            None => {
-                st.done = true;
-                let mut tail = String::new();
-                let usage =
-                    Usage::new(st.prompt_tokens.values().sum(), st.completion_tokens, st.cached_tokens.values().sum());
-                if let Some(charge) = st.charge.take() {
-                    charge.finish(&usage);
+                Some((
+                    index,
+                    prompt,
+                    GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens },
+                )) => {
+                    st.prompt_tokens.insert(prompt, prompt_tokens as u64);
+                    st.cached_tokens.entry(prompt).or_insert(cached_tokens as u64);
+                    st.completion_tokens += completion_tokens as u64;
+                    let mut frames = String::new();
+                    if let Some(held) = st.pending_logprobs.remove(&index).filter(|h| !h.is_empty()) {
+                        frames.push_str(&format!("data: {}\n\n", st.format.text(index, String::new(), held)));
+                    }
+                    frames.push_str(&format!("data: {}\n\n", st.format.finish(index, reason)));
+                    return Some((Ok(Bytes::from(frames)), st));
                 }
-                if st.include_usage {
-                    tail.push_str(&format!("data: {}\n\n", st.format.usage(usage)));
+                Some((_, _, GenerateEvent::Failed(e))) => {
+                    st.done = true;
+                    let err = OpenAiApiError::from(e);
+                    let body =
+                        serde_json::to_string(&berth_api::openai::OpenAiError { error: err.body }).unwrap_or_default();
+                    return Some((Ok(frame(body)), st));
                 }
-                tail.push_str("data: [DONE]\n\n");
-                Some((Ok(Bytes::from(tail)), st))
+                None => {
+                    st.done = true;
+                    let mut tail = String::new();
+                    let usage = Usage::new(
+                        st.prompt_tokens.values().sum(),
+                        st.completion_tokens,
+                        st.cached_tokens.values().sum(),
+                    );
+                    if let Some(charge) = st.charge.take() {
+                        charge.finish(&usage);
+                    }
+                    if st.include_usage {
+                        tail.push_str(&format!("data: {}\n\n", st.format.usage(usage)));
+                    }
+                    tail.push_str("data: [DONE]\n\n");
+                    return Some((Ok(Bytes::from(tail)), st));
+                }
             }
         }
     });
