@@ -396,5 +396,10 @@ def test_a_job_pauses_after_a_checkpoint_and_resumes_from_it(tuned, tmp_path):
     assert [int(r["step"]) for r in rows] == list(range(1, 10))
     with pytest.raises(openai.BadRequestError):
         c.fine_tuning.jobs.resume(job.id)
+    # Checkpoints are kept as Azure keeps them: the last two epochs'; the first epoch's is gone.
+    checkpoints = c.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [cp.step_number for cp in checkpoints] == [9, 6]
+    models = {m["name"] for m in tuned.arm("GET", tuned.account_path + "/models")[1]["value"]}
+    assert all(cp.id in models for cp in checkpoints)
     messages = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data]
     assert "Job paused." in messages and any(m.startswith("Job resumed") for m in messages)

@@ -50,6 +50,8 @@ impl FineTuningState {
 }
 
 const TERMINAL: [&str; 3] = ["succeeded", "failed", "cancelled"];
+/// Epoch checkpoints a job keeps, newest first (Azure keeps the last ones besides the final model).
+const KEPT_CHECKPOINTS: usize = 2;
 
 fn job_not_found(id: &str) -> ControlError {
     ControlError::NotFound {
@@ -546,6 +548,23 @@ impl JobObserver {
         TrainError::Io { path: "berth.db".into(), reason: e.to_string() }
     }
 
+    /// Keeps the job's checkpoints as Azure does: those of the last two epochs (the final one is also
+    /// the fine-tuned model). An older one goes, files and all, unless a deployment serves it.
+    fn keep_last_checkpoints(&self) -> Result<(), TrainError> {
+        let store = &self.control.store;
+        let checkpoints = store.job_checkpoints(&self.job.id).map_err(Self::store_err)?;
+        let deployed: Vec<String> =
+            store.deployments(&self.job.account).map_err(Self::store_err)?.into_iter().map(|d| d.model_name).collect();
+        for old in checkpoints.iter().skip(KEPT_CHECKPOINTS) {
+            if deployed.contains(&old.id) {
+                continue;
+            }
+            store.delete_checkpoint(&self.job.account, &old.id).map_err(Self::store_err)?;
+            let _ = std::fs::remove_dir_all(self.control.config.data_dir.join("models").join(&old.id));
+        }
+        Ok(())
+    }
+
     /// Registers the checkpoint of `epoch` as a deployable `ftchkpt-` model (once).
     fn record_checkpoint(
         &self,
@@ -581,6 +600,7 @@ impl JobObserver {
             created_at: crate::now_rfc3339(),
         };
         store.insert_checkpoint(&row, &model).map_err(Self::store_err)?;
+        self.keep_last_checkpoints()?;
         store
             .add_job_event(
                 &self.job.id,

@@ -315,6 +315,19 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a checkpoint and the account model it was deployable as, in one transaction.
+    pub fn delete_checkpoint(&self, account: &AccountKey, id: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM fine_tuning_checkpoints WHERE id = ?1", params![id])?;
+        tx.execute(
+            "DELETE FROM models WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND id = ?4",
+            params![account.subscription_id, account.resource_group, account.account, id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Checkpoints newest first.
     pub fn job_checkpoints(&self, job_id: &str) -> Result<Vec<FineTuningCheckpointRow>> {
         let conn = self.conn();
