@@ -83,5 +83,5 @@ Berth is running (pid $(cat "$BERTH_DATA_DIR/server.pid" 2>/dev/null || echo "?"
 
   python: AzureOpenAI(azure_endpoint="$endpoint", api_key="$key", api_version="2024-10-21")
 
-  portal:   ${endpoint}portal  (sign in with the token \`BERTH_DATA_DIR=$BERTH_DATA_DIR $berth token\` prints, or the api key)
+  portal:   ${endpoint}portal  (sign in with the token \`BERTH_DATA_DIR=$BERTH_DATA_DIR $berth token --raw\` prints, or the api key)
 MSG
