@@ -115,9 +115,7 @@ pub fn router(state: AppState) -> Router {
                 .route(&format!("{at}/files/{{file}}/content"), get(files::file_content))
                 .route(&format!("{at}/fine_tuning/jobs"), post(fine_tuning::create_job).get(fine_tuning::list_jobs))
                 .route(&format!("{at}/fine_tuning/jobs/{{job}}"), get(fine_tuning::get_job))
-                .route(&format!("{at}/fine_tuning/jobs/{{job}}/cancel"), post(fine_tuning::cancel_job))
-                .route(&format!("{at}/fine_tuning/jobs/{{job}}/pause"), post(fine_tuning::pause_job))
-                .route(&format!("{at}/fine_tuning/jobs/{{job}}/resume"), post(fine_tuning::resume_job))
+                .route(&format!("{at}/fine_tuning/jobs/{{job}}/{{action}}"), post(fine_tuning::job_action))
                 .route(&format!("{at}/fine_tuning/jobs/{{job}}/events"), get(fine_tuning::list_events))
                 .route(&format!("{at}/fine_tuning/jobs/{{job}}/checkpoints"), get(fine_tuning::list_checkpoints));
         }

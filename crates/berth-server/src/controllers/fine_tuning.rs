@@ -126,7 +126,9 @@ pub async fn get_job(
     Ok(Json(render::job(&state.job(&account.key, &job_id(&params))?)))
 }
 
-pub async fn cancel_job(
+/// `POST .../fine_tuning/jobs/{job}/{cancel|pause|resume}`: cancel; Azure's pause (the job stops at its
+/// next pass and keeps its checkpoints); resume (queued again, it continues from its last checkpoint).
+pub async fn job_action(
     State(state): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
@@ -135,7 +137,14 @@ pub async fn cancel_job(
 ) -> Result<Json<Job>, OpenAiApiError> {
     openai_api_version(&uri)?;
     let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
-    Ok(Json(render::job(&state.cancel_job(&account.key, &job_id(&params))?)))
+    let id = job_id(&params);
+    let job = match params.get("action").map(String::as_str) {
+        Some("cancel") => state.cancel_job(&account.key, &id)?,
+        Some("pause") => state.pause_job(&account.key, &id)?,
+        Some("resume") => state.resume_job(&account.key, &id)?,
+        _ => return Err(OpenAiApiError::plain(StatusCode::NOT_FOUND, "404", "Resource not found")),
+    };
+    Ok(Json(render::job(&job)))
 }
 
 pub async fn list_events(
@@ -166,30 +175,4 @@ pub async fn list_checkpoints(
     let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
     let checkpoints = state.job_checkpoints(&account.key, &job_id(&params))?;
     Ok(Json(Page::new(checkpoints.iter().map(render::checkpoint).collect(), false)))
-}
-
-/// `POST .../fine_tuning/jobs/{job}/pause`.
-pub async fn pause_job(
-    State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    prefix: AccountPrefix,
-    Path(params): Path<HashMap<String, String>>,
-) -> Result<Json<Job>, OpenAiApiError> {
-    openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
-    Ok(Json(render::job(&state.pause_job(&account.key, &job_id(&params))?)))
-}
-
-/// `POST .../fine_tuning/jobs/{job}/resume`.
-pub async fn resume_job(
-    State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    prefix: AccountPrefix,
-    Path(params): Path<HashMap<String, String>>,
-) -> Result<Json<Job>, OpenAiApiError> {
-    openai_api_version(&uri)?;
-    let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
-    Ok(Json(render::job(&state.resume_job(&account.key, &job_id(&params))?)))
 }
