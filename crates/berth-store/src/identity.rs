@@ -1,124 +1,135 @@
 //! Principals and role assignments.
 
 use crate::error::Result;
+use crate::p;
 use crate::rows::*;
+use crate::sql::SqlRow;
 use crate::Store;
-use rusqlite::{params, OptionalExtension};
 
 impl Store {
     pub fn insert_tenant(&self, t: &TenantRow, sub: &SubscriptionRow) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO tenants (id, display_name, created_at) VALUES (?1, ?2, ?3)",
-            params![t.id, t.display_name, t.created_at],
-        )?;
-        tx.execute(
-            "INSERT INTO subscriptions (id, tenant_id, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![sub.id, sub.tenant_id, sub.display_name, sub.created_at],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.tx(|c| {
+            c.execute(
+                "INSERT INTO tenants (id, display_name, created_at) VALUES (?1, ?2, ?3)",
+                p![t.id, t.display_name, t.created_at],
+            )?;
+            c.execute(
+                "INSERT INTO subscriptions (id, tenant_id, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                p![sub.id, sub.tenant_id, sub.display_name, sub.created_at],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn insert_subscription(&self, sub: &SubscriptionRow) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO subscriptions (id, tenant_id, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![sub.id, sub.tenant_id, sub.display_name, sub.created_at],
-        )?;
+        self.db(|c| {
+            c.execute(
+                "INSERT INTO subscriptions (id, tenant_id, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                p![sub.id, sub.tenant_id, sub.display_name, sub.created_at],
+            )
+        })?;
         Ok(())
     }
 
     pub fn upsert_principal(&self, p: &PrincipalRow) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO principals (tenant_id, object_id, display_name, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (tenant_id, object_id) DO UPDATE SET display_name = excluded.display_name",
-            params![p.tenant_id, p.object_id, p.display_name, p.kind, p.created_at],
-        )?;
+        self.db(|c| {
+            c.execute(
+                "INSERT INTO principals (tenant_id, object_id, display_name, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tenant_id, object_id) DO UPDATE SET display_name = excluded.display_name",
+                p![p.tenant_id, p.object_id, p.display_name, p.kind, p.created_at],
+            )
+        })?;
         Ok(())
     }
 
     pub fn principal(&self, tenant: &str, object_id: &str) -> Result<Option<PrincipalRow>> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.db(|c| {
+            c.query_opt(
                 "SELECT tenant_id, object_id, display_name, kind, created_at FROM principals WHERE tenant_id = ?1 AND object_id = ?2",
-                params![tenant, object_id],
-                |r| Ok(PrincipalRow { tenant_id: r.get(0)?, object_id: r.get(1)?, display_name: r.get(2)?, kind: r.get(3)?, created_at: r.get(4)? }),
+                p![tenant, object_id],
+                |r| {
+                    Ok(PrincipalRow {
+                        tenant_id: r.get(0)?,
+                        object_id: r.get(1)?,
+                        display_name: r.get(2)?,
+                        kind: r.get(3)?,
+                        created_at: r.get(4)?,
+                    })
+                },
             )
-            .optional()?)
+        })
     }
 
     /// Records the digest of a managed identity's secret.
     pub fn insert_identity_secret(&self, digest: &str, tenant: &str, principal: &str, created_at: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO identity_secrets (digest, tenant_id, principal, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![digest, tenant, principal, created_at],
-        )?;
+        self.db(|c| {
+            c.execute(
+                "INSERT INTO identity_secrets (digest, tenant_id, principal, created_at) VALUES (?1, ?2, ?3, ?4)",
+                p![digest, tenant, principal, created_at],
+            )
+        })?;
         Ok(())
     }
 
     /// The managed identity (tenant, object id) whose secret has this digest.
     pub fn identity_secret(&self, digest: &str) -> Result<Option<(String, String)>> {
-        Ok(self
-            .conn()
-            .query_row("SELECT tenant_id, principal FROM identity_secrets WHERE digest = ?1", params![digest], |r| {
+        self.db(|c| {
+            c.query_opt("SELECT tenant_id, principal FROM identity_secrets WHERE digest = ?1", p![digest], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
-            .optional()?)
+        })
     }
 
     /// Adds an assignment; `false` (and nothing written) when its id is taken. Never replaces one.
     pub fn insert_role_assignment(&self, a: &RoleAssignmentRow) -> Result<bool> {
-        let n = self.conn().execute(
-            "INSERT INTO role_assignments (id, tenant_id, principal, role, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (id) DO NOTHING",
-            params![a.id, a.tenant_id, a.principal, a.role, a.scope, a.created_at],
-        )?;
+        let n = self.db(|c| {
+            c.execute(
+                "INSERT INTO role_assignments (id, tenant_id, principal, role, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (id) DO NOTHING",
+                p![a.id, a.tenant_id, a.principal, a.role, a.scope, a.created_at],
+            )
+        })?;
         Ok(n == 1)
     }
 
     pub fn delete_role_assignment(&self, id: &str) -> Result<Option<RoleAssignmentRow>> {
-        let row = self.role_assignment(id)?;
-        self.conn().execute("DELETE FROM role_assignments WHERE id = ?1", params![id])?;
-        Ok(row)
+        self.tx(|c| {
+            let row = c.query_opt(&format!("{ASSIGNMENT_SELECT} WHERE id = ?1"), p![id], row)?;
+            c.execute("DELETE FROM role_assignments WHERE id = ?1", p![id])?;
+            Ok(row)
+        })
     }
 
     pub fn role_assignment(&self, id: &str) -> Result<Option<RoleAssignmentRow>> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT id, tenant_id, principal, role, scope, created_at FROM role_assignments WHERE id = ?1",
-                params![id],
-                row,
-            )
-            .optional()?)
+        self.db(|c| c.query_opt(&format!("{ASSIGNMENT_SELECT} WHERE id = ?1"), p![id], row))
     }
 
     /// Assignments of one principal.
     pub fn role_assignments_of(&self, tenant: &str, principal: &str) -> Result<Vec<RoleAssignmentRow>> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT id, tenant_id, principal, role, scope, created_at FROM role_assignments WHERE tenant_id = ?1 AND principal = ?2 ORDER BY created_at, id",
-        )?;
-        let rows = st.query_map(params![tenant, principal], row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db(|c| {
+            c.query(
+                &format!("{ASSIGNMENT_SELECT} WHERE tenant_id = ?1 AND principal = ?2 ORDER BY created_at, id"),
+                p![tenant, principal],
+                row,
+            )
+        })
     }
 
     /// Assignments of a tenant (every principal).
     pub fn role_assignments_in(&self, tenant: &str) -> Result<Vec<RoleAssignmentRow>> {
-        let conn = self.conn();
-        let mut st = conn.prepare("SELECT id, tenant_id, principal, role, scope, created_at FROM role_assignments WHERE tenant_id = ?1 ORDER BY created_at, id")?;
-        let rows = st.query_map(params![tenant], row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db(|c| {
+            c.query(&format!("{ASSIGNMENT_SELECT} WHERE tenant_id = ?1 ORDER BY created_at, id"), p![tenant], row)
+        })
     }
 
     pub fn count_role_assignments(&self) -> Result<i64> {
-        Ok(self.conn().query_row("SELECT COUNT(*) FROM role_assignments", [], |r| r.get(0))?)
+        self.db(|c| c.query_one("SELECT COUNT(*) FROM role_assignments", p![], |r| r.get(0)))
     }
 }
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoleAssignmentRow> {
+const ASSIGNMENT_SELECT: &str = "SELECT id, tenant_id, principal, role, scope, created_at FROM role_assignments";
+
+fn row(r: &SqlRow) -> Result<RoleAssignmentRow> {
     Ok(RoleAssignmentRow {
         id: r.get(0)?,
         tenant_id: r.get(1)?,

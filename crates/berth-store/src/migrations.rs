@@ -1,5 +1,7 @@
-//! Schema migrations, applied in order inside one transaction each; `PRAGMA user_version` records how
-//! many have run. Never edit a released migration: add one.
+//! Schema migrations, applied in order inside one transaction each; SQLite's `PRAGMA user_version`
+//! (PostgreSQL's `berth_schema` table) records how many have run. Never edit a released migration: add
+//! one. They are written for SQLite in the SQL both databases accept; PostgreSQL gets them with its
+//! own type names (`sql::migration_to_postgres`).
 
 pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: the walking skeleton.
@@ -259,6 +261,32 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         principal TEXT NOT NULL,
         created_at TEXT NOT NULL,
         FOREIGN KEY (tenant_id, principal) REFERENCES principals(tenant_id, object_id)
+    );
+    "#,
+    // 6: jobs keep their creation order in a column of their own (SQLite's rowid has no PostgreSQL
+    // equivalent). Older jobs are numbered by creation time, then id.
+    r#"
+    ALTER TABLE fine_tuning_jobs ADD COLUMN ordinal INTEGER NOT NULL DEFAULT 0;
+    UPDATE fine_tuning_jobs SET ordinal = (
+        SELECT COUNT(*) FROM fine_tuning_jobs AS o
+        WHERE o.created_at < fine_tuning_jobs.created_at
+           OR (o.created_at = fine_tuning_jobs.created_at AND o.id <= fine_tuning_jobs.id));
+    "#,
+    // 7: what replicas of a fleet share (issue 14): settings that must agree (the signing key's
+    // fingerprint), leases of the work that runs once across the fleet, and admission state.
+    r#"
+    CREATE TABLE fleet_settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE admission_state (
+        key TEXT PRIMARY KEY,
+        state TEXT NOT NULL
     );
     "#,
 ];

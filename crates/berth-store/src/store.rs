@@ -1,21 +1,32 @@
 use crate::error::{Result, StoreError};
 use crate::migrations::MIGRATIONS;
+use crate::p;
+use crate::postgres::PgPool;
 use crate::rows::*;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use crate::sql::{Db, Lite, SqlRow};
+use rusqlite::Connection;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
-/// The database. Calls are short, synchronous statements; the connection sits behind a mutex that is
-/// never held across an `.await` by callers (every method takes and releases it).
+/// The database: SQLite (one file, the default) or PostgreSQL (shared by replicas). Calls are short,
+/// synchronous statements or transactions; callers never hold one across an `.await`.
 pub struct Store {
-    conn: Mutex<Connection>,
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite(Mutex<Connection>),
+    Postgres(PgPool),
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("Store").field("postgres", &self.is_postgres()).finish_non_exhaustive()
     }
 }
+
+/// Serialises migrations of replicas that start together on one PostgreSQL database.
+const MIGRATION_LOCK: i64 = 0x6265_7274_6801;
 
 impl Store {
     /// Opens (creating if needed) the database file and applies pending migrations.
@@ -23,17 +34,47 @@ impl Store {
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")?;
-        Self::migrate(conn)
+        Self::migrate_sqlite(conn)
     }
 
     /// A private in-memory database, for tests.
     pub fn open_in_memory() -> Result<Self> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch("PRAGMA foreign_keys = ON;")?;
-        Self::migrate(conn)
+        Self::migrate_sqlite(conn)
     }
 
-    pub(crate) fn migrate(mut conn: Connection) -> Result<Self> {
+    /// Connects to PostgreSQL (`postgres://user:password@host/db`) and applies pending migrations,
+    /// one replica at a time.
+    pub fn open_postgres(url: &str) -> Result<Self> {
+        let store = Store { backend: Backend::Postgres(PgPool::connect(url)?) };
+        store.tx(|c| {
+            c.query_one("SELECT pg_advisory_xact_lock(?1)", p![MIGRATION_LOCK], |_| Ok(()))?;
+            c.batch(
+                "DO $$ BEGIN
+                     IF NOT EXISTS (SELECT 1 FROM pg_collation WHERE collname = 'berth_nocase') THEN
+                         CREATE COLLATION berth_nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+                     END IF;
+                 END $$;
+                 CREATE TABLE IF NOT EXISTS berth_schema (version BIGINT NOT NULL);",
+            )?;
+            let version: Option<i64> = c.query_opt("SELECT version FROM berth_schema", p![], |r| r.get(0))?;
+            let version = version.unwrap_or(0);
+            let known = MIGRATIONS.len() as i64;
+            if version > known {
+                return Err(StoreError::TooNew { found: version, known });
+            }
+            for sql in MIGRATIONS.iter().skip(version as usize) {
+                c.batch(&crate::sql::migration_to_postgres(sql))?;
+            }
+            c.execute("DELETE FROM berth_schema", p![])?;
+            c.execute("INSERT INTO berth_schema (version) VALUES (?1)", p![known])?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    pub(crate) fn migrate_sqlite(mut conn: Connection) -> Result<Self> {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
@@ -45,12 +86,62 @@ impl Store {
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store { backend: Backend::Sqlite(Mutex::new(conn)) })
     }
 
-    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent: keep going.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Runs `f` on a connection, each statement on its own.
+    pub(crate) fn db<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
+        match &self.backend {
+            // A panic while holding the lock cannot leave SQLite inconsistent: keep going.
+            Backend::Sqlite(conn) => f(&mut Lite(&conn.lock().unwrap_or_else(|p| p.into_inner()))),
+            Backend::Postgres(pool) => pool.with(|c| f(c)),
+        }
+    }
+
+    /// Runs `f` in one transaction, committed if it returns `Ok`, rolled back otherwise. On PostgreSQL
+    /// the transaction is serializable and run again (a few times) when it lost a race with another
+    /// replica, so `f` must only touch the database.
+    pub(crate) fn tx<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
+        self.tx_at("SERIALIZABLE", f)
+    }
+
+    /// A `READ COMMITTED` transaction whose commit does not wait for the disk, for admission state.
+    pub(crate) fn admission_tx<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
+        self.tx_at("READ COMMITTED; SET LOCAL synchronous_commit TO OFF", f)
+    }
+
+    fn tx_at<T>(&self, isolation: &str, mut f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                let tx = conn.transaction()?;
+                let out = f(&mut Lite(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Backend::Postgres(pool) => pool.with(|c| {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    c.batch(&format!("BEGIN ISOLATION LEVEL {isolation}"))?;
+                    let out = f(c).and_then(|out| c.batch("COMMIT").map(|()| out));
+                    match out {
+                        Ok(out) => return Ok(out),
+                        Err(e) => {
+                            let _ = c.batch("ROLLBACK");
+                            if !(e.is_retryable() && attempt < 10) {
+                                return Err(e);
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(2 * attempt));
+                        }
+                    }
+                }
+            }),
+        }
     }
 
     // ---- tenants, subscriptions, resource groups, accounts -------------------------------------
@@ -63,97 +154,101 @@ impl Store {
         rg: &ResourceGroupRow,
         account: &AccountRow,
     ) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO tenants (id, display_name, created_at) VALUES (?1, ?2, ?3)",
-            params![tenant.id, tenant.display_name, tenant.created_at],
-        )?;
-        tx.execute(
-            "INSERT INTO subscriptions (id, tenant_id, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![sub.id, sub.tenant_id, sub.display_name, sub.created_at],
-        )?;
-        tx.execute(
-            "INSERT INTO resource_groups (subscription_id, name, location, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![rg.subscription_id, rg.name, rg.location, rg.created_at],
-        )?;
-        insert_account(&tx, account)?;
-        tx.commit()?;
-        Ok(())
+        self.tx(|c| {
+            c.execute(
+                "INSERT INTO tenants (id, display_name, created_at) VALUES (?1, ?2, ?3)",
+                p![tenant.id, tenant.display_name, tenant.created_at],
+            )?;
+            c.execute(
+                "INSERT INTO subscriptions (id, tenant_id, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                p![sub.id, sub.tenant_id, sub.display_name, sub.created_at],
+            )?;
+            c.execute(
+                "INSERT INTO resource_groups (subscription_id, name, location, created_at) VALUES (?1, ?2, ?3, ?4)",
+                p![rg.subscription_id, rg.name, rg.location, rg.created_at],
+            )?;
+            insert_account(c, account)
+        })
     }
 
     pub fn tenants(&self) -> Result<Vec<TenantRow>> {
-        let conn = self.conn();
-        let mut st = conn.prepare("SELECT id, display_name, created_at FROM tenants ORDER BY created_at, id")?;
-        let rows =
-            st.query_map([], |r| Ok(TenantRow { id: r.get(0)?, display_name: r.get(1)?, created_at: r.get(2)? }))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db(|c| {
+            c.query("SELECT id, display_name, created_at FROM tenants ORDER BY created_at, id", p![], |r| {
+                Ok(TenantRow { id: r.get(0)?, display_name: r.get(1)?, created_at: r.get(2)? })
+            })
+        })
     }
 
     pub fn subscriptions(&self) -> Result<Vec<SubscriptionRow>> {
-        let conn = self.conn();
-        let mut st =
-            conn.prepare("SELECT id, tenant_id, display_name, created_at FROM subscriptions ORDER BY created_at, id")?;
-        let rows = st.query_map([], |r| {
-            Ok(SubscriptionRow { id: r.get(0)?, tenant_id: r.get(1)?, display_name: r.get(2)?, created_at: r.get(3)? })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db(|c| {
+            c.query(
+                "SELECT id, tenant_id, display_name, created_at FROM subscriptions ORDER BY created_at, id",
+                p![],
+                |r| {
+                    Ok(SubscriptionRow {
+                        id: r.get(0)?,
+                        tenant_id: r.get(1)?,
+                        display_name: r.get(2)?,
+                        created_at: r.get(3)?,
+                    })
+                },
+            )
+        })
     }
 
     pub fn account(&self, key: &AccountKey) -> Result<Option<AccountRow>> {
-        let conn = self.conn();
-        Ok(conn
-            .query_row(
+        self.db(|c| {
+            c.query_opt(
                 &format!("{ACCOUNT_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND name = ?3"),
-                params![key.subscription_id, key.resource_group, key.account],
+                p![key.subscription_id, key.resource_group, key.account],
                 account_from_row,
             )
-            .optional()?)
+        })
     }
 
     pub fn accounts_in_subscription(&self, subscription_id: &str) -> Result<Vec<AccountRow>> {
-        let conn = self.conn();
-        let mut st = conn.prepare(&format!("{ACCOUNT_SELECT} WHERE subscription_id = ?1 ORDER BY created_at, name"))?;
-        let rows = st.query_map(params![subscription_id], account_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db(|c| {
+            c.query(
+                &format!("{ACCOUNT_SELECT} WHERE subscription_id = ?1 ORDER BY created_at, name"),
+                p![subscription_id],
+                account_from_row,
+            )
+        })
     }
 
     pub fn all_accounts(&self) -> Result<Vec<AccountRow>> {
-        let conn = self.conn();
-        let mut st = conn.prepare(&format!("{ACCOUNT_SELECT} ORDER BY created_at, name"))?;
-        let rows = st.query_map([], account_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db(|c| c.query(&format!("{ACCOUNT_SELECT} ORDER BY created_at, name"), p![], account_from_row))
     }
 
     /// The account with a key whose digest is `digest`.
     pub fn account_by_key_digest(&self, digest: &str) -> Result<Option<AccountRow>> {
-        let conn = self.conn();
-        Ok(conn
-            .query_row(
+        self.db(|c| {
+            c.query_opt(
                 &format!("{ACCOUNT_SELECT} WHERE key1_digest = ?1 OR key2_digest = ?1"),
-                params![digest],
+                p![digest],
                 account_from_row,
             )
-            .optional()?)
+        })
     }
 
     // ---- access tokens ----------------------------------------------------------------------
 
     pub fn insert_access_token(&self, row: &AccessTokenRow) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO access_tokens (token, tenant_id, principal, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![row.token, row.tenant_id, row.principal, row.expires_at, row.created_at],
-        )?;
+        self.db(|c| {
+            c.execute(
+                "INSERT INTO access_tokens (token, tenant_id, principal, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                p![row.token, row.tenant_id, row.principal, row.expires_at, row.created_at],
+            )
+        })?;
         Ok(())
     }
 
     /// The token recorded under `token` (a digest, for the tokens Berth mints).
     pub fn access_token(&self, token: &str) -> Result<Option<AccessTokenRow>> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.db(|c| {
+            c.query_opt(
                 "SELECT token, tenant_id, principal, expires_at, created_at FROM access_tokens WHERE token = ?1",
-                params![token],
+                p![token],
                 |r| {
                     Ok(AccessTokenRow {
                         token: r.get(0)?,
@@ -164,135 +259,117 @@ impl Store {
                     })
                 },
             )
-            .optional()?)
+        })
     }
 
     /// Replaces the recorded value of a token (to move from the token to its digest).
     pub fn rename_access_token(&self, old: &str, new: &str) -> Result<()> {
-        self.conn().execute("UPDATE access_tokens SET token = ?2 WHERE token = ?1", params![old, new])?;
+        self.db(|c| c.execute("UPDATE access_tokens SET token = ?2 WHERE token = ?1", p![old, new]))?;
         Ok(())
     }
 
     pub fn access_token_values(&self) -> Result<Vec<String>> {
-        let conn = self.conn();
-        let mut st = conn.prepare("SELECT token FROM access_tokens")?;
-        let rows = st.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db(|c| c.query("SELECT token FROM access_tokens", p![], |r| r.get(0)))
     }
 
     /// Forgets tokens that expired before `now`.
     pub fn purge_access_tokens(&self, now: &str) -> Result<usize> {
-        Ok(self.conn().execute("DELETE FROM access_tokens WHERE expires_at < ?1", params![now])?)
+        self.db(|c| c.execute("DELETE FROM access_tokens WHERE expires_at < ?1", p![now]))
     }
 
     // ---- base models and models --------------------------------------------------------------
 
     pub fn upsert_base_model(&self, row: &BaseModelRow) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO base_models (name, path, format, architecture, context_length, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(name) DO UPDATE SET path = excluded.path, format = excluded.format,
-                 architecture = excluded.architecture, context_length = excluded.context_length",
-            params![row.name, row.path, row.format, row.architecture, row.context_length, row.created_at],
-        )?;
+        self.db(|c| {
+            c.execute(
+                "INSERT INTO base_models (name, path, format, architecture, context_length, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(name) DO UPDATE SET path = excluded.path, format = excluded.format,
+                     architecture = excluded.architecture, context_length = excluded.context_length",
+                p![row.name, row.path, row.format, row.architecture, row.context_length, row.created_at],
+            )
+        })?;
         Ok(())
     }
 
     pub fn base_model(&self, name: &str) -> Result<Option<BaseModelRow>> {
-        Ok(self.conn().query_row(&format!("{BASE_SELECT} WHERE name = ?1"), params![name], base_from_row).optional()?)
+        self.db(|c| c.query_opt(&format!("{BASE_SELECT} WHERE name = ?1"), p![name], base_from_row))
     }
 
     pub fn base_models(&self) -> Result<Vec<BaseModelRow>> {
-        let conn = self.conn();
-        let mut st = conn.prepare(&format!("{BASE_SELECT} ORDER BY name"))?;
-        let rows = st.query_map([], base_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db(|c| c.query(&format!("{BASE_SELECT} ORDER BY name"), p![], base_from_row))
     }
 
     pub fn insert_model(&self, row: &ModelRow) -> Result<()> {
-        insert_model(&self.conn(), row)
+        self.db(|c| insert_model(c, row))
     }
 
     pub fn model(&self, account: &AccountKey, id: &str) -> Result<Option<ModelRow>> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.db(|c| {
+            c.query_opt(
                 &format!(
                     "{MODEL_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND id = ?4"
                 ),
-                params![account.subscription_id, account.resource_group, account.account, id],
+                p![account.subscription_id, account.resource_group, account.account, id],
                 model_from_row,
             )
-            .optional()?)
+        })
     }
 
     pub fn models(&self, account: &AccountKey) -> Result<Vec<ModelRow>> {
-        let conn = self.conn();
-        let mut st = conn.prepare(&format!(
-            "{MODEL_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 ORDER BY created_at, id"
-        ))?;
-        let rows =
-            st.query_map(params![account.subscription_id, account.resource_group, account.account], model_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db(|c| {
+            c.query(
+                &format!("{MODEL_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 ORDER BY created_at, id"),
+                p![account.subscription_id, account.resource_group, account.account],
+                model_from_row,
+            )
+        })
     }
 
     // ---- deployments and operations ----------------------------------------------------------
 
     /// Writes the deployment and its new operation together.
     pub fn put_deployment(&self, row: &DeploymentRow, op: &OperationRow) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO deployments (subscription_id, resource_group, account, name, sku_name, sku_capacity, model_format,
-                 model_name, model_version, provisioning_state, error_code, error_message, etag, tags, created_by,
-                 created_at, modified_by, modified_at, operation_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
-             ON CONFLICT(subscription_id, resource_group, account, name) DO UPDATE SET
-                 sku_name = excluded.sku_name, sku_capacity = excluded.sku_capacity, model_format = excluded.model_format,
-                 model_name = excluded.model_name, model_version = excluded.model_version,
-                 provisioning_state = excluded.provisioning_state, error_code = excluded.error_code,
-                 error_message = excluded.error_message, etag = excluded.etag, tags = excluded.tags,
-                 modified_by = excluded.modified_by, modified_at = excluded.modified_at, operation_id = excluded.operation_id",
-            params![
-                row.account.subscription_id, row.account.resource_group, row.account.account, row.name, row.sku_name,
-                row.sku_capacity, row.model_format, row.model_name, row.model_version, row.provisioning_state,
-                row.error_code, row.error_message, row.etag, serde_json::to_string(&row.tags)?, row.created_by,
-                row.created_at, row.modified_by, row.modified_at, row.operation_id
-            ],
-        )?;
-        insert_operation(&tx, op)?;
-        crate::metering::track_hosting(&tx, row)?;
-        tx.commit()?;
-        Ok(())
+        let tags = serde_json::to_string(&row.tags)?;
+        self.tx(|c| {
+            c.execute(
+                "INSERT INTO deployments (subscription_id, resource_group, account, name, sku_name, sku_capacity, model_format,
+                     model_name, model_version, provisioning_state, error_code, error_message, etag, tags, created_by,
+                     created_at, modified_by, modified_at, operation_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+                 ON CONFLICT(subscription_id, resource_group, account, name) DO UPDATE SET
+                     sku_name = excluded.sku_name, sku_capacity = excluded.sku_capacity, model_format = excluded.model_format,
+                     model_name = excluded.model_name, model_version = excluded.model_version,
+                     provisioning_state = excluded.provisioning_state, error_code = excluded.error_code,
+                     error_message = excluded.error_message, etag = excluded.etag, tags = excluded.tags,
+                     modified_by = excluded.modified_by, modified_at = excluded.modified_at, operation_id = excluded.operation_id",
+                p![
+                    row.account.subscription_id, row.account.resource_group, row.account.account, row.name, row.sku_name,
+                    row.sku_capacity, row.model_format, row.model_name, row.model_version, row.provisioning_state,
+                    row.error_code, row.error_message, row.etag, tags, row.created_by,
+                    row.created_at, row.modified_by, row.modified_at, row.operation_id
+                ],
+            )?;
+            insert_operation(c, op)?;
+            crate::metering::track_hosting(c, row)
+        })
     }
 
     pub fn deployment(&self, account: &AccountKey, name: &str) -> Result<Option<DeploymentRow>> {
-        Ok(self
-            .conn()
-            .query_row(
-                &format!("{DEPLOYMENT_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND name = ?4"),
-                params![account.subscription_id, account.resource_group, account.account, name],
-                deployment_from_row,
-            )
-            .optional()?)
+        self.db(|c| deployment_in(c, account, name))
     }
 
     pub fn deployments(&self, account: &AccountKey) -> Result<Vec<DeploymentRow>> {
-        let conn = self.conn();
-        let mut st = conn.prepare(&format!(
-            "{DEPLOYMENT_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 ORDER BY created_at, name"
-        ))?;
-        let rows = st.query_map(
-            params![account.subscription_id, account.resource_group, account.account],
-            deployment_from_row,
-        )?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db(|c| {
+            c.query(
+                &format!("{DEPLOYMENT_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 ORDER BY created_at, name"),
+                p![account.subscription_id, account.resource_group, account.account],
+                deployment_from_row,
+            )
+        })
     }
 
     pub fn all_deployments(&self) -> Result<Vec<DeploymentRow>> {
-        let conn = self.conn();
-        let mut st = conn.prepare(&format!("{DEPLOYMENT_SELECT} ORDER BY created_at, name"))?;
-        let rows = st.query_map([], deployment_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db(|c| c.query(&format!("{DEPLOYMENT_SELECT} ORDER BY created_at, name"), p![], deployment_from_row))
     }
 
     /// Ends provisioning: sets the deployment's state and closes its operation, only if the deployment
@@ -306,35 +383,24 @@ impl Store {
         error: Option<(&str, &str)>,
         now: &str,
     ) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
         let (code, message) = error.map(|(c, m)| (Some(c), Some(m))).unwrap_or((None, None));
-        let n = tx.execute(
-            "UPDATE deployments SET provisioning_state = ?1, error_code = ?2, error_message = ?3
-             WHERE subscription_id = ?4 AND resource_group = ?5 AND account = ?6 AND name = ?7 AND operation_id = ?8",
-            params![
-                state,
-                code,
-                message,
-                account.subscription_id,
-                account.resource_group,
-                account.account,
-                name,
-                operation_id
-            ],
-        )?;
         let op_status = if state == "Succeeded" { "Succeeded" } else { "Failed" };
-        tx.execute(
-            "UPDATE operations SET status = ?1, end_time = ?2, error_code = ?3, error_message = ?4 WHERE id = ?5 AND status = 'InProgress'",
-            params![op_status, now, code, message, operation_id],
-        )?;
-        tx.commit()?;
-        Ok(n == 1)
+        self.tx(|c| {
+            let n = c.execute(
+                "UPDATE deployments SET provisioning_state = ?1, error_code = ?2, error_message = ?3
+                 WHERE subscription_id = ?4 AND resource_group = ?5 AND account = ?6 AND name = ?7 AND operation_id = ?8",
+                p![state, code, message, account.subscription_id, account.resource_group, account.account, name, operation_id],
+            )?;
+            c.execute(
+                "UPDATE operations SET status = ?1, end_time = ?2, error_code = ?3, error_message = ?4 WHERE id = ?5 AND status = 'InProgress'",
+                p![op_status, now, code, message, operation_id],
+            )?;
+            Ok(n == 1)
+        })
     }
 
-    /// Removes the deployment; returns the removed row.
     /// Deletes a deployment and closes its hosting at `now` (RFC 3339); with `reason`, records that
-    /// Berth deleted it itself. One transaction.
+    /// Berth deleted it itself. One transaction; returns the removed row.
     pub fn delete_deployment(
         &self,
         account: &AccountKey,
@@ -342,40 +408,32 @@ impl Store {
         now: &str,
         reason: Option<&str>,
     ) -> Result<Option<DeploymentRow>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let row = tx
-            .query_row(
-                &format!("{DEPLOYMENT_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND name = ?4"),
-                params![account.subscription_id, account.resource_group, account.account, name],
-                deployment_from_row,
-            )
-            .optional()?;
-        if let Some(row) = &row {
-            tx.execute(
-                "DELETE FROM deployments WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND name = ?4",
-                params![account.subscription_id, account.resource_group, account.account, name],
-            )?;
-            crate::metering::close_hosting(&tx, account, name, now)?;
-            if let Some(reason) = reason {
-                tx.execute(
-                    "INSERT INTO deployment_deletions (subscription_id, resource_group, account, deployment, model, reason, deleted_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![account.subscription_id, account.resource_group, account.account, row.name, row.model_name, reason, now],
+        self.tx(|c| {
+            let row = deployment_in(c, account, name)?;
+            if let Some(row) = &row {
+                c.execute(
+                    "DELETE FROM deployments WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND name = ?4",
+                    p![account.subscription_id, account.resource_group, account.account, name],
                 )?;
+                crate::metering::close_hosting(c, account, name, now)?;
+                if let Some(reason) = reason {
+                    c.execute(
+                        "INSERT INTO deployment_deletions (subscription_id, resource_group, account, deployment, model, reason, deleted_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        p![account.subscription_id, account.resource_group, account.account, row.name, row.model_name, reason, now],
+                    )?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(row)
+            Ok(row)
+        })
     }
 
     pub fn operation(&self, id: &str) -> Result<Option<OperationRow>> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.db(|c| {
+            c.query_opt(
                 "SELECT id, subscription_id, location, resource_id, status, start_time, end_time, error_code, error_message
                  FROM operations WHERE id = ?1",
-                params![id],
+                p![id],
                 |r| {
                     Ok(OperationRow {
                         id: r.get(0)?,
@@ -390,20 +448,30 @@ impl Store {
                     })
                 },
             )
-            .optional()?)
+        })
     }
 
     pub fn insert_operation(&self, op: &OperationRow) -> Result<()> {
-        insert_operation(&self.conn(), op)
+        self.db(|c| insert_operation(c, op))
     }
 }
 
-pub(crate) fn insert_account(conn: &Connection, a: &AccountRow) -> Result<()> {
-    conn.execute(
+fn deployment_in(c: &mut dyn Db, account: &AccountKey, name: &str) -> Result<Option<DeploymentRow>> {
+    c.query_opt(
+        &format!(
+            "{DEPLOYMENT_SELECT} WHERE subscription_id = ?1 AND resource_group = ?2 AND account = ?3 AND name = ?4"
+        ),
+        p![account.subscription_id, account.resource_group, account.account, name],
+        deployment_from_row,
+    )
+}
+
+pub(crate) fn insert_account(c: &mut dyn Db, a: &AccountRow) -> Result<()> {
+    c.execute(
         "INSERT INTO accounts (subscription_id, resource_group, name, location, kind, sku, key1_digest, key1_sealed,
          key2_digest, key2_sealed, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
+        p![
             a.key.subscription_id,
             a.key.resource_group,
             a.key.account,
@@ -420,11 +488,11 @@ pub(crate) fn insert_account(conn: &Connection, a: &AccountRow) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn insert_model(conn: &Connection, row: &ModelRow) -> Result<()> {
-    conn.execute(
+pub(crate) fn insert_model(c: &mut dyn Db, row: &ModelRow) -> Result<()> {
+    c.execute(
         "INSERT INTO models (subscription_id, resource_group, account, id, base_model, kind, path, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
+        p![
             row.account.subscription_id,
             row.account.resource_group,
             row.account.account,
@@ -438,11 +506,11 @@ pub(crate) fn insert_model(conn: &Connection, row: &ModelRow) -> Result<()> {
     Ok(())
 }
 
-fn insert_operation(conn: &Connection, op: &OperationRow) -> Result<()> {
-    conn.execute(
+fn insert_operation(c: &mut dyn Db, op: &OperationRow) -> Result<()> {
+    c.execute(
         "INSERT INTO operations (id, subscription_id, location, resource_id, status, start_time, end_time, error_code, error_message)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![op.id, op.subscription_id, op.location, op.resource_id, op.status, op.start_time, op.end_time, op.error_code, op.error_message],
+        p![op.id, op.subscription_id, op.location, op.resource_id, op.status, op.start_time, op.end_time, op.error_code, op.error_message],
     )?;
     Ok(())
 }
@@ -457,11 +525,11 @@ const DEPLOYMENT_SELECT: &str =
     model_name, model_version, provisioning_state, error_code, error_message, etag, tags, created_by, created_at,
     modified_by, modified_at, operation_id FROM deployments";
 
-pub(crate) fn account_key(r: &Row<'_>) -> rusqlite::Result<AccountKey> {
+pub(crate) fn account_key(r: &SqlRow) -> Result<AccountKey> {
     Ok(AccountKey { subscription_id: r.get(0)?, resource_group: r.get(1)?, account: r.get(2)? })
 }
 
-fn account_from_row(r: &Row<'_>) -> rusqlite::Result<AccountRow> {
+fn account_from_row(r: &SqlRow) -> Result<AccountRow> {
     Ok(AccountRow {
         key: account_key(r)?,
         location: r.get(3)?,
@@ -473,7 +541,7 @@ fn account_from_row(r: &Row<'_>) -> rusqlite::Result<AccountRow> {
     })
 }
 
-fn base_from_row(r: &Row<'_>) -> rusqlite::Result<BaseModelRow> {
+fn base_from_row(r: &SqlRow) -> Result<BaseModelRow> {
     Ok(BaseModelRow {
         name: r.get(0)?,
         path: r.get(1)?,
@@ -484,7 +552,7 @@ fn base_from_row(r: &Row<'_>) -> rusqlite::Result<BaseModelRow> {
     })
 }
 
-fn model_from_row(r: &Row<'_>) -> rusqlite::Result<ModelRow> {
+fn model_from_row(r: &SqlRow) -> Result<ModelRow> {
     Ok(ModelRow {
         account: account_key(r)?,
         id: r.get(3)?,
@@ -495,8 +563,7 @@ fn model_from_row(r: &Row<'_>) -> rusqlite::Result<ModelRow> {
     })
 }
 
-fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<DeploymentRow> {
-    let tags: String = r.get(13)?;
+fn deployment_from_row(r: &SqlRow) -> Result<DeploymentRow> {
     Ok(DeploymentRow {
         account: account_key(r)?,
         name: r.get(3)?,
@@ -509,8 +576,7 @@ fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<DeploymentRow> {
         error_code: r.get(10)?,
         error_message: r.get(11)?,
         etag: r.get(12)?,
-        tags: serde_json::from_str(&tags)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e)))?,
+        tags: r.json(13)?,
         created_by: r.get(14)?,
         created_at: r.get(15)?,
         modified_by: r.get(16)?,
