@@ -87,6 +87,11 @@ pub enum Command {
         #[command(subcommand)]
         command: FineTuningCommand,
     },
+    /// The database: move a SQLite data directory into PostgreSQL.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Developer tools.
     #[command(hide = true)]
     Debug {
@@ -161,6 +166,32 @@ pub struct ServeArgs {
     /// Fine-tuning jobs that run at once; the others wait in the queue.
     #[arg(long, default_value_t = 1, env = "BERTH_FINE_TUNING_SLOTS")]
     pub fine_tuning_slots: usize,
+    /// Keep every table in this PostgreSQL database (postgres://user:password@host:port/db), shared by
+    /// every replica that names it [default: SQLite in the data directory].
+    #[arg(long = "database", env = "BERTH_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Where models, training files and fine-tuning work live: a directory every replica reads and
+    /// writes (a shared volume) [default: the data directory].
+    #[arg(long, env = "BERTH_MODEL_STORE")]
+    pub model_store: Option<PathBuf>,
+    /// The key that signs tokens and seals API keys (64 hex digits; made on first start if missing).
+    /// Replicas on one database must share it [default: DATA_DIR/token-signing.key].
+    #[arg(long, env = "BERTH_SIGNING_KEY_FILE")]
+    pub signing_key: Option<PathBuf>,
+    /// This replica's name, in the x-berth-replica header and leases [default: BERTH_REPLICA, else the host name].
+    #[arg(long)]
+    pub replica: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Copies every row of DATA_DIR/berth.db into an empty PostgreSQL database (migrated first), in
+    /// one transaction; then serve with `--database URL`. Stop the server first.
+    #[command(name = "migrate-to")]
+    MigrateTo {
+        /// postgres://user:password@host:port/database
+        url: String,
+    },
 }
 
 /// `-g/--resource-group` and `-n/--name`, as in `az cognitiveservices`; default: the bootstrap account.

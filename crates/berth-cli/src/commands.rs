@@ -67,6 +67,7 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", berth_control::DEFAULT_CATALOG);
             Ok(())
         }
+        Command::Db { command: DbCommand::MigrateTo { url } } => crate::serve::migrate_to(cli.data_dir.clone(), &url),
         Command::File { command } => crate::fine_tuning::file(&client()?, command),
         Command::FineTuning { command } => crate::fine_tuning::fine_tuning(&client()?, command),
     }

@@ -42,6 +42,16 @@ pub fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
         config.location = berth_control::normalize_region(&args.location);
         config.retention = berth_control::Retention { idle_days: args.idle_days, developer_hours: args.developer_hours, sweep_seconds: args.idle_sweep_seconds };
         config.test_clock = args.test_clock;
+        config.database_url = args.database_url.clone();
+        if let Some(dir) = &args.model_store {
+            config.store_dir = dir.clone();
+        }
+        if let Some(path) = &args.signing_key {
+            config.signing_key_path = path.clone();
+        }
+        if let Some(name) = &args.replica {
+            config.replica = name.clone();
+        }
         if let Some(path) = &args.catalog {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading the catalog {}", path.display()))?;
             config.catalog = std::sync::Arc::new(berth_control::Catalog::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?);
@@ -147,4 +157,36 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// `berth db migrate-to URL`: the data directory's SQLite database copied into PostgreSQL.
+pub fn migrate_to(data_dir: Option<PathBuf>, url: &str) -> Result<()> {
+    let data_dir = data_dir.unwrap_or_else(default_data_dir);
+    let path = data_dir.join("berth.db");
+    if !path.exists() {
+        anyhow::bail!("{} does not exist: nothing to migrate", path.display());
+    }
+    if let Some(pid) = running_server(&data_dir) {
+        anyhow::bail!(
+            "a server (pid {pid}) is running on {}: stop it first, so that no write is missed",
+            data_dir.display()
+        );
+    }
+    let source = berth_store::Store::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let target = berth_store::Store::open_postgres(url).context("opening the PostgreSQL database")?;
+    let counts = source.copy_into(&target).context("copying")?;
+    let rows: serde_json::Map<String, serde_json::Value> = counts.into_iter().map(|(t, n)| (t, n.into())).collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(
+            &serde_json::json!({ "copied": rows, "next": format!("berth serve --database <URL> --data-dir {}", data_dir.display()) })
+        )?
+    );
+    Ok(())
+}
+
+/// The pid in DATA_DIR/server.pid when that process still runs.
+fn running_server(data_dir: &std::path::Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(data_dir.join("server.pid")).ok()?.trim().parse().ok()?;
+    std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }

@@ -28,13 +28,13 @@ impl Control {
     /// Admits a call estimated at `estimate` tokens, or says when to come back.
     pub fn admit(&self, account: &AccountKey, name: &str, estimate: u64) -> Result<Result<Ticket, Refusal>> {
         let limits = self.deployment_limits(account, name)?;
-        Ok(self.limiter.admit(&DeploymentKey::new(account, name), limits, estimate, Instant::now()))
+        Ok(self.limiter.admit(&DeploymentKey::new(account, name), limits, estimate, Instant::now())?)
     }
 
     /// What a deployment has left, without charging anything.
     pub fn rate_remaining(&self, account: &AccountKey, name: &str) -> Option<Remaining> {
         let limits = self.deployment_limits(account, name).ok()?;
-        Some(self.limiter.remaining(&DeploymentKey::new(account, name), limits, Instant::now()))
+        self.limiter.remaining(&DeploymentKey::new(account, name), limits, Instant::now()).ok()
     }
 
     /// Whether a deployment's calls are charged at prompt tokens less cached ones (provisioned).

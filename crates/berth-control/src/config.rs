@@ -7,8 +7,18 @@ use std::sync::Arc;
 /// Settings of the control plane, parsed once by the binary.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
-    /// Where the database, credentials and imported models live.
+    /// This replica's own files: the SQLite database (when no `database_url`), credentials, the
+    /// token-signing key by default, TLS material.
     pub data_dir: PathBuf,
+    /// Where models, training files and fine-tuning work live: the data directory on one machine, a
+    /// directory every replica can read and write (a shared volume) in a fleet.
+    pub store_dir: PathBuf,
+    /// PostgreSQL (`postgres://...`) shared by replicas; SQLite in the data directory when `None`.
+    pub database_url: Option<String>,
+    /// The key that signs tokens and seals API keys; every replica of a fleet must hold the same one.
+    pub signing_key_path: PathBuf,
+    /// This replica's name, in the `x-berth-replica` header, logs and metrics.
+    pub replica: String,
     /// The URL clients use to reach this server (endpoint of accounts, async-operation URLs).
     pub public_url: String,
     /// The region of the bootstrap account.
@@ -32,6 +42,10 @@ pub struct ControlConfig {
 impl ControlConfig {
     pub fn new(data_dir: PathBuf, public_url: String) -> Self {
         ControlConfig {
+            store_dir: data_dir.clone(),
+            database_url: None,
+            signing_key_path: data_dir.join("token-signing.key"),
+            replica: default_replica_name(),
             data_dir,
             public_url,
             location: "local".into(),
@@ -44,4 +58,14 @@ impl ControlConfig {
             test_clock: false,
         }
     }
+}
+
+/// `BERTH_REPLICA`, else the host's name (a Kubernetes pod's name), else `berth`.
+pub fn default_replica_name() -> String {
+    std::env::var("BERTH_REPLICA")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_owned()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "berth".into())
 }

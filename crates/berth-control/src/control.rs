@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 /// The control plane. Shared behind an `Arc` by every request handler.
 pub struct Control {
-    pub(crate) store: Store,
+    pub(crate) store: Arc<Store>,
     pub(crate) host: Arc<ModelHost>,
     pub(crate) config: ControlConfig,
     credentials: Credentials,
@@ -29,6 +29,8 @@ pub struct Control {
     pub(crate) vault: Vault,
     /// This replica's Prometheus metrics.
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Deployments made on other replicas that this one is loading now.
+    pub(crate) fleet_loading: Mutex<std::collections::HashSet<crate::host::DeploymentKey>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -45,13 +47,24 @@ impl Control {
             ControlError::Internal(format!("cannot create data directory {}: {e}", config.data_dir.display()))
         };
         durable::create_private_dir_all(&config.data_dir).map_err(cannot_create)?;
-        durable::create_private_dir_all(&config.data_dir.join("models")).map_err(cannot_create)?;
-        let store = Store::open(&config.data_dir.join("berth.db"))?;
-        let signing_key = signing_key(&config.data_dir)?;
+        durable::create_private_dir_all(&config.store_dir.join("models")).map_err(|e| {
+            ControlError::Internal(format!("cannot create the model store {}: {e}", config.store_dir.display()))
+        })?;
+        let store = Arc::new(match &config.database_url {
+            Some(url) => Store::open_postgres(url)?,
+            None => Store::open(&config.data_dir.join("berth.db"))?,
+        });
+        let signing_key = signing_key(&config.signing_key_path)?;
+        if store.is_postgres() {
+            check_fleet_signing_key(&store, &signing_key, &config.signing_key_path)?;
+        }
         let vault = Vault::new(&signing_key);
         seal_plain_secrets(&store, &vault)?;
         let credentials = ensure_bootstrapped(&store, &config, &vault)?;
         let host = Arc::new(ModelHost::new(config.engine.clone()).with_memory_budget(config.engine_memory_bytes));
+        // Replicas on one database admit together; one process keeps the state in memory.
+        let limiter =
+            Arc::new(if store.is_postgres() { RateLimiter::shared(store.clone()) } else { RateLimiter::default() });
         let control = Arc::new(Control {
             store,
             host,
@@ -60,10 +73,12 @@ impl Control {
             tasks: Mutex::new(JoinSet::new()),
             ready: AtomicBool::new(false),
             fine_tuning: FineTuningState::default(),
-            limiter: Arc::new(RateLimiter::default()),
+            // Replicas on one database admit together; one process keeps the state in memory.
+            limiter,
             signing_key,
             vault,
             metrics: crate::metrics::Metrics::default(),
+            fleet_loading: Mutex::default(),
         });
         // Databases from before roles: the bootstrap administrator owns everything of its tenant.
         if control.store.count_role_assignments()? == 0 {
@@ -135,6 +150,7 @@ impl Control {
         }
         self.start_fine_tuning()?;
         self.start_idle_sweeper();
+        self.start_fleet_beat();
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -151,6 +167,7 @@ impl Control {
         self.fine_tuning.stop();
         let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         while tasks.join_next().await.is_some() {}
+        self.release_leases();
         let host = self.host.clone();
         let _ = tokio::task::spawn_blocking(move || host.shutdown()).await;
     }
@@ -230,9 +247,8 @@ fn seal_plain_secrets(store: &Store, vault: &Vault) -> Result<()> {
 /// The token-signing key, made on first start (32 random bytes, readable by the owner only). A key
 /// file that exists but does not read as one is refused, never replaced: a new key would leave every
 /// sealed API key unreadable and every issued token invalid.
-fn signing_key(dir: &std::path::Path) -> Result<Vec<u8>> {
-    let path = dir.join("token-signing.key");
-    match std::fs::read(&path) {
+fn signing_key(path: &std::path::Path) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
         Ok(bytes) => {
             return std::str::from_utf8(&bytes).ok().and_then(|hex| decode_hex(hex.trim())).ok_or_else(|| {
                 ControlError::Internal(format!(
@@ -245,9 +261,29 @@ fn signing_key(dir: &std::path::Path) -> Result<Vec<u8>> {
         Err(e) => return Err(ControlError::Internal(format!("cannot read the token-signing key {}: {e}", path.display()))),
     }
     let hex = format!("{}{}", crate::ids::new_hex_id(), crate::ids::new_hex_id());
-    durable::write_file(&path, hex.as_bytes())
+    if let Some(parent) = path.parent() {
+        durable::create_private_dir_all(parent)
+            .map_err(|e| ControlError::Internal(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    durable::write_file(path, hex.as_bytes())
         .map_err(|e| ControlError::Internal(format!("cannot write {}: {e}", path.display())))?;
     decode_hex(&hex).ok_or_else(|| ControlError::Internal("a new signing key did not decode".into()))
+}
+
+/// Every replica on one database must sign and seal with the same key, or a token minted by one is
+/// refused by another and API keys sealed by one cannot be read by another. The first replica records
+/// the key's fingerprint; one with another key refuses to start, saying which file to share.
+fn check_fleet_signing_key(store: &Store, key: &[u8], path: &std::path::Path) -> Result<()> {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mine = digest(&format!("berth-signing-key-fingerprint:{hex}"));
+    let fleets = store.agree_on("signing_key_fingerprint", &mine)?;
+    if fleets != mine {
+        return Err(ControlError::Internal(format!(
+            "this replica's token-signing key ({}) is not the one the other replicas of this database use: give every replica the same key file (--signing-key), e.g. a mounted secret",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {

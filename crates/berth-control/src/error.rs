@@ -24,11 +24,25 @@ pub enum ControlError {
     #[error("the engine is overloaded: {0}")]
     Busy(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // Text the database cannot hold reached it from a client: the client's mistake.
+            StoreError::Nul => ControlError::invalid(
+                "InvalidRequestContent",
+                "A value of the request contains a NUL character, which Berth does not store.",
+                None,
+            ),
+            e => ControlError::Store(e),
+        }
+    }
 }
 
 impl ControlError {

@@ -25,10 +25,10 @@ impl Control {
             ));
         }
         let filename = Path::new(filename).file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
-        if filename.is_empty() || filename.len() > 255 {
+        if filename.is_empty() || filename.len() > 255 || filename.chars().any(char::is_control) {
             return Err(ControlError::invalid(
                 "invalidFileName",
-                "The file needs a name of 1 to 255 characters.",
+                "The file needs a name of 1 to 255 characters, none of them a control character.",
                 "file",
             ));
         }
@@ -62,7 +62,7 @@ impl Control {
     }
 
     pub(crate) fn write_file_atomically(&self, name: &str, bytes: &[u8]) -> Result<std::path::PathBuf> {
-        let dir = self.config.data_dir.join("files");
+        let dir = self.config.store_dir.join("files");
         let write = || -> std::io::Result<std::path::PathBuf> {
             berth_durable::create_private_dir_all(&dir)?;
             let dest = dir.join(name);

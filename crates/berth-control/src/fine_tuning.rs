@@ -43,6 +43,11 @@ pub(crate) struct FineTuningState {
 }
 
 impl FineTuningState {
+    /// The jobs this replica runs now, with their stop flags.
+    pub(crate) fn running(&self) -> Vec<(String, Arc<AtomicBool>)> {
+        self.cancel.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         self.wake.notify_waiters();
@@ -247,15 +252,9 @@ impl Control {
     /// Puts jobs a stop or crash interrupted back in the queue (they resume from their last
     /// checkpoint) and starts the runners.
     pub(crate) fn start_fine_tuning(self: &Arc<Self>) -> Result<()> {
-        for job in self.store.jobs_with_status(&["running"])? {
-            self.store.transition_job(
-                &job.id,
-                &["running"],
-                "pending",
-                unix_now(),
-                "The server restarted while the job ran; it resumes from its last checkpoint.",
-            )?;
-        }
+        // Jobs this replica ran before it restarted, and those of replicas that are gone; a job another
+        // live replica runs keeps running there.
+        self.requeue_orphaned_jobs(true)?;
         for _ in 0..self.config.fine_tuning_slots.max(1) {
             let control = self.clone();
             self.spawn(async move { control.run_jobs().await });
@@ -276,11 +275,15 @@ impl Control {
                     None
                 }
             };
+            // The lease first, then the claim: a job is never `running` without a holder.
             let claimed = match &next {
-                Some(job) => self
-                    .store
-                    .transition_job(&job.id, &["pending"], "running", unix_now(), "Fine-tuning started.")
-                    .unwrap_or(false),
+                Some(job) => {
+                    self.hold(&crate::fleet::job_lease(&job.id))
+                        && self
+                            .store
+                            .transition_job(&job.id, &["pending"], "running", unix_now(), "Fine-tuning started.")
+                            .unwrap_or(false)
+                }
                 None => false,
             };
             match next {
@@ -300,8 +303,11 @@ impl Control {
                         let _ = self.store.finish_job(&id, &end, "The job failed.");
                     }
                     self.fine_tuning.cancel.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    let _ = self.store.release_lease(&crate::fleet::job_lease(&id), self.replica());
                 }
-                Some(_) => {}
+                Some(job) => {
+                    let _ = self.store.release_lease(&crate::fleet::job_lease(&job.id), self.replica());
+                }
                 None => {
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), wake).await;
                 }
@@ -310,7 +316,7 @@ impl Control {
     }
 
     fn job_dir(&self, id: &str) -> PathBuf {
-        self.config.data_dir.join("fine_tuning").join(id)
+        self.config.store_dir.join("fine_tuning").join(id)
     }
 
     /// Runs one claimed job to its end (blocking).
@@ -322,8 +328,19 @@ impl Control {
             Err(TrainError::Cancelled)
                 if !cancel.load(Ordering::Acquire) || self.fine_tuning.stopping.load(Ordering::Acquire) =>
             {
-                // Stopped by a shutdown: the job stays `running` and resumes at the next start.
+                // Stopped by a shutdown: on one machine the job stays `running` and resumes at the next
+                // start; in a fleet it goes back to the queue for another replica.
                 tracing::info!(job = %job.id, "fine-tuning interrupted by shutdown");
+                if self.store.is_postgres() {
+                    let _ = self.store.transition_job(
+                        &job.id,
+                        &["running"],
+                        "pending",
+                        unix_now(),
+                        "The replica running the job stopped; the job resumes from its last checkpoint.",
+                    );
+                    return;
+                }
                 let _ = self.store.add_job_event(
                     &job.id,
                     unix_now(),
@@ -449,7 +466,7 @@ impl Control {
             Some(s) => format!("{}.ft-{hex}-{s}", base.name),
             None => format!("{}.ft-{hex}", base.name),
         };
-        let model_dir = self.config.data_dir.join("models").join(&model_id);
+        let model_dir = self.config.store_dir.join("models").join(&model_id);
         copy_adapter(&outcome.adapter_dir, &model_dir)
             .map_err(|e| TrainError::Io { path: model_dir.display().to_string(), reason: e.to_string() })?;
         let csv = results_csv(&self.store.job_metrics(&job.id).map_err(|e| TrainError::Data(e.to_string()))?);
@@ -560,7 +577,7 @@ impl JobObserver {
                 continue;
             }
             store.delete_checkpoint(&self.job.account, &old.id).map_err(Self::store_err)?;
-            let _ = std::fs::remove_dir_all(self.control.config.data_dir.join("models").join(&old.id));
+            let _ = std::fs::remove_dir_all(self.control.config.store_dir.join("models").join(&old.id));
         }
         Ok(())
     }
@@ -578,7 +595,7 @@ impl JobObserver {
             return Ok(());
         }
         let id = format!("ftchkpt-{}", new_hex_id());
-        let model_dir = self.control.config.data_dir.join("models").join(&id);
+        let model_dir = self.control.config.store_dir.join("models").join(&id);
         copy_adapter(dir, &model_dir)
             .map_err(|e| TrainError::Io { path: model_dir.display().to_string(), reason: e.to_string() })?;
         let hex = self.job.id.strip_prefix("ftjob-").unwrap_or(&self.job.id);

@@ -97,6 +97,11 @@ impl ModelHost {
         self.state().routes.get(key).cloned()
     }
 
+    /// Every routed deployment.
+    pub fn routed(&self) -> Vec<DeploymentKey> {
+        self.state().routes.keys().cloned().collect()
+    }
+
     pub fn loaded_engines(&self) -> usize {
         self.state().engines.len()
     }

@@ -86,6 +86,13 @@ impl Control {
                 if control.fine_tuning.stopping.load(Ordering::Acquire) {
                     return;
                 }
+                // One sweeper across the fleet: the holder of its lease.
+                let c = control.clone();
+                let mine =
+                    tokio::task::spawn_blocking(move || c.hold(crate::fleet::SWEEPER_LEASE)).await.unwrap_or(false);
+                if !mine {
+                    continue;
+                }
                 if let Err(e) = control.sweep_idle().await {
                     tracing::error!(error = %e, "idle sweep failed");
                 }

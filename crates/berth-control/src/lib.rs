@@ -22,6 +22,7 @@ mod deployments;
 mod error;
 mod files;
 mod fine_tuning;
+mod fleet;
 mod host;
 mod idle;
 mod ids;

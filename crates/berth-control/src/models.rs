@@ -100,7 +100,7 @@ impl Control {
 
     /// A new, owner-only directory for one upload's files.
     pub fn upload_dir(&self) -> Result<PathBuf> {
-        let dir = self.config.data_dir.join("uploads").join(new_hex_id());
+        let dir = self.config.store_dir.join("uploads").join(new_hex_id());
         berth_durable::create_private_dir_all(&dir)
             .map_err(|e| ControlError::Internal(format!("cannot create {}: {e}", dir.display())))?;
         Ok(dir)
@@ -119,7 +119,7 @@ impl Control {
             message: format!("Base model '{base}' is not registered; add it with `berth base-model add`."),
         })?;
         let id = format!("{base}.ft-{}", new_hex_id());
-        let dest = self.config.data_dir.join("models").join(&id);
+        let dest = self.config.store_dir.join("models").join(&id);
         let base_path = PathBuf::from(&base_row.path);
         let (kind, src) = match &source {
             ModelSource::Adapter(p) => ("adapter", p.clone()),
@@ -290,7 +290,7 @@ impl Control {
         if self.store.model(&target.key, model)?.is_some() {
             return Ok(());
         }
-        let dest = self.config.data_dir.join("models").join(format!("{}-{}", model, crate::ids::new_hex_id()));
+        let dest = self.config.store_dir.join("models").join(format!("{}-{}", model, crate::ids::new_hex_id()));
         copy_dir(Path::new(&m.path), &dest)
             .map_err(|e| ControlError::Internal(format!("cannot copy {} into the target account: {e}", m.path)))?;
         let row = ModelRow {

@@ -9,8 +9,15 @@
 //! - Provisioned types: a utilisation meter that drains at the PTU's tokens per minute. A request is
 //!   admitted while utilisation (tokens in the meter / one minute of throughput) is under 100 %, charged
 //!   its estimate, and corrected when it finishes.
+//!
+//! The state of a deployment lives in this process (one machine) or, for replicas on one PostgreSQL
+//! database, in its `admission_state` row: each admission locks the row, runs the same arithmetic on
+//! the database's clock, and writes it back in one transaction, so replicas together admit exactly
+//! what one process would.
 
 use crate::host::DeploymentKey;
+use berth_store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,20 +57,32 @@ pub struct Refusal {
     pub remaining: Remaining,
 }
 
-#[derive(Debug, Default)]
+/// One deployment's admissions. Times are seconds on one clock: since this process's limiter was made,
+/// or the database's unix time for a fleet.
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     /// Standard: (admitted at, tokens charged, ticket id) of the last minute's admissions, oldest first.
-    log: std::collections::VecDeque<(Instant, u64, u64)>,
+    log: std::collections::VecDeque<(f64, u64, u64)>,
     next_id: u64,
     /// Provisioned: tokens in the meter as of `drained_at`.
     level: f64,
-    drained_at: Option<Instant>,
+    drained_at: Option<f64>,
 }
 
 /// The admission state of every deployment.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RateLimiter {
     states: Mutex<HashMap<DeploymentKey, State>>,
+    /// Where this process's clock starts.
+    origin: Instant,
+    /// The fleet's database, when the state is shared there.
+    shared: Option<Arc<Store>>,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter { states: Mutex::default(), origin: Instant::now(), shared: None }
+    }
 }
 
 /// An admitted request's charge; [`Ticket::settle`] corrects it to the tokens used. Dropped
@@ -80,14 +99,44 @@ pub struct Ticket {
 
 impl Ticket {
     pub fn settle(self, used: u64, now: Instant) {
-        self.limiter.correct(&self.key, self.entry, self.estimate, used, now);
+        if used == self.estimate {
+            return;
+        }
+        if let Err(e) = self.limiter.correct(&self.key, self.entry, self.estimate, used, now) {
+            tracing::warn!(error = %e, "cannot correct a call's charge to what it used");
+        }
     }
 }
 
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
 impl RateLimiter {
-    fn with_state<T>(&self, key: &DeploymentKey, f: impl FnOnce(&mut State) -> T) -> T {
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        f(states.entry(key.clone()).or_default())
+    /// A limiter whose state is kept in the fleet's database.
+    pub fn shared(store: Arc<Store>) -> Self {
+        RateLimiter { shared: Some(store), ..RateLimiter::default() }
+    }
+
+    /// Runs `f` on the deployment's state at `now` (this process's clock), or, shared, on the state in
+    /// the database at the database's clock, with the row locked.
+    fn with_state<T>(
+        &self,
+        key: &DeploymentKey,
+        now: Instant,
+        mut f: impl FnMut(&mut State, f64) -> T,
+    ) -> Result<T, StoreError> {
+        match &self.shared {
+            None => {
+                let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(f(states.entry(key.clone()).or_default(), seconds(now.saturating_duration_since(self.origin))))
+            }
+            Some(store) => store.with_admission(&shared_key(key), |text, now| {
+                let mut st: State = serde_json::from_str(text).unwrap_or_default();
+                let out = f(&mut st, now);
+                (serde_json::to_string(&st).unwrap_or_default(), out)
+            }),
+        }
     }
 
     /// Admits and charges `estimate` tokens, or refuses.
@@ -97,12 +146,12 @@ impl RateLimiter {
         limits: Limits,
         estimate: u64,
         now: Instant,
-    ) -> Result<Ticket, Refusal> {
+    ) -> Result<Result<Ticket, Refusal>, StoreError> {
         match limits {
-            Limits::Standard { requests_per_window, tokens_per_minute } => self.with_state(key, |st| {
+            Limits::Standard { requests_per_window, tokens_per_minute } => self.with_state(key, now, |st, now| {
                 prune(st, now);
-                let window_start = now.checked_sub(WINDOW);
-                let recent: Vec<Instant> = st.log.iter().map(|e| e.0).filter(|t| window_start.is_none_or(|w| *t > w)).collect();
+                let window_start = now - seconds(WINDOW);
+                let recent: Vec<f64> = st.log.iter().map(|e| e.0).filter(|t| *t > window_start).collect();
                 let tokens_minute: u64 = st.log.iter().map(|e| e.1).sum();
                 let remaining = |extra_req: u64, extra_tok: u64| Remaining {
                     requests: requests_per_window.saturating_sub(recent.len() as u64 + extra_req),
@@ -111,7 +160,7 @@ impl RateLimiter {
                 };
                 if recent.len() as u64 >= requests_per_window {
                     // The oldest of the last 10 seconds' requests leaves the window first.
-                    let retry = recent.first().map_or(WINDOW, |t| (*t + WINDOW).saturating_duration_since(now));
+                    let retry = recent.first().map_or(WINDOW, |t| until(t + seconds(WINDOW), now));
                     return Err(Refusal {
                         message: format!(
                             "Requests to this deployment have exceeded the request rate limit of {} requests per 10 seconds ({} per minute).",
@@ -129,7 +178,7 @@ impl RateLimiter {
                     for (t, tokens, _) in &st.log {
                         freed += tokens;
                         if tokens_minute - freed + estimate <= tokens_per_minute {
-                            retry = Some((*t + MINUTE).saturating_duration_since(now));
+                            retry = Some(until(t + seconds(MINUTE), now));
                             break;
                         }
                     }
@@ -149,7 +198,7 @@ impl RateLimiter {
                 st.log.push_back((now, estimate, id));
                 Ok(Ticket { limiter: self.clone(), key: key.clone(), entry: Some(id), estimate, remaining: remaining(1, estimate) })
             }),
-            Limits::Provisioned { tokens_per_minute } => self.with_state(key, |st| {
+            Limits::Provisioned { tokens_per_minute } => self.with_state(key, now, |st, now| {
                 let rate = tokens_per_minute as f64 / 60.0;
                 drain(st, rate, now);
                 let full = tokens_per_minute as f64;
@@ -178,8 +227,15 @@ impl RateLimiter {
         }
     }
 
-    fn correct(&self, key: &DeploymentKey, entry: Option<u64>, estimate: u64, used: u64, now: Instant) {
-        self.with_state(key, |st| match entry {
+    fn correct(
+        &self,
+        key: &DeploymentKey,
+        entry: Option<u64>,
+        estimate: u64,
+        used: u64,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        self.with_state(key, now, |st, now| match entry {
             Some(id) => {
                 if let Some(e) = st.log.iter_mut().find(|e| e.2 == id) {
                     e.1 = (e.1 + used).saturating_sub(estimate);
@@ -193,12 +249,12 @@ impl RateLimiter {
     }
 
     /// What is left without charging anything (for answers refused before admission).
-    pub fn remaining(&self, key: &DeploymentKey, limits: Limits, now: Instant) -> Remaining {
+    pub fn remaining(&self, key: &DeploymentKey, limits: Limits, now: Instant) -> Result<Remaining, StoreError> {
         match limits {
-            Limits::Standard { requests_per_window, tokens_per_minute } => self.with_state(key, |st| {
+            Limits::Standard { requests_per_window, tokens_per_minute } => self.with_state(key, now, |st, now| {
                 prune(st, now);
-                let window_start = now.checked_sub(WINDOW);
-                let recent = st.log.iter().filter(|e| window_start.is_none_or(|w| e.0 > w)).count() as u64;
+                let window_start = now - seconds(WINDOW);
+                let recent = st.log.iter().filter(|e| e.0 > window_start).count() as u64;
                 let tokens: u64 = st.log.iter().map(|e| e.1).sum();
                 Remaining {
                     requests: requests_per_window.saturating_sub(recent),
@@ -206,7 +262,7 @@ impl RateLimiter {
                     utilization_percent: None,
                 }
             }),
-            Limits::Provisioned { tokens_per_minute } => self.with_state(key, |st| {
+            Limits::Provisioned { tokens_per_minute } => self.with_state(key, now, |st, now| {
                 drain(st, tokens_per_minute as f64 / 60.0, now);
                 let left = (tokens_per_minute as f64 - st.level).max(0.0) as u64;
                 Remaining {
@@ -221,21 +277,35 @@ impl RateLimiter {
     /// Forgets a deployment (deleted).
     pub fn forget(&self, key: &DeploymentKey) {
         self.states.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-    }
-}
-
-/// Drops admissions older than a minute.
-fn prune(st: &mut State, now: Instant) {
-    if let Some(cutoff) = now.checked_sub(MINUTE) {
-        while st.log.front().is_some_and(|e| e.0 <= cutoff) {
-            st.log.pop_front();
+        if let Some(store) = &self.shared {
+            if let Err(e) = store.forget_admission(&shared_key(key)) {
+                tracing::warn!(error = %e, "cannot forget a deleted deployment's admissions");
+            }
         }
     }
 }
 
-fn drain(st: &mut State, rate: f64, now: Instant) {
+/// A deployment's row in `admission_state`.
+fn shared_key(key: &DeploymentKey) -> String {
+    format!("{}/{}/{}/{}", key.account.subscription_id, key.account.resource_group, key.account.account, key.name)
+}
+
+/// The time from `now` until `at` (zero if past).
+fn until(at: f64, now: f64) -> Duration {
+    Duration::from_secs_f64((at - now).max(0.0))
+}
+
+/// Drops admissions older than a minute.
+fn prune(st: &mut State, now: f64) {
+    let cutoff = now - seconds(MINUTE);
+    while st.log.front().is_some_and(|e| e.0 <= cutoff) {
+        st.log.pop_front();
+    }
+}
+
+fn drain(st: &mut State, rate: f64, now: f64) {
     if let Some(t) = st.drained_at {
-        let dt = now.saturating_duration_since(t).as_secs_f64();
+        let dt = (now - t).max(0.0);
         st.level = (st.level - dt * rate).max(0.0);
     }
     st.drained_at = Some(now);
@@ -257,22 +327,22 @@ mod tests {
         let rl = Arc::new(RateLimiter::default());
         let t0 = Instant::now();
         let limits = Limits::standard(2); // 2 requests per 10 s, 2,000 tokens per minute
-        let a = rl.admit(&key(), limits, 600, t0).unwrap();
+        let a = rl.admit(&key(), limits, 600, t0).unwrap().unwrap();
         assert_eq!(a.remaining, Remaining { requests: 1, tokens: 1400, utilization_percent: None });
-        rl.admit(&key(), limits, 600, t0 + Duration::from_secs(1)).unwrap();
-        let r = rl.admit(&key(), limits, 10, t0 + Duration::from_secs(2)).unwrap_err();
+        rl.admit(&key(), limits, 600, t0 + Duration::from_secs(1)).unwrap().unwrap();
+        let r = rl.admit(&key(), limits, 10, t0 + Duration::from_secs(2)).unwrap().unwrap_err();
         assert_eq!(r.retry_after, Duration::from_secs(8));
         assert!(r.message.contains("request rate limit of 2 requests per 10 seconds"));
         // Ten seconds after the first: one request slot free again, tokens still counted over the minute.
-        rl.admit(&key(), limits, 600, t0 + Duration::from_secs(10)).unwrap();
-        let r = rl.admit(&key(), limits, 600, t0 + Duration::from_secs(11)).unwrap_err();
+        rl.admit(&key(), limits, 600, t0 + Duration::from_secs(10)).unwrap().unwrap();
+        let r = rl.admit(&key(), limits, 600, t0 + Duration::from_secs(11)).unwrap().unwrap_err();
         assert!(r.message.contains("token rate limit of 2000 tokens per minute"), "{}", r.message);
         assert_eq!(r.retry_after, Duration::from_secs(49)); // the first admission leaves the minute at 60 s
                                                             // Correcting the first request to what it used frees its tokens at once.
         a.settle(100, t0 + Duration::from_secs(12));
-        rl.admit(&key(), limits, 600, t0 + Duration::from_secs(12)).unwrap();
+        rl.admit(&key(), limits, 600, t0 + Duration::from_secs(12)).unwrap().unwrap();
         // An estimate over the whole minute's budget can never pass.
-        let r = rl.admit(&key(), limits, 5000, t0 + Duration::from_secs(70)).unwrap_err();
+        let r = rl.admit(&key(), limits, 5000, t0 + Duration::from_secs(70)).unwrap().unwrap_err();
         assert!(r.message.contains("lower max_tokens"));
     }
 
@@ -281,11 +351,11 @@ mod tests {
         let rl = Arc::new(RateLimiter::default());
         let t0 = Instant::now();
         let limits = Limits::Provisioned { tokens_per_minute: 6000 }; // 100 tokens/s
-        rl.admit(&key(), limits, 5000, t0).unwrap();
-        let t = rl.admit(&key(), limits, 2000, t0).unwrap(); // under 100 % before it: admitted, now 117 %
+        rl.admit(&key(), limits, 5000, t0).unwrap().unwrap();
+        let t = rl.admit(&key(), limits, 2000, t0).unwrap().unwrap(); // under 100 % before it: admitted, now 117 %
         assert_eq!(t.remaining.utilization_percent, Some(117));
-        let r = rl.admit(&key(), limits, 10, t0 + Duration::from_secs(1)).unwrap_err();
+        let r = rl.admit(&key(), limits, 10, t0 + Duration::from_secs(1)).unwrap().unwrap_err();
         assert_eq!(r.retry_after, Duration::from_secs(9)); // 900 tokens over at 100 tokens/s
-        rl.admit(&key(), limits, 10, t0 + Duration::from_secs(11)).unwrap();
+        rl.admit(&key(), limits, 10, t0 + Duration::from_secs(11)).unwrap().unwrap();
     }
 }

@@ -19,13 +19,46 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ArmJson<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| ArmApiError::new(e.status(), "InvalidRequestContent", e.body_text()))?;
-        serde_json::from_slice(&bytes).map(ArmJson).map_err(|e| {
+        let value = serde_json::from_slice(&bytes).map(ArmJson).map_err(|e| {
             ArmApiError::bad_request(
                 "InvalidRequestContent",
                 format!("The request content was invalid and could not be deserialized: '{e}'."),
             )
-        })
+        })?;
+        if let Some(path) = nul_in(&bytes) {
+            return Err(ArmApiError::bad_request(
+                "InvalidRequestContent",
+                format!("The request content was invalid: the value at '{path}' contains a NUL character (\\u0000)."),
+            ));
+        }
+        Ok(value)
     }
+}
+
+/// Where a JSON body holds a string (or key) with a NUL character, which no database text column
+/// takes: refused up front as the client's mistake, never a 500 from the database.
+fn nul_in(bytes: &[u8]) -> Option<String> {
+    fn walk(v: &serde_json::Value, path: &str) -> Option<String> {
+        match v {
+            serde_json::Value::String(s) if s.contains('\0') => Some(path.to_owned()),
+            serde_json::Value::Array(items) => {
+                items.iter().enumerate().find_map(|(i, item)| walk(item, &format!("{path}[{i}]")))
+            }
+            serde_json::Value::Object(map) => map.iter().find_map(|(k, item)| {
+                let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                if k.contains('\0') {
+                    return Some(here.replace('\0', "\\u0000"));
+                }
+                walk(item, &here)
+            }),
+            _ => None,
+        }
+    }
+    // Only a body that spells the escape can hold one; most bodies are not walked at all.
+    if !bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+        return None;
+    }
+    walk(&serde_json::from_slice(bytes).ok()?, "")
 }
 
 /// A JSON body on the data plane.
@@ -40,13 +73,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OpenAiJson<T> {
             err.status = e.status();
             err
         })?;
-        serde_json::from_slice(&bytes).map(OpenAiJson).map_err(|e| {
+        let value = serde_json::from_slice(&bytes).map(OpenAiJson).map_err(|e| {
             OpenAiApiError::invalid(
                 "",
                 "invalid_json",
                 format!("We could not parse the JSON body of your request ({e}). The request body must be a JSON object with the fields this operation accepts."),
             )
-        })
+        })?;
+        if let Some(path) = nul_in(&bytes) {
+            return Err(OpenAiApiError::invalid(
+                &path,
+                "invalid_value",
+                format!("'{path}' contains a NUL character (\\u0000), which is not accepted."),
+            ));
+        }
+        Ok(value)
     }
 }
 

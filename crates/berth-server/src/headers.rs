@@ -26,15 +26,9 @@ pub async fn common_headers(region: HeaderValue, replica: HeaderValue, req: Requ
     resp
 }
 
-/// This replica's name: `BERTH_REPLICA`, else the host name (a pod's name under Kubernetes).
-pub fn replica_name() -> HeaderValue {
-    let name = std::env::var("BERTH_REPLICA")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "berth".into());
-    HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("berth"))
+/// This replica's name as a header value (see `ControlConfig::replica`).
+pub fn replica_name(name: &str) -> HeaderValue {
+    HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("berth"))
 }
 
 /// `x-ratelimit-remaining-requests`, `x-ratelimit-remaining-tokens` and, for provisioned deployments,

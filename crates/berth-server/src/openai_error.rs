@@ -54,6 +54,11 @@ impl OpenAiApiError {
         e
     }
 
+    /// 503 `ServiceUnavailable` with `retry-after`: a passing state of the server.
+    pub fn unavailable(message: &str) -> Self {
+        unavailable(message)
+    }
+
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error on the data plane");
         Self::plain(

@@ -35,6 +35,17 @@ pub fn panicked(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 pub async fn shape_rejections(req: Request, next: Next) -> Response {
     let management = is_management(req.uri().path());
+    // A NUL character in a name or query value (%00) can name nothing Berth stores, and no database
+    // text takes it: refused here, in the plane's shape, before any lookup.
+    let uri = req.uri().to_string();
+    if uri.as_bytes().windows(3).any(|w| w.eq_ignore_ascii_case(b"%00")) {
+        let message = "The request URL contains a NUL character (%00), which no name or parameter may hold.";
+        return if management {
+            ArmApiError::bad_request("InvalidRequestUri", message).into_response()
+        } else {
+            OpenAiApiError::invalid("", "invalid_request", message).into_response()
+        };
+    }
     let resp = next.run(req).await;
     if resp.extensions().get::<Panicked>().is_some() {
         return if management {

@@ -18,6 +18,7 @@ const ACCOUNT: &str =
 
 pub fn router(state: AppState) -> Router {
     let region = HeaderValue::from_str(&state.config().location).unwrap_or(HeaderValue::from_static("local"));
+    let replica = crate::headers::replica_name(&state.config().replica);
     let mut r = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/portal", get(portal::index))
@@ -125,15 +126,14 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(crate::headers::tag_route))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::headers::count_http));
-    layered(r.with_state(state), region)
+    layered(r.with_state(state), region, replica)
 }
 
 /// The layers every route gets, innermost first: a panic anywhere in a request becomes a 500 (the
 /// process and other requests go on); refusals and that 500 take the error shape of their plane;
 /// every answer gets its request id and region. Public so that a test can put a route that panics
 /// under exactly these layers.
-pub fn layered(routes: Router, region: HeaderValue) -> Router {
-    let replica = crate::headers::replica_name();
+pub fn layered(routes: Router, region: HeaderValue, replica: HeaderValue) -> Router {
     routes
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(crate::rejections::panicked))
         .layer(crate::headers::request_log())

@@ -203,7 +203,16 @@ pub fn deployment_of_model(model: Option<&str>) -> Result<String, OpenAiApiError
 }
 
 pub fn route(state: &AppState, account: &AccountRow, deployment: &str) -> Result<Route, OpenAiApiError> {
-    state.host().route(&DeploymentKey::new(&account.key, deployment)).ok_or_else(OpenAiApiError::deployment_not_found)
+    if let Some(route) = state.host().route(&DeploymentKey::new(&account.key, deployment)) {
+        return Ok(route);
+    }
+    if state.deployed_elsewhere_only(&account.key, deployment) {
+        // Deployed through another replica and still loading here: come back, do not give up.
+        return Err(OpenAiApiError::unavailable(
+            "The deployment is still loading on this replica of the service. Please retry after 1 second.",
+        ));
+    }
+    Err(OpenAiApiError::deployment_not_found())
 }
 
 /// Refuses the first field a body carries that the operation does not take: one Berth knows but does
@@ -491,7 +500,12 @@ pub fn submit(
         plans.push(max_tokens);
     }
     let provisioned = state.is_provisioned_deployment(&account.key, deployment);
-    let ticket = match state.admit(&account.key, deployment, estimate)? {
+    // Deleted (through another replica) since its route was taken: as if it had never been routed.
+    let admitted = state.admit(&account.key, deployment, estimate).map_err(|e| match e {
+        berth_control::ControlError::NotFound { .. } => OpenAiApiError::deployment_not_found(),
+        e => e.into(),
+    })?;
+    let ticket = match admitted {
         Ok(t) => t,
         Err(refusal) => {
             if let Some(labels) = state.deployment_labels(&account.key, deployment) {

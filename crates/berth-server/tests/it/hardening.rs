@@ -47,7 +47,7 @@ async fn a_panicking_handler_answers_500_in_its_plane_s_shape() {
         )
         .route("/subscriptions/s/panic", get(|| async { panic!("boom in a management handler") as &'static str }))
         .route("/openai/fine", get(|| async { "fine" }));
-    let app = berth_server::layered(routes, HeaderValue::from_static("local"));
+    let app = berth_server::layered(routes, HeaderValue::from_static("local"), HeaderValue::from_static("test"));
     let call = |uri: &'static str| {
         let app = app.clone();
         async move {
