@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test: the Rust crates' unit and integration tests, then end-to-end tests that start the real
 # `berth` binary and drive it with the openai SDK, plain HTTP and the CLI, and check the engine's
-# logits against an independent numpy computation. Installs what it needs (pip) first.
+# logits against an independent numpy computation; the end-to-end suite runs on SQLite and again on
+# PostgreSQL. Installs what it needs (pip, apt) first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
@@ -29,6 +30,11 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 npm ci --prefix tests/portal --no-audit --no-fund --silent
+# PostgreSQL 15 from Debian, for the store's tests, the fleet's, and the suite's second pass.
+BERTH_TEST_POSTGRES="$(scripts/start-postgres.sh | tail -1)"
+export BERTH_TEST_POSTGRES
 cargo build --release --locked
 cargo test --release --locked --workspace
 python3 -m pytest -q tests/integration
+# The fleet's tests run on PostgreSQL already.
+BERTH_TEST_DATABASE=postgres python3 -m pytest -q tests/integration --ignore tests/integration/test_fleet.py

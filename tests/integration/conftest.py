@@ -2,7 +2,13 @@
 
 Needs BERTH_TEST_GGUF (SmolLM2-135M-Instruct.Q4_1.gguf; scripts/fetch-model.sh prints its path) and the
 release binary (BERTH_BIN, default target/release/berth). Without them the tests fail, never skip.
+
+With BERTH_TEST_DATABASE=postgres every server of the suite keeps its tables in PostgreSQL instead of
+SQLite: a database of its own per data directory (a restarted server finds its database again), made
+through BERTH_TEST_POSTGRES (an admin URL; scripts/start-postgres.sh prints one). `scripts/test.sh`
+runs the whole suite both ways.
 """
+import hashlib
 import json
 import os
 import pathlib
@@ -29,6 +35,35 @@ def model_path():
     path = os.environ.get("BERTH_TEST_GGUF")
     assert path and os.path.exists(path), "set BERTH_TEST_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-model.sh)"
     return path
+
+
+def on_postgres():
+    return os.environ.get("BERTH_TEST_DATABASE", "sqlite") == "postgres"
+
+
+def postgres_admin():
+    url = os.environ.get("BERTH_TEST_POSTGRES")
+    assert url, "set BERTH_TEST_POSTGRES to an admin URL (scripts/start-postgres.sh prints one)"
+    return url
+
+
+def new_database(name):
+    """A fresh, empty PostgreSQL database; returns its URL."""
+    admin = postgres_admin()
+    subprocess.run(["psql", admin, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=True, capture_output=True)
+    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    base, _, _ = admin.rpartition("/")
+    return f"{base}/{name}"
+
+
+def database_url_for(data_dir):
+    """The database of the server on `data_dir`: made on first use, found again on a restart."""
+    name = "berth_it_" + hashlib.sha1(os.path.realpath(data_dir).encode()).hexdigest()[:20]
+    marker = os.path.join(data_dir, ".test-database")
+    if not os.path.exists(marker):
+        url = new_database(name)
+        open(marker, "w").write(url)
+    return open(marker).read()
 
 
 def free_port():
@@ -59,6 +94,8 @@ class Server:
             self.url = f"https://127.0.0.1:{self.port}"
         probe = ssl._create_unverified_context() if tls else None
         env = dict(os.environ, BERTH_DATA_DIR=self.data_dir, BERTH_LOG="info")
+        if on_postgres() and not any(a.startswith("--database") for a in args):
+            env["BERTH_DATABASE_URL"] = database_url_for(self.data_dir)
         self.proc = subprocess.Popen(
             [berth_bin(), "serve", "--listen", f"127.0.0.1:{self.port}", *args], env=env, stdout=self.log, stderr=self.log
         )
@@ -92,6 +129,13 @@ class Server:
     def read_log(self):
         self.log.flush()
         return open(os.path.join(self.data_dir, "server.log"), errors="replace").read()
+
+    def database_bytes(self):
+        """Everything the database holds at rest: SQLite's files, or a dump of PostgreSQL's rows."""
+        if on_postgres():
+            url = database_url_for(self.data_dir)
+            return subprocess.run(["pg_dump", "--data-only", url], check=True, capture_output=True).stdout
+        return b"".join(open(os.path.join(self.data_dir, f), "rb").read() for f in os.listdir(self.data_dir) if f.startswith("berth.db"))
 
     # --- helpers -----------------------------------------------------------------------------
     @property

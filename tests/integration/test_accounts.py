@@ -40,7 +40,7 @@ def test_accounts_are_created_read_listed_rekeyed_and_deleted(fresh_server, gguf
     assert (status, body["error"]["code"]) == (400, "InvalidKeyName")
 
     # At rest the database holds digests and sealed copies, never a key or the admin token itself.
-    at_rest = b"".join(open(os.path.join(s.data_dir, f), "rb").read() for f in os.listdir(s.data_dir) if f.startswith("berth.db"))
+    at_rest = s.database_bytes()
     for secret in (fresh["key1"], fresh["key2"], s.creds["adminToken"]):
         assert secret.encode() not in at_rest
     assert hashlib.sha256(fresh["key1"].encode()).hexdigest().encode() in at_rest
