@@ -185,3 +185,58 @@ def test_a_rate_limit_holds_across_the_fleet(fleet):
     assert 3 <= len(admitted) <= 4, admitted
     assert len(refused) > 100 and all(ms > 0 for ms in refused)
     print(f"admitted {len(admitted)} of {len(admitted) + len(refused)} calls; by replica {[r for _, _, r in admitted]}")
+
+
+def test_a_sqlite_data_directory_moves_into_postgres_losing_nothing(gguf, tmp_path):
+    """`berth db migrate-to`: deployments, keys, tokens, files, jobs and metering of a one-machine Berth
+    are all there when it serves again from PostgreSQL."""
+    (tmp_path / "data").mkdir()
+    s = Server(str(tmp_path / "data")).start()
+    try:
+        s.cli("base-model", "add", "smollm2", "--path", gguf)
+        s.deploy("chat", "smollm2", capacity=5)
+        keys = s.keys()
+        status, first, _ = chat(s, "chat", keys["key1"])
+        assert status == 200
+        client = AzureOpenAI(azure_endpoint=s.url, api_key=keys["key1"], api_version=OPENAI_VERSION, max_retries=0)
+        lines = (ROOT / "data" / "fine-tuning" / "pirate-train.jsonl").read_text().splitlines(keepends=True)[:8]
+        (tmp_path / "eight.jsonl").write_text("".join(lines))
+        with open(tmp_path / "eight.jsonl", "rb") as f:
+            file = client.files.create(file=f, purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="smollm2", training_file=file.id, hyperparameters={"n_epochs": 1, "batch_size": 8})
+        client.fine_tuning.jobs.cancel(job.id)
+        before = {
+            "deployment": s.arm("GET", f"{s.account_path}/deployments/chat")[1],
+            "usage": s.arm("GET", f"/subscriptions/{s.creds['subscriptionId']}/providers/Microsoft.CognitiveServices/locations/local/usages")[1],
+            "events": [e.message for e in client.fine_tuning.jobs.list_events(job.id).data],
+        }
+    finally:
+        s.stop()
+    url = new_database(f"berth_migrate_{os.getpid()}")
+    out = s.cli("db", "migrate-to", url)
+    copied = json.loads(out.stdout)["copied"]
+    assert copied["deployments"] == 1 and copied["files"] == 1 and copied["fine_tuning_jobs"] == 1 and copied["usage_hourly"] == 1, copied
+    # A second copy is refused: the database is no longer empty.
+    again = s.cli("db", "migrate-to", url, check=False)
+    assert again.returncode != 0 and "not empty" in again.stderr
+    s.start(args=("--database", url))
+    try:
+        assert s.keys() == keys, "sealed keys read back under the same signing key"
+        assert s.arm("GET", f"{s.account_path}/deployments/chat")[1] == before["deployment"]
+        status, body, _ = chat(s, "chat", keys["key1"])
+        assert status == 200 and body["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+        client = AzureOpenAI(azure_endpoint=s.url, api_key=keys["key1"], api_version=OPENAI_VERSION, max_retries=0)
+        assert client.files.retrieve(file.id).filename == "eight.jsonl"
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+        # (The runner may have written one more event between the snapshot and the stop.)
+        events = [e.message for e in client.fine_tuning.jobs.list_events(job.id).data]
+        assert "Job cancelled." in events and set(before["events"]) <= set(events), (before["events"], events)
+        usage = s.arm("GET", f"/subscriptions/{s.creds['subscriptionId']}/providers/Microsoft.CognitiveServices/locations/local/usages")[1]
+        assert usage == before["usage"]
+        start = "2020-01-01T00:00:00Z"
+        status, report, _ = s.arm("GET", f"/subscriptions/{s.creds['subscriptionId']}/providers/Microsoft.CognitiveServices/costs?from={start}&to=2100-01-01T00:00:00Z")
+        assert status == 200 and [l["requests"] for l in report["value"] if l["deployment"] == "chat"] == [2], report
+        # The admin token minted on SQLite is valid on PostgreSQL.
+        assert s.arm("GET", s.account_path)[0] == 200
+    finally:
+        s.stop()

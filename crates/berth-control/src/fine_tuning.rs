@@ -326,7 +326,9 @@ impl Control {
         let end = match result {
             Ok(end) => end,
             Err(TrainError::Cancelled)
-                if !cancel.load(Ordering::Acquire) || self.fine_tuning.stopping.load(Ordering::Acquire) =>
+                if (!cancel.load(Ordering::Acquire) || self.fine_tuning.stopping.load(Ordering::Acquire))
+                    // A job cancelled or paused just before the stop stays as it was left.
+                    && matches!(self.store.job_by_id(&job.id), Ok(Some(j)) if j.status == "running") =>
             {
                 // Stopped by a shutdown: on one machine the job stays `running` and resumes at the next
                 // start; in a fleet it goes back to the queue for another replica.
