@@ -94,6 +94,12 @@ def test_what_one_replica_is_told_the_other_serves(fleet):
     status, body, h = chat(b, "chat", key)
     assert status == 429 and int(h["retry-after"]) >= 1, (status, body)
 
+    # The last hour, minute by minute, counts both replicas' calls and refusals.
+    status, hour, _ = a.arm("GET", f"{a.account_path}/deployments/chat/lastHour")
+    assert status == 200 and len(hour["value"]) == 60, hour
+    assert sum(p["requests"] for p in hour["value"]) == 5 and sum(p["rateLimited"] for p in hour["value"]) == 1, hour
+    assert hour["value"][-1]["timeToFirstTokenP50Ms"] or hour["value"][-2]["timeToFirstTokenP50Ms"], hour
+
     # Keys regenerated on B fail on A at once.
     status, fresh, _ = b.arm("POST", b.account_path + "/regenerateKey", {"keyName": "Key1"})
     assert status == 200

@@ -39,7 +39,7 @@ def test_the_portal_walks_from_fine_tuning_to_chat_and_deletion(gguf, tmp_path):
         p = subprocess.run(["node", str(walk)], env=env, capture_output=True, text=True, timeout=900)
         print(p.stdout)
         assert p.returncode == 0, f"{p.stdout}\n{p.stderr}\nserver log:\n{s.read_log()[-3000:]}"
-        for name in ["01-sign-in.png", "02-fine-tuning.png", "03-models.png", "04-deploy-dialog.png", "05-deployments.png", "06-playground.png", "07-costs.png", "08-deleted.png", "09-playground-with-a-key.png"]:
+        for name in ["01-sign-in.png", "02-fine-tuning.png", "03-models.png", "04-deploy-dialog.png", "05-deployments.png", "06-playground.png", "07-costs.png", "08-deleted.png", "09-playground-with-a-key.png", "10-deployments-last-hour.png"]:
             assert (shots / name).stat().st_size > 10_000, name
     finally:
         s.stop()

@@ -35,6 +35,6 @@ pub fn unix_of(rfc3339: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(rfc3339).ok().map(|t| t.timestamp())
 }
 
-pub(crate) fn rfc3339_of(unix: i64) -> String {
+pub fn rfc3339_of(unix: i64) -> String {
     DateTime::<Utc>::from_timestamp(unix, 0).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
 }

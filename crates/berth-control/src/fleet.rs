@@ -65,6 +65,10 @@ impl Control {
                     let c = control.clone();
                     let _ = tokio::task::spawn_blocking(move || c.tend_jobs()).await;
                 }
+                if beat.is_multiple_of(300) {
+                    // The last-hour charts keep two hours; any replica may trim (the delete is idempotent).
+                    let _ = control.store.purge_minutes(crate::clock::unix_now() - 2 * 3600);
+                }
                 if control.store.is_postgres() {
                     control.reconcile_deployments().await;
                 }

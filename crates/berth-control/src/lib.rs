@@ -45,7 +45,7 @@ pub use berth_store::{
 pub use bootstrap::Credentials;
 pub use capacity::{QuotaUsage, SkuOption};
 pub use catalog::{normalize_region, Catalog, DEFAULT_CATALOG};
-pub use clock::{advance_clock, now_rfc3339, unix_now, unix_of};
+pub use clock::{advance_clock, now_rfc3339, rfc3339_of, unix_now, unix_of};
 pub use config::ControlConfig;
 pub use control::Control;
 pub use deployments::{DeploymentPutInput, PutOutcome};
@@ -55,7 +55,7 @@ pub use fine_tuning::JobCreateInput;
 pub use host::{DeploymentKey, ModelHost, Route};
 pub use idle::Retention;
 pub use ids::new_hex_id;
-pub use metering::{CostLine, CostReport, CostScope};
+pub use metering::{CostLine, CostReport, CostScope, MinutePoint};
 pub use metrics::{DeploymentLabels, EngineSample, Metrics};
 pub use models::{parse_account_id, AccountModelInfo, ModelSource};
 pub use ratelimit::{Limits, RateLimiter, Refusal, Remaining, Ticket};

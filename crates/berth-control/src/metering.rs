@@ -46,9 +46,31 @@ pub struct CostReport {
     pub lines: Vec<CostLine>,
 }
 
+/// One minute of a deployment's last hour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MinutePoint {
+    /// Unix seconds of the minute's start.
+    pub minute: i64,
+    pub requests: i64,
+    pub tokens: i64,
+    pub rate_limited: i64,
+    /// Time to first token: the bound of the bucket holding the median / 95th percentile call.
+    pub ttft_p50_ms: Option<f64>,
+    pub ttft_p95_ms: Option<f64>,
+}
+
 impl Control {
-    /// Adds one finished call's tokens to its deployment's hour (the deployment's model as it is now).
-    pub fn record_usage(&self, account: &AccountKey, deployment: &str, prompt: u64, cached: u64, completion: u64) {
+    /// Adds one finished call's tokens to its deployment's hour (the deployment's model as it is now)
+    /// and, with its time to first token, to its minute.
+    pub fn record_usage(
+        &self,
+        account: &AccountKey,
+        deployment: &str,
+        prompt: u64,
+        cached: u64,
+        completion: u64,
+        first_token: Option<std::time::Duration>,
+    ) {
         let Ok(d) = self.deployment(account, deployment) else { return };
         let base = match self.store.model(&d.account, &d.model_name) {
             Ok(Some(m)) => m.base_model,
@@ -74,6 +96,42 @@ impl Control {
         if let Err(e) = self.store.add_usage(&row) {
             tracing::error!(error = %e, deployment, "cannot record usage");
         }
+        let tokens = i64::try_from(prompt.saturating_add(completion)).unwrap_or(i64::MAX);
+        let ttft_ms = first_token.map(|d| d.as_secs_f64() * 1000.0);
+        if let Err(e) = self.store.add_minute(&d.account, &d.name, unix_now() / 60 * 60, 1, tokens, 0, ttft_ms) {
+            tracing::warn!(error = %e, deployment, "cannot record the call's minute");
+        }
+    }
+
+    /// Counts a call refused by the deployment's rate limit in its minute.
+    pub fn record_rate_limited(&self, account: &AccountKey, deployment: &str) {
+        let Ok(d) = self.deployment(account, deployment) else { return };
+        if let Err(e) = self.store.add_minute(&d.account, &d.name, unix_now() / 60 * 60, 0, 0, 1, None) {
+            tracing::warn!(error = %e, deployment, "cannot record a refusal's minute");
+        }
+    }
+
+    /// A deployment's last hour, minute by minute (60 points, the current minute last; minutes without
+    /// calls are zero), from what every replica recorded.
+    pub fn last_hour(&self, account: &AccountKey, deployment: &str) -> Result<Vec<MinutePoint>> {
+        let d = self.deployment(account, deployment)?;
+        let now = unix_now() / 60 * 60;
+        let from = now - 59 * 60;
+        let rows = self.store.minutes(&d.account, &d.name, from)?;
+        Ok((0..60)
+            .map(|i| {
+                let minute = from + i * 60;
+                let row = rows.iter().find(|r| r.minute == minute).cloned().unwrap_or_default();
+                MinutePoint {
+                    minute,
+                    requests: row.requests,
+                    tokens: row.tokens,
+                    rate_limited: row.rate_limited,
+                    ttft_p50_ms: row.ttft_quantile_ms(0.50),
+                    ttft_p95_ms: row.ttft_quantile_ms(0.95),
+                }
+            })
+            .collect())
     }
 
     /// Charges of the deployments in `scope` over `[from, to)` (RFC 3339).

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(deployments::delete_deployment),
         )
         .route(&format!("{ACCOUNT}/deployments/{{deployment}}/skus"), get(quota::list_deployment_skus))
+        .route(&format!("{ACCOUNT}/deployments/{{deployment}}/lastHour"), get(deployments::deployment_last_hour))
         .route("/berth/v1/base-models", get(admin::list_base_models).post(admin::add_base_model))
         .route("/berth/v1/token", post(admin::issue_token))
         .route("/berth/v1/clock", post(costs::move_clock))

@@ -31,6 +31,7 @@ const TABLES: &[&str] = &[
     "fleet_settings",
     "leases",
     "admission_state",
+    "deployment_minutes",
 ];
 
 impl Store {

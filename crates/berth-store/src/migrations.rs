@@ -289,4 +289,32 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL
     );
     "#,
+    // 8: each deployment's last hour by minute, for the portal's charts (issue 14): calls, tokens,
+    // rate-limit refusals and time to first token counted in 12 fixed buckets (`ttft_i`,
+    // upper bounds in `minutes::TTFT_BUCKETS_MS`), so that replicas add to one row and quantiles come from the sum.
+    r#"
+    CREATE TABLE deployment_minutes (
+        subscription_id TEXT NOT NULL,
+        resource_group TEXT NOT NULL COLLATE NOCASE,
+        account TEXT NOT NULL COLLATE NOCASE,
+        deployment TEXT NOT NULL COLLATE NOCASE,
+        minute INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        tokens INTEGER NOT NULL,
+        rate_limited INTEGER NOT NULL,
+        ttft_0 INTEGER NOT NULL DEFAULT 0,
+        ttft_1 INTEGER NOT NULL DEFAULT 0,
+        ttft_2 INTEGER NOT NULL DEFAULT 0,
+        ttft_3 INTEGER NOT NULL DEFAULT 0,
+        ttft_4 INTEGER NOT NULL DEFAULT 0,
+        ttft_5 INTEGER NOT NULL DEFAULT 0,
+        ttft_6 INTEGER NOT NULL DEFAULT 0,
+        ttft_7 INTEGER NOT NULL DEFAULT 0,
+        ttft_8 INTEGER NOT NULL DEFAULT 0,
+        ttft_9 INTEGER NOT NULL DEFAULT 0,
+        ttft_10 INTEGER NOT NULL DEFAULT 0,
+        ttft_11 INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (subscription_id, resource_group, account, deployment, minute)
+    );
+    "#,
 ];

@@ -294,3 +294,20 @@ fn a_sqlite_database_is_copied_into_postgres_row_for_row() {
     pg.put_deployment(&DeploymentRow { model_name: "other".into(), ..d2 }, &op2).unwrap();
     assert_eq!(pg.hosting("sub", "2000", "3000").unwrap().len(), 2);
 }
+
+#[test]
+fn minutes_add_up_across_calls_and_give_ttft_quantiles() {
+    for (s, key) in seeded() {
+        s.add_minute(&key, "d", 60, 1, 30, 0, Some(80.0)).unwrap();
+        s.add_minute(&key, "D", 60, 1, 20, 0, Some(400.0)).unwrap();
+        s.add_minute(&key, "d", 60, 0, 0, 1, None).unwrap();
+        s.add_minute(&key, "d", 120, 1, 5, 0, Some(9000.0)).unwrap();
+        let m = s.minutes(&key, "d", 0).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].minute, m[0].requests, m[0].tokens, m[0].rate_limited), (60, 2, 50, 1));
+        assert_eq!((m[0].ttft_quantile_ms(0.5), m[0].ttft_quantile_ms(0.95)), (Some(100.0), Some(500.0)));
+        assert_eq!(m[1].ttft_quantile_ms(0.5), Some(5000.0), "the open bucket reads as its lower bound");
+        assert_eq!(s.purge_minutes(120).unwrap(), 1);
+        assert_eq!(s.minutes(&key, "d", 0).unwrap().len(), 1);
+    }
+}

@@ -133,6 +133,34 @@ pub async fn get_deployment(
     Ok(Json(render::deployment(&state, &row)).into_response())
 }
 
+/// `GET .../deployments/{name}/lastHour` (Berth's own): the deployment's last hour minute by minute,
+/// summed over every replica: calls, tokens, rate-limit refusals, and time to first token (the
+/// bucket bounds of the median and 95th percentile call). The portal's charts draw it.
+pub async fn deployment_last_hour(
+    State(state): State<AppState>,
+    uri: Uri,
+    ArmPrincipal(principal): ArmPrincipal,
+    Path(path): Path<DeploymentPath>,
+) -> Result<Response, ArmApiError> {
+    arm_api_version(&uri)?;
+    state.authorize(&principal, &path.scope(), berth_control::Action::Read)?;
+    let points = state.last_hour(&path.key(), &path.deployment)?;
+    let value: Vec<serde_json::Value> = points
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "minute": berth_control::rfc3339_of(p.minute),
+                "requests": p.requests,
+                "tokens": p.tokens,
+                "rateLimited": p.rate_limited,
+                "timeToFirstTokenP50Ms": p.ttft_p50_ms,
+                "timeToFirstTokenP95Ms": p.ttft_p95_ms,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "value": value })).into_response())
+}
+
 pub async fn list_deployments(
     State(state): State<AppState>,
     uri: Uri,

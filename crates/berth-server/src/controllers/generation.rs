@@ -407,6 +407,7 @@ impl Charge {
             usage.prompt_tokens,
             cached,
             usage.completion_tokens,
+            self.first_text.map(|t| t - self.admitted),
         );
     }
 
@@ -511,6 +512,7 @@ pub fn submit(
             if let Some(labels) = state.deployment_labels(&account.key, deployment) {
                 state.metrics().rate_limited(&labels);
             }
+            state.record_rate_limited(&account.key, deployment);
             let secs = refusal.retry_after.as_secs_f64().ceil() as u64;
             let mut e = OpenAiApiError::plain(
                 StatusCode::TOO_MANY_REQUESTS,

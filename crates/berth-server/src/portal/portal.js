@@ -253,6 +253,44 @@ function lineChart(title, series, { xLabel = "step", yLabel = "" } = {}) {
   return figure;
 }
 
+/** A small chart of one figure over the last hour (60 minutes, oldest first); `lines` are series of
+ *  numbers or nulls (a gap). Its label says the figure and its total or latest value for screen readers. */
+function sparkline(label, lines, summary) {
+  const W = 120, H = 28;
+  const values = lines.flat().filter((v) => v != null);
+  const max = Math.max(1e-9, ...values);
+  const chart = svg("svg", { class: "spark", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${label}: ${summary}` });
+  chart.append(svg("title", {}, `${label} in the last hour: ${summary}`));
+  lines.forEach((series, i) => {
+    let d = "";
+    series.forEach((v, j) => {
+      if (v == null) return;
+      const x = (j / (series.length - 1)) * (W - 2) + 1, y = H - 2 - (v / max) * (H - 4);
+      d += `${d && series[j - 1] != null ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`;
+      // A minute alone between gaps shows as a dot.
+      if (series[j - 1] == null && series[j + 1] == null) chart.append(svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 1.8, fill: COLORS[i % COLORS.length] }));
+    });
+    if (d) chart.append(svg("path", { d, fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 1.5 }));
+  });
+  return el("div", { class: "spark-row" }, el("span", { class: "spark-label" }, label), chart, el("span", { class: "spark-value" }, summary));
+}
+
+/** A deployment's last hour: calls, tokens, time to first token (p50 and p95) and 429s. */
+function lastHourCharts(points) {
+  const sum = (k) => points.reduce((a, p) => a + p[k], 0);
+  const p50 = points.map((p) => p.timeToFirstTokenP50Ms), p95 = points.map((p) => p.timeToFirstTokenP95Ms);
+  const lastOf = (xs) => xs.filter((v) => v != null).at(-1);
+  const ttft = lastOf(p50) == null ? "no calls" : `p50 ≤ ${lastOf(p50)} ms, p95 ≤ ${lastOf(p95)} ms`;
+  return el(
+    "div",
+    { class: "last-hour" },
+    sparkline("Requests", [points.map((p) => p.requests)], `${sum("requests")} requests`),
+    sparkline("Tokens", [points.map((p) => p.tokens)], `${sum("tokens")} tokens`),
+    sparkline("Time to first token", [p50, p95], ttft),
+    sparkline("429s", [points.map((p) => p.rateLimited)], `${sum("rateLimited")} refused`),
+  );
+}
+
 /** Horizontal stacked bars: rows of {label, parts: [value...]} with part names. */
 function barChart(title, partNames, rows, unit) {
   const W = 720, rowH = 26, L = 170, R = 90, T = 8;
@@ -487,7 +525,7 @@ async function deploymentsPage(main) {
     el(
       "table",
       { id: "deployments" },
-      el("thead", {}, el("tr", {}, ["Name", "Model", "Type", "Capacity", "State", "Deleted if idle after", ""].map((h) => el("th", { class: h === "Capacity" ? "num" : "" }, h)))),
+      el("thead", {}, el("tr", {}, ["Name", "Model", "Type", "Capacity", "State", "Deleted if idle after", "Last hour", ""].map((h) => el("th", { class: h === "Capacity" ? "num" : "" }, h)))),
       body,
     ),
     status,
@@ -508,8 +546,21 @@ async function deploymentsPage(main) {
     if (body.dataset.signature !== signature || busy) {
       body.dataset.signature = signature;
       body.replaceChildren(...list.map((d) => deploymentRow(d, started, refreshNow)));
-      if (!list.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "No deployments. Deploy one from Models.")));
+      if (!list.length) body.append(el("tr", {}, el("td", { colspan: 8, class: "muted" }, "No deployments. Deploy one from Models.")));
     }
+    // Each deployment's last hour, summed over every replica, redrawn at each refresh.
+    await Promise.all(
+      list.map(async (d) => {
+        const cell = body.querySelector(`tr[data-deployment="${CSS.escape(d.name)}"] td.last-hour-cell`);
+        if (!cell) return;
+        try {
+          const points = (await api("GET", arm(`${deploymentsPath(d.name)}/lastHour`))).value || [];
+          cell.replaceChildren(lastHourCharts(points));
+        } catch (e) {
+          cell.replaceChildren(el("span", { class: "muted" }, describe(e)));
+        }
+      }),
+    );
     for (const d of list) {
       const was = seenStates.get(d.name);
       if (was && was !== d.properties.provisioningState) announce(`${d.name}: ${d.properties.provisioningState}`);
@@ -585,6 +636,7 @@ function deploymentRow(d, started, refreshNow) {
     el("td", { class: "num" }, d.sku.capacity),
     stateCell,
     el("td", {}, fmtDate(d.properties.scheduledDeletionTime)),
+    el("td", { class: "last-hour-cell" }),
     el("td", {}, el("div", { class: "row" }, scale, del), rowError),
   );
 }
