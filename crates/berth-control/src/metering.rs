@@ -7,7 +7,7 @@
 use crate::clock::{rfc3339_of, unix_now, unix_of};
 use crate::error::Result;
 use crate::{Control, ControlError};
-use berth_store::{AccountKey, UsageRow};
+use berth_store::{AccountKey, MinuteSample, UsageRow};
 use std::collections::BTreeMap;
 
 /// Which deployments a report covers.
@@ -98,7 +98,12 @@ impl Control {
         }
         let tokens = i64::try_from(prompt.saturating_add(completion)).unwrap_or(i64::MAX);
         let ttft_ms = first_token.map(|d| d.as_secs_f64() * 1000.0);
-        if let Err(e) = self.store.add_minute(&d.account, &d.name, unix_now() / 60 * 60, 1, tokens, 0, ttft_ms) {
+        if let Err(e) = self.store.add_minute(
+            &d.account,
+            &d.name,
+            unix_now() / 60 * 60,
+            MinuteSample { requests: 1, tokens, rate_limited: 0, ttft_ms },
+        ) {
             tracing::warn!(error = %e, deployment, "cannot record the call's minute");
         }
     }
@@ -106,7 +111,12 @@ impl Control {
     /// Counts a call refused by the deployment's rate limit in its minute.
     pub fn record_rate_limited(&self, account: &AccountKey, deployment: &str) {
         let Ok(d) = self.deployment(account, deployment) else { return };
-        if let Err(e) = self.store.add_minute(&d.account, &d.name, unix_now() / 60 * 60, 0, 0, 1, None) {
+        if let Err(e) = self.store.add_minute(
+            &d.account,
+            &d.name,
+            unix_now() / 60 * 60,
+            MinuteSample { rate_limited: 1, ..MinuteSample::default() },
+        ) {
             tracing::warn!(error = %e, deployment, "cannot record a refusal's minute");
         }
     }

@@ -22,7 +22,7 @@ mod store;
 pub use accounts::{DeleteRefusal, DeletedAccount};
 pub use error::StoreError;
 pub use fine_tuning::JobEnd;
-pub use minutes::{MinuteRow, TTFT_BUCKETS_MS};
+pub use minutes::{MinuteRow, MinuteSample, TTFT_BUCKETS_MS};
 pub use postgres::{create_database, with_database};
 pub use rows::*;
 pub use store::Store;

@@ -4,10 +4,12 @@
 use crate::error::Result;
 use crate::p;
 use crate::rows::AccountKey;
+use crate::sql::ToValue;
 use crate::Store;
 
 /// Upper bounds (milliseconds) of the time-to-first-token buckets; the last is open.
-pub const TTFT_BUCKETS_MS: [f64; 12] = [50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, f64::INFINITY];
+pub const TTFT_BUCKETS_MS: [f64; 12] =
+    [50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, f64::INFINITY];
 
 /// One minute of one deployment.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -40,6 +42,16 @@ impl MinuteRow {
     }
 }
 
+/// What one call adds to its minute.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MinuteSample {
+    pub requests: i64,
+    pub tokens: i64,
+    pub rate_limited: i64,
+    /// Its time to first token, when it produced one.
+    pub ttft_ms: Option<f64>,
+}
+
 fn bucket(ttft_ms: f64) -> usize {
     TTFT_BUCKETS_MS.iter().position(|b| ttft_ms <= *b).unwrap_or(TTFT_BUCKETS_MS.len() - 1)
 }
@@ -47,18 +59,9 @@ fn bucket(ttft_ms: f64) -> usize {
 impl Store {
     /// Adds a finished call (`tokens`, and its time to first token when it produced one) or a refused
     /// one (`rate_limited`) to its deployment's minute.
-    pub fn add_minute(
-        &self,
-        account: &AccountKey,
-        deployment: &str,
-        minute: i64,
-        requests: i64,
-        tokens: i64,
-        rate_limited: i64,
-        ttft_ms: Option<f64>,
-    ) -> Result<()> {
+    pub fn add_minute(&self, account: &AccountKey, deployment: &str, minute: i64, add: MinuteSample) -> Result<()> {
         let mut ttft = [0i64; 12];
-        if let Some(ms) = ttft_ms {
+        if let Some(ms) = add.ttft_ms {
             ttft[bucket(ms)] = 1;
         }
         let columns = (0..12).map(|i| format!("ttft_{i}")).collect::<Vec<_>>().join(", ");
@@ -76,16 +79,18 @@ impl Store {
                  tokens = deployment_minutes.tokens + excluded.tokens,
                  rate_limited = deployment_minutes.rate_limited + excluded.rate_limited, {sums}"
         );
-        let t = ttft;
-        self.db(|c| {
-            c.execute(
-                &sql,
-                p![
-                    account.subscription_id, account.resource_group, account.account, deployment, minute, requests,
-                    tokens, rate_limited, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11]
-                ],
-            )
-        })?;
+        let mut params: Vec<&dyn ToValue> = vec![
+            &account.subscription_id,
+            &account.resource_group,
+            &account.account,
+            &deployment,
+            &minute,
+            &add.requests,
+            &add.tokens,
+            &add.rate_limited,
+        ];
+        params.extend(ttft.iter().map(|n| n as &dyn ToValue));
+        self.db(|c| c.execute(&sql, &params))?;
         Ok(())
     }
 

@@ -298,10 +298,13 @@ fn a_sqlite_database_is_copied_into_postgres_row_for_row() {
 #[test]
 fn minutes_add_up_across_calls_and_give_ttft_quantiles() {
     for (s, key) in seeded() {
-        s.add_minute(&key, "d", 60, 1, 30, 0, Some(80.0)).unwrap();
-        s.add_minute(&key, "D", 60, 1, 20, 0, Some(400.0)).unwrap();
-        s.add_minute(&key, "d", 60, 0, 0, 1, None).unwrap();
-        s.add_minute(&key, "d", 120, 1, 5, 0, Some(9000.0)).unwrap();
+        s.add_minute(&key, "d", 60, MinuteSample { requests: 1, tokens: 30, rate_limited: 0, ttft_ms: Some(80.0) })
+            .unwrap();
+        s.add_minute(&key, "D", 60, MinuteSample { requests: 1, tokens: 20, rate_limited: 0, ttft_ms: Some(400.0) })
+            .unwrap();
+        s.add_minute(&key, "d", 60, MinuteSample { requests: 0, tokens: 0, rate_limited: 1, ttft_ms: None }).unwrap();
+        s.add_minute(&key, "d", 120, MinuteSample { requests: 1, tokens: 5, rate_limited: 0, ttft_ms: Some(9000.0) })
+            .unwrap();
         let m = s.minutes(&key, "d", 0).unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!((m[0].minute, m[0].requests, m[0].tokens, m[0].rate_limited), (60, 2, 50, 1));
