@@ -154,6 +154,37 @@ def test_a_job_whose_replica_dies_finishes_on_the_other(fleet):
     assert dying.keys()["key1"] == other.keys()["key1"]
 
 
+def test_a_provisioning_whose_replica_freezes_is_finished_by_the_other(fleet):
+    """A PUT through A, and A frozen (SIGSTOP) before it finished loading: B takes the operation over
+    once A's lease lapses, and the deployment ends Succeeded and serves."""
+    import signal
+
+    a, b = fleet
+    key = a.keys()["key1"]
+    for attempt in range(5):
+        name = f"frozen{attempt}"
+        body = {"sku": {"name": "Standard", "capacity": 5}, "properties": {"model": {"format": "OpenAI", "name": "smollm2", "version": "1"}}}
+        status, created, _ = a.arm("PUT", f"{a.account_path}/deployments/{name}", body)
+        assert status == 201, created
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            state = b.arm("GET", f"{b.account_path}/deployments/{name}")[1]["properties"]["provisioningState"]
+            if state == "Succeeded":
+                continue  # A finished before it froze: try again
+            started = time.time()
+            done = b.wait_deployment_at(b.account_path, name, timeout=120)
+            took = time.time() - started
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        assert done["properties"]["provisioningState"] == "Succeeded", done
+        assert took > 10, f"B took over after {took:.0f} s: before A's lease could lapse"
+        status, _, headers = chat(b, name, key)
+        assert status == 200 and headers["x-berth-replica"] == "b"
+        assert a.arm("DELETE", f"{a.account_path}/deployments/{name}")[0] in (200, 204)
+        return
+    pytest.fail("A finished provisioning before it could be frozen, five times")
+
+
 def test_a_rate_limit_holds_across_the_fleet(fleet):
     """2 replicas x 25 clients for 30 s against capacity 1 (1 request per 10 s): at most one call is
     admitted in any 10 seconds, summed over both replicas."""

@@ -31,6 +31,8 @@ pub struct Control {
     pub(crate) metrics: crate::metrics::Metrics,
     /// Deployments made on other replicas that this one is loading now.
     pub(crate) fleet_loading: Mutex<std::collections::HashSet<crate::host::DeploymentKey>>,
+    /// Leases of the provisioning operations this replica runs now.
+    pub(crate) fleet_provisioning: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -79,6 +81,7 @@ impl Control {
             vault,
             metrics: crate::metrics::Metrics::default(),
             fleet_loading: Mutex::default(),
+            fleet_provisioning: Mutex::default(),
         });
         // Databases from before roles: the bootstrap administrator owns everything of its tenant.
         if control.store.count_role_assignments()? == 0 {

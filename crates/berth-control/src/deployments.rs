@@ -199,6 +199,10 @@ impl Control {
             error_code: None,
             error_message: None,
         };
+        if !keep_running {
+            // The operation is this replica's from the moment it exists: the lease first.
+            self.hold(&crate::fleet::provision_lease(&op.id));
+        }
         self.store.put_deployment(&row, &op)?;
         if !keep_running {
             self.spawn_provisioning(row.clone());
@@ -284,6 +288,23 @@ impl Control {
     /// Loads the deployment's model on a blocking thread, then records `Succeeded` or `Failed` with the
     /// reason, unless a later PUT or a DELETE took the deployment over meanwhile.
     pub(crate) async fn provision(self: &Arc<Self>, row: DeploymentRow) {
+        // One provisioner per operation across the fleet: the holder of its lease. Another replica
+        // loads the deployment once it is `Succeeded`; one whose provisioner died takes the lease over.
+        // (A deployment already `Succeeded` is only being loaded again, by every replica that starts.)
+        if row.provisioning_state == "Succeeded" {
+            return self.provision_holding_lease(&row).await;
+        }
+        let lease = crate::fleet::provision_lease(&row.operation_id);
+        if !self.hold(&lease) {
+            return;
+        }
+        self.fleet_provisioning.lock().unwrap_or_else(|p| p.into_inner()).insert(lease.clone());
+        self.provision_holding_lease(&row).await;
+        self.fleet_provisioning.lock().unwrap_or_else(|p| p.into_inner()).remove(&lease);
+        let _ = self.store.release_lease(&lease, self.replica());
+    }
+
+    async fn provision_holding_lease(self: &Arc<Self>, row: &DeploymentRow) {
         let key = DeploymentKey::new(&row.account, &row.name);
         let started = std::time::Instant::now();
         let result = match self.load_plan(&row.account, &row.model_name, &row.model_format, &row.model_version) {

@@ -10,6 +10,9 @@
 //!   lease expired (its replica died) goes back to the queue and resumes from its last checkpoint on
 //!   whichever replica claims it. A cancel or pause through another replica reaches the runner through
 //!   the job's status.
+//! - **Provisioning** (a PUT's long-running operation) runs on the replica that took the PUT, under
+//!   the lease `provision:<operation>`; if that replica dies, another takes the operation over once
+//!   the lease expires.
 //! - **The idle sweeper** runs on the holder of the lease `idle-sweeper`. Hosting intervals and usage
 //!   need nothing: they are written in the same transactions as the changes that cause them.
 
@@ -29,6 +32,10 @@ pub(crate) const SWEEPER_LEASE: &str = "idle-sweeper";
 
 pub(crate) fn job_lease(id: &str) -> String {
     format!("job:{id}")
+}
+
+pub(crate) fn provision_lease(operation_id: &str) -> String {
+    format!("provision:{operation_id}")
 }
 
 impl Control {
@@ -79,6 +86,11 @@ impl Control {
     /// Renews the leases of the jobs this replica runs, stops those whose status another replica
     /// changed, and queues again the running jobs nobody holds.
     fn tend_jobs(&self) {
+        let provisioning: Vec<String> =
+            self.fleet_provisioning.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        for lease in provisioning {
+            self.hold(&lease);
+        }
         for (id, flag) in self.fine_tuning.running() {
             self.hold(&job_lease(&id));
             match self.store.job_by_id(&id) {
@@ -135,8 +147,15 @@ impl Control {
         for row in rows {
             let key = DeploymentKey::new(&row.account, &row.name);
             if matches!(row.provisioning_state.as_str(), "Creating" | "Accepted" | "Updating") {
-                // Being (re)loaded by its provisioner: keep what is loaded meanwhile.
+                // Being (re)loaded by its provisioner: keep what is loaded meanwhile. A provisioner that
+                // died left its lease to expire: this replica takes the operation over.
                 wanted.insert(key);
+                let lease = provision_lease(&row.operation_id);
+                if matches!(self.store.lease_holder(&lease), Ok(None)) {
+                    tracing::info!(deployment = %row.name, "taking over a provisioning whose replica stopped");
+                    let control = self.clone();
+                    self.spawn(async move { control.provision(row).await });
+                }
                 continue;
             }
             if row.provisioning_state != "Succeeded" {
