@@ -57,16 +57,16 @@ pub struct Refusal {
     pub remaining: Remaining,
 }
 
-/// One deployment's admissions. Times are seconds on one clock: since this process's limiter was made,
-/// or the database's unix time for a fleet.
+/// One deployment's admissions. Times are whole microseconds on one clock (since this process's limiter
+/// was made, or the database's unix time for a fleet), so window arithmetic is exact.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     /// Standard: (admitted at, tokens charged, ticket id) of the last minute's admissions, oldest first.
-    log: std::collections::VecDeque<(f64, u64, u64)>,
+    log: std::collections::VecDeque<(i64, u64, u64)>,
     next_id: u64,
     /// Provisioned: tokens in the meter as of `drained_at`.
     level: f64,
-    drained_at: Option<f64>,
+    drained_at: Option<i64>,
 }
 
 /// The admission state of every deployment.
@@ -108,8 +108,8 @@ impl Ticket {
     }
 }
 
-fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 impl RateLimiter {
@@ -124,16 +124,16 @@ impl RateLimiter {
         &self,
         key: &DeploymentKey,
         now: Instant,
-        mut f: impl FnMut(&mut State, f64) -> T,
+        mut f: impl FnMut(&mut State, i64) -> T,
     ) -> Result<T, StoreError> {
         match &self.shared {
             None => {
                 let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-                Ok(f(states.entry(key.clone()).or_default(), seconds(now.saturating_duration_since(self.origin))))
+                Ok(f(states.entry(key.clone()).or_default(), micros(now.saturating_duration_since(self.origin))))
             }
             Some(store) => store.with_admission(&shared_key(key), |text, now| {
                 let mut st: State = serde_json::from_str(text).unwrap_or_default();
-                let out = f(&mut st, now);
+                let out = f(&mut st, (now * 1e6).round() as i64);
                 (serde_json::to_string(&st).unwrap_or_default(), out)
             }),
         }
@@ -150,8 +150,8 @@ impl RateLimiter {
         match limits {
             Limits::Standard { requests_per_window, tokens_per_minute } => self.with_state(key, now, |st, now| {
                 prune(st, now);
-                let window_start = now - seconds(WINDOW);
-                let recent: Vec<f64> = st.log.iter().map(|e| e.0).filter(|t| *t > window_start).collect();
+                let window_start = now - micros(WINDOW);
+                let recent: Vec<i64> = st.log.iter().map(|e| e.0).filter(|t| *t > window_start).collect();
                 let tokens_minute: u64 = st.log.iter().map(|e| e.1).sum();
                 let remaining = |extra_req: u64, extra_tok: u64| Remaining {
                     requests: requests_per_window.saturating_sub(recent.len() as u64 + extra_req),
@@ -160,7 +160,7 @@ impl RateLimiter {
                 };
                 if recent.len() as u64 >= requests_per_window {
                     // The oldest of the last 10 seconds' requests leaves the window first.
-                    let retry = recent.first().map_or(WINDOW, |t| until(t + seconds(WINDOW), now));
+                    let retry = recent.first().map_or(WINDOW, |t| until(t + micros(WINDOW), now));
                     return Err(Refusal {
                         message: format!(
                             "Requests to this deployment have exceeded the request rate limit of {} requests per 10 seconds ({} per minute).",
@@ -178,7 +178,7 @@ impl RateLimiter {
                     for (t, tokens, _) in &st.log {
                         freed += tokens;
                         if tokens_minute - freed + estimate <= tokens_per_minute {
-                            retry = Some(until(t + seconds(MINUTE), now));
+                            retry = Some(until(t + micros(MINUTE), now));
                             break;
                         }
                     }
@@ -253,7 +253,7 @@ impl RateLimiter {
         match limits {
             Limits::Standard { requests_per_window, tokens_per_minute } => self.with_state(key, now, |st, now| {
                 prune(st, now);
-                let window_start = now - seconds(WINDOW);
+                let window_start = now - micros(WINDOW);
                 let recent = st.log.iter().filter(|e| e.0 > window_start).count() as u64;
                 let tokens: u64 = st.log.iter().map(|e| e.1).sum();
                 Remaining {
@@ -291,21 +291,21 @@ fn shared_key(key: &DeploymentKey) -> String {
 }
 
 /// The time from `now` until `at` (zero if past).
-fn until(at: f64, now: f64) -> Duration {
-    Duration::from_secs_f64((at - now).max(0.0))
+fn until(at: i64, now: i64) -> Duration {
+    Duration::from_micros(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
 }
 
 /// Drops admissions older than a minute.
-fn prune(st: &mut State, now: f64) {
-    let cutoff = now - seconds(MINUTE);
+fn prune(st: &mut State, now: i64) {
+    let cutoff = now - micros(MINUTE);
     while st.log.front().is_some_and(|e| e.0 <= cutoff) {
         st.log.pop_front();
     }
 }
 
-fn drain(st: &mut State, rate: f64, now: f64) {
+fn drain(st: &mut State, rate: f64, now: i64) {
     if let Some(t) = st.drained_at {
-        let dt = (now - t).max(0.0);
+        let dt = now.saturating_sub(t).max(0) as f64 / 1e6;
         st.level = (st.level - dt * rate).max(0.0);
     }
     st.drained_at = Some(now);
