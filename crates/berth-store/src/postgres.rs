@@ -118,6 +118,47 @@ impl Drop for PgPool {
     }
 }
 
+impl PgPool {
+    /// One admission on PostgreSQL in two round trips: `BEGIN` and `SELECT ... FOR UPDATE` of the
+    /// row sent together, `f` on its state and the database's clock, then `UPDATE` and `COMMIT` sent
+    /// together. `Ok(None)` when the row does not exist yet (nothing written; the caller makes it).
+    pub(crate) fn locked_state<T>(&self, key: &str, f: &mut dyn FnMut(&str, f64) -> (String, T)) -> Result<Option<T>> {
+        const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit TO OFF";
+        const READ: &str = "SELECT state, CAST(extract(epoch FROM clock_timestamp()) AS DOUBLE PRECISION)
+                            FROM admission_state WHERE key = ?1 FOR UPDATE";
+        const WRITE: &str = "UPDATE admission_state SET state = ?2 WHERE key = ?1";
+        self.with(|c| {
+            let (read, write) = (c.statement(READ)?, c.statement(WRITE)?);
+            let key = Value::Text(key.to_owned());
+            let client = &c.client;
+            let (begun, rows) = block_on(async {
+                futures_util::future::join(client.batch_execute(BEGIN), client.query(&read, &[&key])).await
+            });
+            let rows = match begun.and(rows) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let _ = block_on(client.batch_execute("ROLLBACK"));
+                    return Err(e.into());
+                }
+            };
+            let Some(row) = rows.first() else {
+                block_on(client.batch_execute("ROLLBACK"))?;
+                return Ok(None);
+            };
+            let (state, now): (String, f64) = (row.try_get(0)?, row.try_get(1)?);
+            let (next, out) = f(&state, now);
+            let next = Value::Text(next);
+            let (written, committed) = block_on(async {
+                futures_util::future::join(client.execute(&write, &[&key, &next]), client.batch_execute("COMMIT")).await
+            });
+            // A failed UPDATE aborts the transaction, and the COMMIT after it rolls back.
+            written?;
+            committed?;
+            Ok(Some(out))
+        })
+    }
+}
+
 /// The URL without its password, for messages.
 pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -89,6 +89,13 @@ impl Store {
         Ok(Store { backend: Backend::Sqlite(Mutex::new(conn)) })
     }
 
+    pub(crate) fn pg_pool(&self) -> Option<&PgPool> {
+        match &self.backend {
+            Backend::Postgres(pool) => Some(pool),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
     pub fn is_postgres(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))
     }
@@ -107,11 +114,6 @@ impl Store {
     /// replica, so `f` must only touch the database.
     pub(crate) fn tx<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
         self.tx_at("SERIALIZABLE", f)
-    }
-
-    /// A `READ COMMITTED` transaction whose commit does not wait for the disk, for admission state.
-    pub(crate) fn admission_tx<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
-        self.tx_at("READ COMMITTED; SET LOCAL synchronous_commit TO OFF", f)
     }
 
     fn tx_at<T>(&self, isolation: &str, mut f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
