@@ -133,6 +133,9 @@ pub struct DeploymentProperties {
     /// or a Developer deployment's end).
     #[serde(rename = "scheduledDeletionTime", default, skip_serializing_if = "Option::is_none")]
     pub scheduled_deletion_time: Option<String>,
+    /// The engine pool that serves it (Berth's addition; absent on Berth's own engine).
+    #[serde(rename = "enginePool", default, skip_serializing_if = "Option::is_none")]
+    pub engine_pool: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

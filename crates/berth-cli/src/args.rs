@@ -49,6 +49,12 @@ pub enum Command {
         #[command(subcommand)]
         command: BaseModelCommand,
     },
+    /// Engine pools: vLLM servers that base models, and their fine-tunes, are served on (operator only).
+    #[command(name = "engine-pool")]
+    EnginePool {
+        #[command(subcommand)]
+        command: EnginePoolCommand,
+    },
     /// Fine-tuned models of an account.
     Model {
         #[command(subcommand)]
@@ -227,8 +233,43 @@ pub enum BaseModelCommand {
         name: String,
         #[arg(long)]
         path: PathBuf,
+        /// Serve it, and its fine-tunes, on this engine pool (whose servers run the Hugging Face
+        /// directory PATH) instead of Berth's engine.
+        #[arg(long)]
+        engine_pool: Option<String>,
+        /// The pool's name for the model (vLLM's --served-model-name); default: NAME.
+        #[arg(long, requires = "engine_pool")]
+        served_model: Option<String>,
     },
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnginePoolCommand {
+    /// Register a pool of vLLM servers (started with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).
+    Add {
+        name: String,
+        #[arg(long, default_value = "vllm")]
+        kind: String,
+        /// A server's base URL, e.g. http://10.0.0.5:8000; repeat for each server.
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<String>,
+        /// The servers' --api-key.
+        #[arg(long, env = "BERTH_ENGINE_POOL_API_KEY")]
+        api_key: Option<String>,
+        /// Berth's model store as the servers mount it, when not at the same path.
+        #[arg(long)]
+        store_path: Option<String>,
+    },
+    List,
+    /// A pool with each endpoint's health, loaded adapters and queue.
+    Show {
+        name: String,
+    },
+    /// Remove a pool no base model is placed on.
+    Remove {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

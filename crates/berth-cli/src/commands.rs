@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::BaseModel { command } => base_model(&client()?, command),
+        Command::EnginePool { command } => engine_pool(&client()?, command),
         Command::Model { command } => model(&client()?, command),
         Command::Deployment { command } => deployment(&client()?, command),
         Command::Chat(args) => chat(&client()?, args),
@@ -108,11 +109,43 @@ fn account(c: &Client, command: AccountCommand) -> Result<()> {
 
 fn base_model(c: &Client, command: BaseModelCommand) -> Result<()> {
     match command {
-        BaseModelCommand::Add { name, path } => {
-            let path = std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))?;
-            print(&c.send("POST", "/berth/v1/base-models", Some(&json!({"name": name, "path": path})))?.1)
+        BaseModelCommand::Add { name, path, engine_pool, served_model } => {
+            // The server reads the path: made absolute here when it exists here too.
+            let path = std::fs::canonicalize(&path).unwrap_or(path);
+            let mut body = json!({"name": name, "path": path});
+            if let Some(p) = engine_pool {
+                body["engine_pool"] = json!(p);
+            }
+            if let Some(m) = served_model {
+                body["served_model"] = json!(m);
+            }
+            print(&c.send("POST", "/berth/v1/base-models", Some(&body))?.1)
         }
         BaseModelCommand::List => print_list(&c.get("/berth/v1/base-models")?),
+    }
+}
+
+fn engine_pool(c: &Client, command: EnginePoolCommand) -> Result<()> {
+    let path = |name: &str| {
+        format!("/berth/v1/engine-pools/{}", form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>())
+    };
+    match command {
+        EnginePoolCommand::Add { name, kind, endpoints, api_key, store_path } => {
+            let mut body = json!({"name": name, "kind": kind, "endpoints": endpoints});
+            if let Some(k) = api_key {
+                body["api_key"] = json!(k);
+            }
+            if let Some(p) = store_path {
+                body["store_path"] = json!(p);
+            }
+            print(&c.send("POST", "/berth/v1/engine-pools", Some(&body))?.1)
+        }
+        EnginePoolCommand::List => print_list(&c.get("/berth/v1/engine-pools")?),
+        EnginePoolCommand::Show { name } => print(&c.get(&path(&name))?),
+        EnginePoolCommand::Remove { name } => {
+            c.send("DELETE", &path(&name), None)?;
+            Ok(())
+        }
     }
 }
 

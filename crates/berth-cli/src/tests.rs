@@ -20,6 +20,11 @@ fn the_issue_commands_parse() {
         "berth token",
         "berth base-model add smollm2 --path /m.gguf",
         "berth base-model list",
+        "berth base-model add smollm2-gpu --path /hf --engine-pool gpus --served-model smollm2",
+        "berth engine-pool add gpus --kind vllm --endpoint http://10.0.0.5:8000 --endpoint http://10.0.0.6:8000",
+        "berth engine-pool list",
+        "berth engine-pool show gpus",
+        "berth engine-pool remove gpus",
         "berth model import --base smollm2 --adapter /a -g rg -n acct",
         "berth model import --base smollm2 --weights /w -g rg -n acct",
         "berth model list -g rg -n acct",
@@ -32,4 +37,6 @@ fn the_issue_commands_parse() {
         Cli::try_parse_from(line.split_whitespace()).unwrap_or_else(|e| panic!("{line}: {e}"));
     }
     assert!(Cli::try_parse_from("berth model import --base b --adapter /a --weights /w".split_whitespace()).is_err());
+    assert!(Cli::try_parse_from("berth engine-pool add gpus".split_whitespace()).is_err(), "an endpoint is required");
+    assert!(Cli::try_parse_from("berth base-model add m --path /p --served-model x".split_whitespace()).is_err());
 }

@@ -33,6 +33,8 @@ pub struct Control {
     pub(crate) fleet_loading: Mutex<std::collections::HashSet<crate::host::DeploymentKey>>,
     /// Leases of the provisioning operations this replica runs now.
     pub(crate) fleet_provisioning: Mutex<std::collections::HashSet<String>>,
+    /// Engine pools this replica has opened (and probes), by lower-cased name.
+    pub(crate) pools: Mutex<std::collections::HashMap<String, Arc<berth_pool::Pool>>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -82,6 +84,7 @@ impl Control {
             metrics: crate::metrics::Metrics::default(),
             fleet_loading: Mutex::default(),
             fleet_provisioning: Mutex::default(),
+            pools: Mutex::default(),
         });
         // Databases from before roles: the bootstrap administrator owns everything of its tenant.
         if control.store.count_role_assignments()? == 0 {

@@ -250,6 +250,7 @@ impl Control {
         }
         if let Some(m) = self.store.model(account, model_name)? {
             let base = self.store.base_model(&m.base_model)?.ok_or_else(not_supported)?;
+            let pool = self.pool_plan(&base, (m.kind == "adapter").then_some((&m.id, &m.path)))?;
             return Ok(match m.kind.as_str() {
                 "adapter" => LoadPlan {
                     weights: base.path,
@@ -257,23 +258,34 @@ impl Control {
                     adapter_dir: Some(m.path),
                     adapter_id: Some(AdapterId(m.id.clone())),
                     model_name: m.id,
+                    pool,
                 },
+                _ if base.engine_pool.is_some() => {
+                    return Err(ControlError::invalid(
+                        "DeploymentModelNotSupported",
+                        format!("The model '{model_name}' has full weights of its own, and its base '{}' is served by engine pool '{}': only adapters of a pool's base model can be deployed on it. Register the weights as a base model of the pool instead.", base.name, base.engine_pool.unwrap_or_default()),
+                        "properties.model",
+                    ))
+                }
                 _ => LoadPlan {
                     weights: m.path,
                     text_from: Some(base.path),
                     adapter_dir: None,
                     adapter_id: None,
                     model_name: m.id,
+                    pool: None,
                 },
             });
         }
         if let Some(b) = self.store.base_model(model_name)? {
+            let pool = self.pool_plan(&b, None)?;
             return Ok(LoadPlan {
                 weights: b.path,
                 text_from: None,
                 adapter_dir: None,
                 adapter_id: None,
                 model_name: b.name,
+                pool,
             });
         }
         Err(not_supported())
@@ -309,13 +321,7 @@ impl Control {
         let started = std::time::Instant::now();
         let result = match self.load_plan(&row.account, &row.model_name, &row.model_format, &row.model_version) {
             Err(e) => Err(e.to_string()),
-            Ok(plan) => {
-                let host = self.host.clone();
-                let key = key.clone();
-                tokio::task::spawn_blocking(move || host.provision(key, plan))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("provisioning crashed: {e}")))
-            }
+            Ok(plan) => self.host.provision_async(key.clone(), plan).await,
         };
         let error = result.as_ref().err().map(|e| format!("The model '{}' could not be loaded: {e}", row.model_name));
         let state = if error.is_none() { "Succeeded" } else { "Failed" };

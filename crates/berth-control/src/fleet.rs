@@ -173,12 +173,7 @@ impl Control {
             let control = self.clone();
             self.spawn(async move {
                 let result = match plan {
-                    Ok(plan) => {
-                        let k = key.clone();
-                        tokio::task::spawn_blocking(move || host.provision(k, plan))
-                            .await
-                            .unwrap_or_else(|e| Err(e.to_string()))
-                    }
+                    Ok(plan) => host.provision_async(key.clone(), plan).await,
                     Err(e) => Err(e.to_string()),
                 };
                 match result {

@@ -1,8 +1,13 @@
 //! The loaded engines and the routes of deployments to them. Engines are keyed by the path of the
 //! weights they run (a base model, or a full-weights fine-tune); adapter fine-tunes share their base's
-//! engine. Counting users lets the last deployment's deletion unload an engine or adapter.
+//! engine. Counting users lets the last deployment's deletion unload an engine or adapter. A
+//! deployment whose base model lives on an engine pool routes to the pool instead (`berth-pool`).
 
-use berth_engine::{load_model, AdapterId, Engine, EngineHandle, EngineOptions, TextModel};
+use berth_engine::{
+    load_model, AdapterId, Engine, EngineError, EngineHandle, EngineOptions, Failure, GenerateEvent, GenerateRequest,
+    Progress, TextModel,
+};
+use berth_pool::{Pool, PoolAdapter, PoolTarget};
 use berth_store::AccountKey;
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,14 +33,87 @@ impl DeploymentKey {
     }
 }
 
+/// What generates a deployment's answers.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// Berth's own engine, in this process.
+    Local(Arc<EngineHandle>),
+    /// A pool of vLLM servers.
+    Pool(PoolTarget),
+}
+
 /// Where a deployment's requests go.
 #[derive(Clone, Debug)]
 pub struct Route {
-    pub engine: Arc<EngineHandle>,
+    pub backend: Backend,
     pub engine_key: String,
     pub adapter: Option<AdapterId>,
     /// The model id the deployment serves (reported as `model` in responses).
     pub model_name: String,
+}
+
+impl Route {
+    /// The tokenizer and chat template prompts are validated and counted with.
+    pub fn text(&self) -> &Arc<TextModel> {
+        match &self.backend {
+            Backend::Local(e) => e.model().text(),
+            Backend::Pool(t) => &t.text,
+        }
+    }
+
+    pub fn context_length(&self) -> usize {
+        match &self.backend {
+            Backend::Local(e) => e.model().config().context_length,
+            Backend::Pool(t) => t.context_length,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.backend {
+            Backend::Local(e) => e.model().config().vocab_size,
+            Backend::Pool(t) => t.vocab_size,
+        }
+    }
+
+    /// The most tokens one sequence can hold; a pool's servers each hold at least a context.
+    pub fn kv_capacity_tokens(&self) -> usize {
+        match &self.backend {
+            Backend::Local(e) => e.kv_capacity_tokens(),
+            Backend::Pool(t) => t.context_length.saturating_add(1),
+        }
+    }
+
+    /// Starts generating; events arrive on `events`.
+    pub fn submit(
+        &self,
+        request: GenerateRequest,
+        events: tokio::sync::mpsc::Sender<GenerateEvent>,
+    ) -> Result<Arc<Progress>, Failure> {
+        match &self.backend {
+            Backend::Local(e) => e.submit(request, events).map_err(|e| match e {
+                EngineError::Busy(why) => Failure::QueueFull(why),
+                EngineError::Stopped => Failure::ShuttingDown,
+                other => Failure::Internal(other.to_string()),
+            }),
+            Backend::Pool(t) => t.submit(request, events),
+        }
+    }
+
+    /// `system_fingerprint`: which engine and architecture answered.
+    pub fn fingerprint(&self) -> String {
+        match &self.backend {
+            Backend::Local(e) => format!("fp_berth_{}", e.model().config().architecture.name()),
+            Backend::Pool(t) => format!("fp_berth_vllm_{}", t.architecture),
+        }
+    }
+
+    /// The engine pool serving it, if not Berth's own engine.
+    pub fn engine_pool(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Pool(t) => Some(t.pool.name()),
+        }
+    }
 }
 
 struct EngineEntry {
@@ -62,6 +140,17 @@ pub(crate) struct LoadPlan {
     /// Adapter id in the engine (the model id, so deployments of one model share it).
     pub adapter_id: Option<AdapterId>,
     pub model_name: String,
+    /// Set when the base model is served by an engine pool.
+    pub pool: Option<PoolPlan>,
+}
+
+/// A deployment on an engine pool: the pool, the base's name there, and the adapter as the pool's
+/// servers read it.
+pub(crate) struct PoolPlan {
+    pub pool: Arc<Pool>,
+    pub served_model: String,
+    pub context_length: usize,
+    pub adapter: Option<PoolAdapter>,
 }
 
 pub struct ModelHost {
@@ -106,8 +195,68 @@ impl ModelHost {
         self.state().engines.len()
     }
 
+    /// Loads what the plan needs and routes the deployment: into an engine here (on a blocking thread),
+    /// or onto its engine pool.
+    pub(crate) async fn provision_async(
+        self: &Arc<Self>,
+        key: DeploymentKey,
+        mut plan: LoadPlan,
+    ) -> Result<(), String> {
+        match plan.pool.take() {
+            Some(pool) => self.provision_on_pool(key, plan, pool).await,
+            None => {
+                let host = self.clone();
+                tokio::task::spawn_blocking(move || host.provision(key, plan))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("provisioning crashed: {e}")))
+            }
+        }
+    }
+
+    /// A pool deployment: Berth keeps the base's tokenizer; the adapter is placed on an endpoint (or
+    /// the base needs one endpoint up). The route before it is dropped only after, so that a
+    /// deployment that keeps its adapter never unloads it.
+    async fn provision_on_pool(&self, key: DeploymentKey, plan: LoadPlan, p: PoolPlan) -> Result<(), String> {
+        let base = plan.weights.clone();
+        let (text, config) = tokio::task::spawn_blocking(move || {
+            let text = load_text(Path::new(&base))?;
+            let config = berth_engine::probe_config(Path::new(&base)).map_err(|e| e.to_string())?;
+            Ok::<_, String>((text, config))
+        })
+        .await
+        .map_err(|e| format!("provisioning crashed: {e}"))??;
+        match &p.adapter {
+            Some(a) => p.pool.place(a).await?,
+            None => {
+                if !p.pool.any_healthy() {
+                    p.pool.refresh().await;
+                }
+                if !p.pool.any_healthy() {
+                    return Err(format!("no endpoint of engine pool '{}' is up", p.pool.name()));
+                }
+            }
+        }
+        let target = PoolTarget {
+            text,
+            context_length: p.context_length.min(config.context_length),
+            vocab_size: config.vocab_size,
+            architecture: config.architecture.name().into(),
+            served_model: p.served_model.clone(),
+            adapter: p.adapter,
+            pool: p.pool,
+        };
+        let engine_key = format!("pool:{}/{}", target.pool.name(), target.served_model);
+        let route =
+            Route { backend: Backend::Pool(target), engine_key, adapter: plan.adapter_id, model_name: plan.model_name };
+        let previous = self.state().routes.insert(key, route);
+        if let Some(previous) = previous {
+            self.release(previous);
+        }
+        Ok(())
+    }
+
     /// Loads what the plan needs (blocking: call from a blocking thread) and routes the deployment.
-    pub(crate) fn provision(&self, key: DeploymentKey, plan: LoadPlan) -> Result<(), String> {
+    fn provision(&self, key: DeploymentKey, plan: LoadPlan) -> Result<(), String> {
         let _loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
         self.unprovision(&key);
         let existing = self.state().engines.get(&plan.weights).map(|e| e.handle.clone());
@@ -177,15 +326,33 @@ impl ModelHost {
         }
         state.routes.insert(
             key,
-            Route { engine: handle, engine_key: plan.weights, adapter: plan.adapter_id, model_name: plan.model_name },
+            Route {
+                backend: Backend::Local(handle),
+                engine_key: plan.weights,
+                adapter: plan.adapter_id,
+                model_name: plan.model_name,
+            },
         );
         Ok(())
     }
 
     /// Removes the deployment's route, and the adapter or engine nobody else uses.
     pub(crate) fn unprovision(&self, key: &DeploymentKey) {
+        let route = self.state().routes.remove(key);
+        if let Some(route) = route {
+            self.release(route);
+        }
+    }
+
+    /// What a dropped route alone used: its adapter on its pool, or its adapter and engine here.
+    fn release(&self, route: Route) {
+        if let Backend::Pool(t) = &route.backend {
+            if let Some(a) = &t.adapter {
+                t.pool.release(&a.name);
+            }
+            return;
+        }
         let mut state = self.state();
-        let Some(route) = state.routes.remove(key) else { return };
         let Some(entry) = state.engines.get_mut(&route.engine_key) else { return };
         entry.users = entry.users.saturating_sub(1);
         if let Some(id) = &route.adapter {

@@ -29,6 +29,7 @@ mod ids;
 mod metering;
 mod metrics;
 mod models;
+mod pools;
 mod ratelimit;
 mod resources;
 mod roles;
@@ -36,9 +37,10 @@ mod secrets;
 mod sku;
 
 pub use auth::{Caller, Principal};
+pub use berth_pool::{EndpointStatus, PoolStatus};
 /// Rows the control plane hands out, re-exported so that callers need not depend on the store.
 pub use berth_store::{
-    AccountKey, AccountRow, BaseModelRow, DeletionRow, DeploymentRow, FileRow, FineTuningCheckpointRow,
+    AccountKey, AccountRow, BaseModelRow, DeletionRow, DeploymentRow, EnginePoolRow, FileRow, FineTuningCheckpointRow,
     FineTuningEventRow, FineTuningJobRow, FineTuningMetricRow, ModelRow, OperationRow, PrincipalRow, ResourceGroupRow,
     RoleAssignmentRow, SubscriptionRow, TenantRow,
 };
@@ -52,12 +54,13 @@ pub use deployments::{DeploymentPutInput, PutOutcome};
 pub use error::ControlError;
 pub use files::MAX_FILE_BYTES;
 pub use fine_tuning::JobCreateInput;
-pub use host::{DeploymentKey, ModelHost, Route};
+pub use host::{Backend, DeploymentKey, ModelHost, Route};
 pub use idle::Retention;
 pub use ids::new_hex_id;
 pub use metering::{CostLine, CostReport, CostScope, MinutePoint};
 pub use metrics::{DeploymentLabels, EngineSample, Metrics};
 pub use models::{parse_account_id, AccountModelInfo, ModelSource};
+pub use pools::{EnginePoolInfo, EnginePoolInput};
 pub use ratelimit::{Limits, RateLimiter, Refusal, Remaining, Ticket};
 pub use resources::AccountPutInput;
 pub use roles::{covers, role_id, role_named, Action, ROLES};

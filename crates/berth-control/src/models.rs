@@ -38,6 +38,18 @@ fn valid_model_name(name: &str) -> bool {
 impl Control {
     /// Registers (or re-registers) a base model by path, after reading its configuration.
     pub async fn add_base_model(&self, name: &str, path: &str) -> Result<BaseModelRow> {
+        self.add_base_model_on(name, path, None, None).await
+    }
+
+    /// Registers a base model served by Berth's engine (`engine_pool: None`) or by an engine pool,
+    /// whose servers must all serve it as `served_model` (default: `name`).
+    pub async fn add_base_model_on(
+        &self,
+        name: &str,
+        path: &str,
+        engine_pool: Option<&str>,
+        served_model: Option<&str>,
+    ) -> Result<BaseModelRow> {
         if !valid_model_name(name) {
             return Err(ControlError::invalid(
                 "InvalidModelName",
@@ -59,13 +71,41 @@ impl Control {
                     "path",
                 )
             })?;
+        if served_model.is_some() && engine_pool.is_none() {
+            return Err(ControlError::invalid(
+                "InvalidModel",
+                "'servedModel' names the model on an engine pool: give 'enginePool' too.",
+                "servedModel",
+            ));
+        }
+        let served = served_model.unwrap_or(name);
+        if served.is_empty() || served.len() > 256 || served.chars().any(|c| c.is_control()) {
+            return Err(ControlError::invalid(
+                "InvalidModel",
+                "'servedModel' must be 1 to 256 characters.",
+                "servedModel",
+            ));
+        }
+        let mut context_length = config.context_length as i64;
+        let pool = match engine_pool {
+            None => None,
+            Some(pool) => {
+                let (pool, max_len) = self.check_pool_serves(pool, &path, served).await?;
+                if let Some(n) = max_len {
+                    context_length = context_length.min(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+                Some(pool)
+            }
+        };
         let row = BaseModelRow {
             name: name.to_owned(),
             path: path.display().to_string(),
             format: if path.is_dir() { "hf" } else { "gguf" }.into(),
             architecture: config.architecture.name().into(),
-            context_length: config.context_length as i64,
+            context_length,
             created_at: now_rfc3339(),
+            served_model: pool.as_ref().map(|_| served.to_owned()),
+            engine_pool: pool,
         };
         self.store.upsert_base_model(&row)?;
         Ok(self.store.base_model(name)?.unwrap_or(row))

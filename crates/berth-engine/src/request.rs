@@ -115,12 +115,13 @@ impl Progress {
         self.completion_tokens.load(Ordering::Acquire)
     }
 
-    pub(crate) fn admitted(&self, prompt: usize, cached: usize) {
+    /// Records a request's admission (also for engines outside this crate, such as a remote pool).
+    pub fn admitted(&self, prompt: usize, cached: usize) {
         self.cached_tokens.store(cached, Ordering::Release);
         self.prompt_tokens.store(prompt, Ordering::Release);
     }
 
-    pub(crate) fn sampled(&self, completion: usize) {
+    pub fn sampled(&self, completion: usize) {
         self.completion_tokens.store(completion, Ordering::Release);
     }
 }
@@ -147,6 +148,9 @@ pub enum Failure {
     /// The engine is stopping (a deployment deleted or changed, or the server shutting down).
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// No engine can take the request now (every server of a remote pool is down); come back later.
+    #[error("no engine is available: {0}")]
+    Unavailable(String),
     /// A fault of the engine itself (an error or panic inside a step).
     #[error("inference failed: {0}")]
     Internal(String),

@@ -127,6 +127,10 @@ impl From<berth_engine::Failure> for OpenAiApiError {
                 tracing::warn!(failure = %f, "a request lost its engine or adapter");
                 unavailable("The deployment is being updated or removed. Please retry after 1 second.")
             }
+            Failure::Unavailable(why) => {
+                tracing::warn!(%why, "no engine could take a request");
+                unavailable("The deployment's engines are unavailable at the moment. Please retry after 1 second.")
+            }
             Failure::Internal(why) => Self::internal(why),
         }
     }

@@ -88,6 +88,7 @@ pub fn deployment(control: &Control, d: &DeploymentRow) -> Deployment {
             version_upgrade_option: crate::controllers::deployments::VERSION_UPGRADE.into(),
             error: error_body(&d.error_code, &d.error_message),
             scheduled_deletion_time: control.scheduled_deletion(d).ok().flatten(),
+            engine_pool: control.engine_pool_of(&d.account, &d.model_name),
         },
     }
 }

@@ -61,6 +61,8 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{ACCOUNT}/deployments/{{deployment}}/skus"), get(quota::list_deployment_skus))
         .route(&format!("{ACCOUNT}/deployments/{{deployment}}/lastHour"), get(deployments::deployment_last_hour))
         .route("/berth/v1/base-models", get(admin::list_base_models).post(admin::add_base_model))
+        .route("/berth/v1/engine-pools", get(admin::list_engine_pools).post(admin::add_engine_pool))
+        .route("/berth/v1/engine-pools/{name}", get(admin::show_engine_pool).delete(admin::remove_engine_pool))
         .route("/berth/v1/token", post(admin::issue_token))
         .route("/berth/v1/clock", post(costs::move_clock))
         .route("/berth/v1/tenants", post(identity::create_tenant))

@@ -13,6 +13,7 @@ const TABLES: &[&str] = &[
     "resource_groups",
     "accounts",
     "access_tokens",
+    "engine_pools",
     "base_models",
     "models",
     "deployments",

@@ -14,6 +14,7 @@ mod identity;
 mod metering;
 mod migrations;
 mod minutes;
+mod pools;
 mod postgres;
 pub mod rows;
 pub mod sql;

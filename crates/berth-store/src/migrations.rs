@@ -317,4 +317,19 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (subscription_id, resource_group, account, deployment, minute)
     );
     "#,
+    // 9: engine pools (issue 15): vLLM servers a base model, and every fine-tune of it, is served
+    // on. A base model names its pool and the model name the servers give it.
+    r#"
+    CREATE TABLE engine_pools (
+        name TEXT PRIMARY KEY COLLATE NOCASE,
+        kind TEXT NOT NULL,
+        endpoints TEXT NOT NULL,
+        api_key_digest TEXT,
+        api_key_sealed TEXT,
+        store_path TEXT,
+        created_at TEXT NOT NULL
+    );
+    ALTER TABLE base_models ADD COLUMN engine_pool TEXT;
+    ALTER TABLE base_models ADD COLUMN served_model TEXT;
+    "#,
 ];

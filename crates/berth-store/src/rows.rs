@@ -71,6 +71,25 @@ pub struct BaseModelRow {
     pub architecture: String,
     pub context_length: i64,
     pub created_at: String,
+    /// The engine pool that serves it and its fine-tunes; `None`: Berth's own engine.
+    pub engine_pool: Option<String>,
+    /// The pool's name for the model (vLLM's `--served-model-name`).
+    pub served_model: Option<String>,
+}
+
+/// A pool of inference servers (vLLM) that base models can be placed on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnginePoolRow {
+    pub name: String,
+    /// `vllm`.
+    pub kind: String,
+    /// Base URLs of the servers.
+    pub endpoints: Vec<String>,
+    /// The servers' `--api-key`, sealed like an account's keys.
+    pub api_key: Option<StoredKey>,
+    /// The model store's directory as the servers see it, when it is mounted elsewhere than on Berth.
+    pub store_path: Option<String>,
+    pub created_at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

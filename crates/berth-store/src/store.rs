@@ -284,10 +284,21 @@ impl Store {
     pub fn upsert_base_model(&self, row: &BaseModelRow) -> Result<()> {
         self.db(|c| {
             c.execute(
-                "INSERT INTO base_models (name, path, format, architecture, context_length, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO base_models (name, path, format, architecture, context_length, created_at, engine_pool, served_model)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT(name) DO UPDATE SET path = excluded.path, format = excluded.format,
-                     architecture = excluded.architecture, context_length = excluded.context_length",
-                p![row.name, row.path, row.format, row.architecture, row.context_length, row.created_at],
+                     architecture = excluded.architecture, context_length = excluded.context_length,
+                     engine_pool = excluded.engine_pool, served_model = excluded.served_model",
+                p![
+                    row.name,
+                    row.path,
+                    row.format,
+                    row.architecture,
+                    row.context_length,
+                    row.created_at,
+                    row.engine_pool,
+                    row.served_model
+                ],
             )
         })?;
         Ok(())
@@ -519,7 +530,8 @@ fn insert_operation(c: &mut dyn Db, op: &OperationRow) -> Result<()> {
 
 const ACCOUNT_SELECT: &str =
     "SELECT subscription_id, resource_group, name, location, kind, sku, key1_digest, key1_sealed, key2_digest, key2_sealed, created_at FROM accounts";
-const BASE_SELECT: &str = "SELECT name, path, format, architecture, context_length, created_at FROM base_models";
+const BASE_SELECT: &str =
+    "SELECT name, path, format, architecture, context_length, created_at, engine_pool, served_model FROM base_models";
 const MODEL_SELECT: &str =
     "SELECT subscription_id, resource_group, account, id, base_model, kind, path, created_at FROM models";
 const DEPLOYMENT_SELECT: &str =
@@ -551,6 +563,8 @@ fn base_from_row(r: &SqlRow) -> Result<BaseModelRow> {
         architecture: r.get(3)?,
         context_length: r.get(4)?,
         created_at: r.get(5)?,
+        engine_pool: r.get(6)?,
+        served_model: r.get(7)?,
     })
 }
 

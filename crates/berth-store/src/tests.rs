@@ -160,6 +160,8 @@ fn reopening_a_file_keeps_state_and_does_not_rerun_migrations() {
             architecture: "llama".into(),
             context_length: 8192,
             created_at: "t".into(),
+            engine_pool: None,
+            served_model: None,
         })
         .unwrap();
     }

@@ -6,7 +6,9 @@ use crate::{AppState, ArmApiError};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::Json;
-use berth_api::admin::{AccessToken, BaseModel, BaseModelAdd, ImportedModel, ModelImport};
+use berth_api::admin::{
+    AccessToken, BaseModel, BaseModelAdd, EnginePool, EnginePoolAdd, EnginePoolEndpoint, ImportedModel, ModelImport,
+};
 use berth_api::arm::List;
 use berth_control::BaseModelRow;
 use berth_control::ModelSource;
@@ -19,7 +21,83 @@ fn base_model(b: BaseModelRow) -> BaseModel {
         architecture: b.architecture,
         context_length: b.context_length,
         created_at: b.created_at,
+        engine_pool: b.engine_pool,
+        served_model: b.served_model,
     }
+}
+
+fn engine_pool(p: berth_control::EnginePoolInfo) -> EnginePool {
+    EnginePool {
+        name: p.row.name,
+        kind: p.row.kind,
+        endpoints: p
+            .status
+            .endpoints
+            .into_iter()
+            .map(|e| EnginePoolEndpoint {
+                url: e.url,
+                health: e.health,
+                error: e.error,
+                models: e.models,
+                adapters: e.adapters,
+                running: e.running,
+                waiting: e.waiting,
+                kv_cache_usage: e.kv_cache_usage,
+                in_flight: e.in_flight,
+                served: e.served,
+            })
+            .collect(),
+        base_models: p.base_models,
+        adapters: p.status.adapters,
+        store_path: p.row.store_path,
+        api_key_set: p.row.api_key.is_some(),
+        created_at: p.row.created_at,
+    }
+}
+
+pub async fn list_engine_pools(
+    State(state): State<AppState>,
+    ArmPrincipal(principal): ArmPrincipal,
+) -> Result<Json<List<EnginePool>>, ArmApiError> {
+    state.operator(&principal)?;
+    let value = state.engine_pools()?.into_iter().map(engine_pool).collect();
+    Ok(Json(List { value, next_link: None }))
+}
+
+pub async fn show_engine_pool(
+    State(state): State<AppState>,
+    ArmPrincipal(principal): ArmPrincipal,
+    Path(name): Path<String>,
+) -> Result<Json<EnginePool>, ArmApiError> {
+    state.operator(&principal)?;
+    Ok(Json(engine_pool(state.engine_pool(&name)?)))
+}
+
+pub async fn add_engine_pool(
+    State(state): State<AppState>,
+    ArmPrincipal(principal): ArmPrincipal,
+    ArmJson(body): ArmJson<EnginePoolAdd>,
+) -> Result<(StatusCode, Json<EnginePool>), ArmApiError> {
+    state.operator(&principal)?;
+    let info = state
+        .add_engine_pool(berth_control::EnginePoolInput {
+            name: body.name,
+            kind: body.kind,
+            endpoints: body.endpoints,
+            api_key: body.api_key,
+            store_path: body.store_path,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(engine_pool(info))))
+}
+
+pub async fn remove_engine_pool(
+    State(state): State<AppState>,
+    ArmPrincipal(principal): ArmPrincipal,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ArmApiError> {
+    state.operator(&principal)?;
+    Ok(if state.remove_engine_pool(&name)? { StatusCode::OK } else { StatusCode::NO_CONTENT })
 }
 
 pub async fn list_base_models(
@@ -36,7 +114,9 @@ pub async fn add_base_model(
     ArmJson(body): ArmJson<BaseModelAdd>,
 ) -> Result<(StatusCode, Json<BaseModel>), ArmApiError> {
     state.operator(&_principal)?;
-    let row = state.add_base_model(&body.name, &body.path).await?;
+    let row = state
+        .add_base_model_on(&body.name, &body.path, body.engine_pool.as_deref(), body.served_model.as_deref())
+        .await?;
     Ok((StatusCode::CREATED, Json(base_model(row))))
 }
 

@@ -158,7 +158,7 @@ impl GenerationCall for ChatCompletionRequest {
         let req = self;
         refuse_unsupported(&req)?;
         let msgs = messages(&req)?;
-        let text = route.engine.model().text().clone();
+        let text = route.text().clone();
         let mut sampling = generation::validate_sampling(
             &req.sampling,
             text.vocab_size(),

@@ -49,7 +49,7 @@ impl GenerationCall for CompletionRequest {
                 "'suffix' (insertion) is not supported by this model.",
             ));
         }
-        let text = route.engine.model().text().clone();
+        let text = route.text().clone();
         let mut sampling = generation::validate_sampling(&req.sampling, text.vocab_size(), req.sampling.max_tokens)?;
         sampling.params.logprobs = req.logprobs.map(|n| usize::try_from(n).unwrap_or(0));
         if let Some(best_of) = req.best_of {
@@ -66,7 +66,7 @@ impl GenerationCall for CompletionRequest {
             .clone()
             .ok_or_else(|| OpenAiApiError::invalid("prompt", "missing_required_parameter", "'prompt' is required."))?;
         // A token the embedding has no row for would fail the whole batch in the engine: refuse it here.
-        let vocab = text.vocab_size().min(route.engine.model().config().vocab_size);
+        let vocab = text.vocab_size().min(route.vocab_size());
         let prompts: Vec<Vec<u32>> = blocking(move || match prompt {
             Prompt::Text(s) => Ok(vec![text.encode(&s).map_err(OpenAiApiError::internal)?]),
             Prompt::Texts(v) => v.iter().map(|s| text.encode(s).map_err(OpenAiApiError::internal)).collect(),
@@ -85,7 +85,7 @@ impl GenerationCall for CompletionRequest {
             ));
         }
         let echo: Vec<String> = if req.echo == Some(true) {
-            let text = route.engine.model().text().clone();
+            let text = route.text().clone();
             prompts.iter().map(|p| text.decode(p)).collect()
         } else {
             vec![String::new(); prompts.len()]
@@ -111,7 +111,7 @@ impl GenerationCall for CompletionRequest {
             fingerprint: generation::fingerprint(route),
             echo,
             n: sampling.n,
-            text: route.engine.model().text().clone(),
+            text: route.text().clone(),
             logprobs: req.logprobs.is_some(),
             offsets: Default::default(),
         };

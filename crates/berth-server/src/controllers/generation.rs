@@ -463,7 +463,7 @@ pub fn submit(
     param: &str,
     default_max: Option<usize>,
 ) -> Result<Submitted, OpenAiApiError> {
-    let context = route.engine.model().config().context_length;
+    let context = route.context_length();
     let mut plans = Vec::new();
     let mut estimate = 0u64;
     for prompt in prompts {
@@ -472,7 +472,7 @@ pub fn submit(
         }
         // The whole KV pool bounds one sequence too: a prompt that leaves no room for one token in it
         // can never run, so it is refused here rather than queued.
-        let kv_limit = route.engine.kv_capacity_tokens();
+        let kv_limit = route.kv_capacity_tokens();
         if prompt.len() >= kv_limit {
             return Err(OpenAiApiError::invalid(
                 param,
@@ -556,7 +556,7 @@ pub fn submit(
             };
             // A refusal here drops the charge: the choices already queued are billed for what they
             // computed before their channels closed.
-            let progress = route.engine.submit(request, tx).map_err(OpenAiApiError::from)?;
+            let progress = route.submit(request, tx).map_err(OpenAiApiError::from)?;
             charge.progress.push((p, progress));
             out.push(Running { index: (p * sampling.n + j) as u32, prompt_index: p, events: rx });
         }
@@ -793,5 +793,5 @@ pub fn completion_id(prefix: &str) -> String {
 }
 
 pub fn fingerprint(route: &Route) -> String {
-    format!("fp_berth_{}", route.engine.model().config().architecture.name())
+    route.fingerprint()
 }

@@ -530,8 +530,12 @@ async function deploymentsPage(main) {
     ),
     status,
   );
+  // The operator also sees the engine pools deployments run on, with each server's health.
+  const pools = el("section", { id: "engine-pools", hidden: true });
+  main.append(pools);
   const started = new Map();
   const refresh = async () => {
+    await enginePools(pools);
     let list;
     try {
       list = (await api("GET", arm(deploymentsPath()))).value || [];
@@ -570,6 +574,41 @@ async function deploymentsPage(main) {
   };
   const refreshNow = () => live(refresh);
   await live(refresh);
+}
+
+/** Fills `section` with the engine pools and their endpoints; hidden unless the user is the operator and pools exist. */
+async function enginePools(section) {
+  let pools;
+  try {
+    pools = (await api("GET", "/berth/v1/engine-pools")).value || [];
+  } catch {
+    section.hidden = true;
+    return;
+  }
+  section.hidden = pools.length === 0;
+  const rows = pools.flatMap((p) =>
+    p.endpoints.map((e) =>
+      el(
+        "tr",
+        { "data-endpoint": e.url },
+        el("td", {}, p.name),
+        el("td", {}, e.url),
+        el("td", { "data-health": e.health }, el("span", { class: `badge ${e.health === "up" ? "Succeeded" : e.health === "down" ? "Failed" : "Creating"}` }, e.health), e.error ? el("div", { class: "muted" }, e.error) : ""),
+        el("td", {}, e.adapters.length ? e.adapters.join(", ") : "none"),
+        el("td", { class: "num" }, `${e.running} / ${e.waiting}`),
+        el("td", { class: "num" }, `${Math.round(e.kv_cache_usage * 100)}%`),
+      ),
+    ),
+  );
+  section.replaceChildren(
+    el("h2", {}, "Engine pools"),
+    el(
+      "table",
+      {},
+      el("thead", {}, el("tr", {}, ["Pool", "Endpoint", "Health", "Adapters loaded", "Running / waiting", "KV cache"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...rows),
+    ),
+  );
 }
 
 /** Runs `step` now and again after the delay it returns, while its page is shown. */
@@ -631,7 +670,12 @@ function deploymentRow(d, started, refreshNow) {
     "tr",
     { "data-deployment": name },
     el("td", {}, el("strong", {}, name)),
-    el("td", {}, d.properties.model.name),
+    el(
+      "td",
+      {},
+      d.properties.model.name,
+      d.properties.enginePool ? el("div", { class: "muted engine-pool" }, `on engine pool ${d.properties.enginePool}`) : "",
+    ),
     el("td", {}, d.sku.name),
     el("td", { class: "num" }, d.sku.capacity),
     stateCell,
