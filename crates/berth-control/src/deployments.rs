@@ -321,7 +321,12 @@ impl Control {
         let started = std::time::Instant::now();
         let result = match self.load_plan(&row.account, &row.model_name, &row.model_format, &row.model_version) {
             Err(e) => Err(e.to_string()),
-            Ok(plan) => self.host.provision_async(key.clone(), plan).await,
+            Ok(mut plan) => {
+                if let Some(p) = plan.pool.as_mut() {
+                    p.strict = row.provisioning_state != "Succeeded";
+                }
+                self.host.provision_async(key.clone(), plan).await
+            }
         };
         let error = result.as_ref().err().map(|e| format!("The model '{}' could not be loaded: {e}", row.model_name));
         let state = if error.is_none() { "Succeeded" } else { "Failed" };

@@ -173,7 +173,13 @@ impl Control {
             let control = self.clone();
             self.spawn(async move {
                 let result = match plan {
-                    Ok(plan) => host.provision_async(key.clone(), plan).await,
+                    Ok(mut plan) => {
+                        // Deployed already: routed here even while its pool is down.
+                        if let Some(p) = plan.pool.as_mut() {
+                            p.strict = false;
+                        }
+                        host.provision_async(key.clone(), plan).await
+                    }
                     Err(e) => Err(e.to_string()),
                 };
                 match result {

@@ -151,6 +151,10 @@ pub(crate) struct PoolPlan {
     pub served_model: String,
     pub context_length: usize,
     pub adapter: Option<PoolAdapter>,
+    /// A new deployment needs its pool to serve it now; one that was `Succeeded` (restored at start,
+    /// or loaded by another replica of a fleet) is routed even while the pool is down, and its calls
+    /// are answered 503 until an endpoint is back.
+    pub strict: bool,
 }
 
 pub struct ModelHost {
@@ -225,16 +229,16 @@ impl ModelHost {
         })
         .await
         .map_err(|e| format!("provisioning crashed: {e}"))??;
+        if !p.pool.any_healthy() {
+            p.pool.refresh().await;
+        }
         match &p.adapter {
-            Some(a) => p.pool.place(a).await?,
-            None => {
-                if !p.pool.any_healthy() {
-                    p.pool.refresh().await;
-                }
-                if !p.pool.any_healthy() {
-                    return Err(format!("no endpoint of engine pool '{}' is up", p.pool.name()));
-                }
+            Some(a) if p.strict || p.pool.any_healthy() => p.pool.place(a).await?,
+            Some(a) => p.pool.want(a),
+            None if p.strict && !p.pool.any_healthy() => {
+                return Err(format!("no endpoint of engine pool '{}' is up", p.pool.name()))
             }
+            None => {}
         }
         let target = PoolTarget {
             text,

@@ -233,6 +233,7 @@ impl Control {
             served_model: base.served_model.clone().unwrap_or_else(|| base.name.clone()),
             context_length: usize::try_from(base.context_length).unwrap_or(usize::MAX),
             adapter,
+            strict: true,
         }))
     }
 

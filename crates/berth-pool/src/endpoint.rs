@@ -190,8 +190,8 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// `GET /v1/models`: base models have no `parent`; LoRA adapters name theirs.
-pub(crate) fn parse_models(body: &serde_json::Value) -> Result<(Vec<String>, BTreeSet<String>, Option<u64>), String> {
+/// `GET /v1/models`: base models have no `parent`; LoRA adapters name theirs. (The load is left empty.)
+pub(crate) fn parse_models(body: &serde_json::Value) -> Result<Probe, String> {
     let data = body.get("data").and_then(|d| d.as_array()).ok_or("its /v1/models answer has no 'data' list")?;
     let (mut bases, mut adapters, mut max_len) = (Vec::new(), BTreeSet::new(), None);
     for m in data {
@@ -208,7 +208,7 @@ pub(crate) fn parse_models(body: &serde_json::Value) -> Result<(Vec<String>, BTr
             }
         }
     }
-    Ok((bases, adapters, max_len))
+    Ok(Probe { bases, adapters, max_model_len: max_len, load: Load::default() })
 }
 
 /// The figures Berth routes by, from vLLM's Prometheus text: samples of one metric are summed over

@@ -191,6 +191,12 @@ impl PoolTarget {
                 let value: serde_json::Value = serde_json::from_str(&data)
                     .map_err(|e| Attempt::Fail(Failure::Internal(format!("unreadable chunk from {url}: {e}"))))?;
                 for event in state.apply(&value, want_logprobs).map_err(Attempt::Fail)? {
+                    // The end-of-turn token that stopped the answer is not part of it (Berth's engine
+                    // does not report it either).
+                    if matches!(&event, GenerateEvent::Logprob(lp) if self.text.end_of_generation().contains(&lp.token))
+                    {
+                        continue;
+                    }
                     let is_text = matches!(event, GenerateEvent::Text(_));
                     if events.send(event).await.is_err() {
                         return Err(Attempt::ClientGone);

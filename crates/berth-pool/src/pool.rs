@@ -157,13 +157,13 @@ impl Pool {
             return Err(format!("/v1/models answered {}", models.status()));
         }
         let models: serde_json::Value = models.json().await.map_err(|e| format!("/v1/models: {}", describe(&e)))?;
-        let (bases, adapters, max_model_len) = parse_models(&models)?;
+        let mut probe = parse_models(&models)?;
         // Load figures help routing but are not needed to serve: a server without them is still up.
-        let load = match self.client.get(format!("{}/metrics", endpoint.url)).timeout(PROBE_TIMEOUT).send().await {
+        probe.load = match self.client.get(format!("{}/metrics", endpoint.url)).timeout(PROBE_TIMEOUT).send().await {
             Ok(r) if r.status().is_success() => parse_metrics(&r.text().await.unwrap_or_default()),
             _ => Default::default(),
         };
-        Ok(Probe { bases, adapters, max_model_len, load })
+        Ok(probe)
     }
 
     /// At registration: every endpoint must be up and serve `model`. Returns the smallest context
@@ -197,10 +197,7 @@ impl Pool {
     /// A deployment needs `adapter`: it counts as wanted until [`Pool::release`], and is loaded on an
     /// endpoint now unless one that is up has it already.
     pub async fn place(&self, adapter: &PoolAdapter) -> Result<(), String> {
-        self.wanted()
-            .entry(adapter.name.clone())
-            .and_modify(|w| w.users += 1)
-            .or_insert(Wanted { path: adapter.path.clone(), users: 1 });
+        self.want(adapter);
         if self.endpoints.iter().any(|e| e.healthy() && e.has_adapter(&adapter.name)) {
             return Ok(());
         }
@@ -211,6 +208,15 @@ impl Pool {
                 Err(e)
             }
         }
+    }
+
+    /// A deployment needs `adapter`, but it is not loaded now: the probe loop places it once an
+    /// endpoint is up (a deployment restored while its pool is down), or a call does.
+    pub fn want(&self, adapter: &PoolAdapter) {
+        self.wanted()
+            .entry(adapter.name.clone())
+            .and_modify(|w| w.users += 1)
+            .or_insert(Wanted { path: adapter.path.clone(), users: 1 });
     }
 
     fn release_count(&self, name: &str) -> bool {

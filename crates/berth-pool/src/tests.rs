@@ -26,10 +26,10 @@ fn models_split_bases_from_adapters() {
         {"id": "smollm2", "object": "model", "root": "/m", "parent": null, "max_model_len": 2048},
         {"id": "smollm2.ft-1", "object": "model", "root": "/store/a", "parent": "smollm2"},
     ]});
-    let (bases, adapters, max_len) = parse_models(&body).unwrap();
-    assert_eq!(bases, vec!["smollm2"]);
-    assert_eq!(adapters.into_iter().collect::<Vec<_>>(), vec!["smollm2.ft-1"]);
-    assert_eq!(max_len, Some(2048));
+    let probe = parse_models(&body).unwrap();
+    assert_eq!(probe.bases, vec!["smollm2"]);
+    assert_eq!(probe.adapters.into_iter().collect::<Vec<_>>(), vec!["smollm2.ft-1"]);
+    assert_eq!(probe.max_model_len, Some(2048));
     assert!(parse_models(&serde_json::json!({"detail": "Not Found"})).is_err());
 }
 
