@@ -19,6 +19,10 @@ if [ ! -x "$AZ_VENV/bin/az" ]; then
     "$AZ_VENV/bin/pip" install --quiet --disable-pip-version-check azure-cli==2.91.0
 fi
 export BERTH_TEST_AZ="$AZ_VENV/bin/az"
+# vLLM's CPU build for the engine-pool tests, in a venv of its own under target/ too (3 GB, once).
+BERTH_TEST_VLLM="${BERTH_TEST_VLLM:-$PWD/target/vllm-venv}"
+scripts/vllm/install.sh "$BERTH_TEST_VLLM"
+export BERTH_TEST_VLLM
 # Debian's packages: chromium for the portal's browser test (driven by playwright-core from npm),
 # strace for the durability test (it watches the server's fsyncs and renames).
 need=()
@@ -36,5 +40,6 @@ export BERTH_TEST_POSTGRES
 cargo build --release --locked
 cargo test --release --locked --workspace
 python3 -m pytest -q tests/integration
-# The fleet's tests run on PostgreSQL already.
-BERTH_TEST_DATABASE=postgres python3 -m pytest -q tests/integration --ignore tests/integration/test_fleet.py
+# The fleet's tests run on PostgreSQL already; the pool's test what vLLM does, whatever the store.
+BERTH_TEST_DATABASE=postgres python3 -m pytest -q tests/integration --ignore tests/integration/test_fleet.py \
+    --ignore tests/integration/test_pool.py
