@@ -236,6 +236,10 @@ def test_a_killed_endpoint_is_routed_around_shown_down_and_reused_when_back(pool
     assert after and all(o in ("stop", "length") for o in after), results
     endpoints = {e["url"]: e for e in show(s)["endpoints"]}
     assert endpoints[victim.url]["health"] == "down" and endpoints[survivor.url]["health"] == "up"
+    status, metrics, _ = http.request("GET", s.url + "/metrics", headers={"Authorization": f"Bearer {s.token}"})
+    assert status == 200
+    assert f'berth_engine_pool_endpoint_up{{pool="cpus",endpoint="{victim.url}"}} 0' in metrics, metrics[-3000:]
+    assert f'berth_engine_pool_endpoint_up{{pool="cpus",endpoint="{survivor.url}"}} 1' in metrics
     # The adapter lives on the survivor now, whichever endpoint held it before.
     assert lora_name(s, s.pool_ft[0]) in survivor.adapters()
     victim.start().wait()

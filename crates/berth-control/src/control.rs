@@ -108,7 +108,9 @@ impl Control {
     /// The Prometheus text exposition: what was counted, and the engines' and jobs' state now.
     pub fn render_metrics(&self) -> Result<String> {
         let jobs = self.store.job_status_counts()?;
-        Ok(self.metrics.render(&self.host.engine_samples(), &jobs))
+        let pools: Vec<berth_pool::PoolStatus> =
+            self.pools.lock().unwrap_or_else(|p| p.into_inner()).values().map(|p| p.status()).collect();
+        Ok(self.metrics.render(&self.host.engine_samples(), &pools, &jobs))
     }
 
     /// A deployment's metric labels (its account, name and model), when it exists.

@@ -65,6 +65,13 @@ struct KvLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolEndpointLabels {
+    pool: String,
+    /// The endpoint's base URL as the operator registered it (a bounded set).
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     /// `Succeeded` or `Failed`.
     result: String,
@@ -110,6 +117,9 @@ pub struct Metrics {
     adapter_evictions: Family<EngineLabels, Counter>,
     preemptions: Family<EngineLabels, Counter>,
     jobs: Family<StatusLabels, Gauge>,
+    pool_up: Family<PoolEndpointLabels, Gauge>,
+    pool_in_flight: Family<PoolEndpointLabels, Gauge>,
+    pool_adapters: Family<PoolEndpointLabels, Gauge>,
     /// The engines' cumulative counters as last scraped, to add only what grew.
     engine_seen: Mutex<HashMap<String, [u64; 4]>>,
 }
@@ -151,6 +161,9 @@ impl Default for Metrics {
             adapter_evictions: Family::default(),
             preemptions: Family::default(),
             jobs: Family::default(),
+            pool_up: Family::default(),
+            pool_in_flight: Family::default(),
+            pool_adapters: Family::default(),
             engine_seen: Mutex::default(),
             registry: Registry::default(),
         };
@@ -201,6 +214,21 @@ impl Default for Metrics {
             m.preemptions.clone(),
         );
         registry.register("fine_tuning_jobs", "Fine-tuning jobs by status", m.jobs.clone());
+        registry.register(
+            "engine_pool_endpoint_up",
+            "1 when an engine pool's endpoint answered its last probe, else 0",
+            m.pool_up.clone(),
+        );
+        registry.register(
+            "engine_pool_endpoint_in_flight",
+            "Calls this replica has in flight on an engine pool's endpoint",
+            m.pool_in_flight.clone(),
+        );
+        registry.register(
+            "engine_pool_endpoint_adapters",
+            "LoRA adapters an engine pool's endpoint holds",
+            m.pool_adapters.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -265,7 +293,18 @@ impl Metrics {
     }
 
     /// The text exposition, with the engines' and jobs' state as of now.
-    pub fn render(&self, engines: &[EngineSample], jobs: &[(String, i64)]) -> String {
+    pub fn render(&self, engines: &[EngineSample], pools: &[berth_pool::PoolStatus], jobs: &[(String, i64)]) -> String {
+        self.pool_up.clear();
+        self.pool_in_flight.clear();
+        self.pool_adapters.clear();
+        for p in pools {
+            for e in &p.endpoints {
+                let labels = PoolEndpointLabels { pool: p.name.clone(), endpoint: e.url.clone() };
+                self.pool_up.get_or_create(&labels).set(i64::from(e.health == "up"));
+                self.pool_in_flight.get_or_create(&labels).set(i64::try_from(e.in_flight).unwrap_or(i64::MAX));
+                self.pool_adapters.get_or_create(&labels).set(i64::try_from(e.adapters.len()).unwrap_or(i64::MAX));
+            }
+        }
         self.queue_depth.clear();
         self.running.clear();
         self.kv_blocks.clear();

@@ -60,21 +60,22 @@ fn invalid(code: &'static str, message: String, target: &'static str) -> Control
 }
 
 impl Control {
-    /// The pool, opened (and probing) on this replica.
+    /// The pool, opened (and probing) on this replica, as currently registered: a pool removed and
+    /// registered again through another replica of a fleet is reopened with its new endpoints.
     pub(crate) fn open_pool(&self, name: &str) -> Result<Arc<Pool>> {
         let key = name.to_ascii_lowercase();
-        if let Some(p) = self.pools.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(p.clone());
-        }
         let row = self.store.engine_pool(name)?.ok_or_else(|| not_found(name))?;
         let api_key = row.api_key.as_ref().map(|k| self.vault.open(k)).transpose()?;
+        let config = PoolConfig { name: row.name, endpoints: row.endpoints, api_key };
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pools.get(&key).filter(|p| *p.config() == config) {
+            return Ok(p.clone());
+        }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| ControlError::Internal("engine pools need the server's runtime".into()))?;
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        let pool = pools
-            .entry(key)
-            .or_insert_with(|| Pool::start(PoolConfig { name: row.name, endpoints: row.endpoints, api_key }, runtime));
-        Ok(pool.clone())
+        let pool = Pool::start(config, runtime);
+        pools.insert(key, pool.clone());
+        Ok(pool)
     }
 
     pub async fn add_engine_pool(&self, input: EnginePoolInput) -> Result<EnginePoolInfo> {

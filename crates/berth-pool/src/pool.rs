@@ -49,6 +49,7 @@ struct Wanted {
 }
 
 pub struct Pool {
+    config: PoolConfig,
     name: String,
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     api_key: Option<String>,
@@ -70,9 +71,10 @@ impl Pool {
             .build()
             .unwrap_or_default();
         let pool = Arc::new(Pool {
-            name: config.name,
+            name: config.name.clone(),
             endpoints: config.endpoints.iter().map(|u| Arc::new(Endpoint::new(u))).collect(),
-            api_key: config.api_key,
+            api_key: config.api_key.clone(),
+            config,
             client,
             wanted: Mutex::default(),
             placing: tokio::sync::Mutex::new(()),
@@ -93,6 +95,11 @@ impl Pool {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What the pool was opened with: a replica reopens it when the registration changed.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
     }
 
     pub fn endpoint_urls(&self) -> Vec<String> {
