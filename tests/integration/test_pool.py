@@ -6,6 +6,7 @@ GGUF base on Berth's engine and once for the pool's base, so every answer can be
 Nothing is mocked: the servers are vLLM, killed and restarted for real."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -205,6 +206,17 @@ def test_adapters_are_loaded_only_where_routed_and_unloaded_on_delete(pool):
         assert time.time() < deadline, "the adapter was not unloaded from every endpoint"
         time.sleep(0.2)
     assert name not in show(s)["adapters"]
+
+
+def test_the_portal_deploys_onto_the_pool_shows_it_and_chats(pool):
+    s = pool
+    chromium = shutil.which(os.environ.get("CHROMIUM", "chromium"))
+    assert chromium and (ROOT / "tests" / "portal" / "node_modules" / "playwright-core").exists(), "scripts/test.sh installs chromium and playwright-core"
+    shots = os.environ.get("BERTH_PORTAL_SCREENSHOTS", str(ROOT / "target" / "portal-screenshots"))
+    env = dict(os.environ, BERTH_URL=s.url, BERTH_TOKEN=s.token, BERTH_MODEL=s.pool_ft[0], BERTH_POOL="cpus", SCREENSHOTS=shots, CHROMIUM=chromium)
+    p = subprocess.run(["node", str(ROOT / "tests" / "portal" / "pool.mjs")], env=env, capture_output=True, text=True, timeout=600)
+    print(p.stdout)
+    assert p.returncode == 0, f"{p.stdout}\n{p.stderr}\nserver log:\n{s.read_log()[-3000:]}"
 
 
 def test_a_killed_endpoint_is_routed_around_shown_down_and_reused_when_back(pool):
