@@ -15,6 +15,10 @@ pub enum TextError {
     Template(String),
     #[error("the model has no chat template")]
     NoChatTemplate,
+    /// A grammar or JSON Schema that cannot be compiled (unsupported or unsatisfiable), or a token the
+    /// grammar does not allow.
+    #[error("{0}")]
+    Grammar(String),
 }
 
 impl TextError {

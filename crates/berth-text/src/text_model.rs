@@ -1,8 +1,10 @@
+use crate::constraint::Vocabulary;
 use crate::gguf_tokenizer::{meta_string, meta_u32, tokenizer_from_gguf};
-use crate::{ChatMessage, ChatTemplate, IncrementalDecoder, TextError};
+use crate::{ChatMessage, ChatTemplate, Constraint, Grammar, IncrementalDecoder, TextError};
 use candle_core::quantized::gguf_file::Content;
 use serde_json::Value;
 use std::path::Path;
+use std::sync::OnceLock;
 use tokenizers::Tokenizer;
 
 /// Token pieces that end a turn in the chat formats we know, whatever the metadata says
@@ -11,13 +13,24 @@ const END_OF_TURN_PIECES: &[&str] =
     &["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "</s>"];
 
 /// A model's tokenizer, special tokens and chat template.
-#[derive(Debug)]
 pub struct TextModel {
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     bos: Option<(u32, String)>,
     add_bos: bool,
     end_of_generation: Vec<u32>,
+    /// The vocabulary as llguidance sees it, built on the first constrained request.
+    vocabulary: OnceLock<Result<Vocabulary, String>>,
+}
+
+impl std::fmt::Debug for TextModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextModel")
+            .field("template", &self.template)
+            .field("bos", &self.bos)
+            .field("end_of_generation", &self.end_of_generation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TextModel {
@@ -90,7 +103,29 @@ impl TextModel {
         end_of_generation.extend(END_OF_TURN_PIECES.iter().filter_map(|p| tokenizer.token_to_id(p)));
         end_of_generation.sort_unstable();
         end_of_generation.dedup();
-        TextModel { tokenizer, template, bos, add_bos, end_of_generation }
+        TextModel { tokenizer, template, bos, add_bos, end_of_generation, vocabulary: OnceLock::new() }
+    }
+
+    /// Compiles a grammar against this model's vocabulary (the vocabulary's token trie is built once,
+    /// on the first call). An unsupported or unsatisfiable grammar is a [`TextError::Grammar`] naming
+    /// what is wrong.
+    pub fn constrain(&self, grammar: &Grammar) -> Result<Constraint, TextError> {
+        let vocabulary = self
+            .vocabulary
+            .get_or_init(|| Vocabulary::new(&self.tokenizer, self.end_token()).map_err(|e| e.to_string()));
+        match vocabulary {
+            Ok(v) => v.compile(grammar),
+            Err(e) => Err(TextError::Grammar(format!("the vocabulary cannot be read for constrained decoding: {e}"))),
+        }
+    }
+
+    /// The token a constrained answer ends with: the end-of-turn token when the model has one.
+    fn end_token(&self) -> Option<u32> {
+        ["<|im_end|>", "<|eot_id|>", "<end_of_turn>"]
+            .iter()
+            .filter_map(|p| self.tokenizer.token_to_id(p))
+            .find(|id| self.end_of_generation.contains(id))
+            .or_else(|| self.end_of_generation.first().copied())
     }
 
     /// Tokenises a prompt; special tokens written in the text (`<|im_start|>`) become their ids.
@@ -122,6 +157,21 @@ impl TextModel {
     /// Renders the conversation with the model's chat template, ending with the assistant's turn.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, TextError> {
         self.template.as_ref().ok_or(TextError::NoChatTemplate)?.render(messages, true)
+    }
+
+    /// Renders a conversation that may offer `tools` (OpenAI's tool objects) and carry calls and
+    /// their results; inference and training both render through here, so they see the same text.
+    pub fn render_prompt(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Value],
+        add_generation_prompt: bool,
+    ) -> Result<String, TextError> {
+        self.template.as_ref().ok_or(TextError::NoChatTemplate)?.render_with_tools(
+            messages,
+            tools,
+            add_generation_prompt,
+        )
     }
 
     /// Renders a conversation as it is, optionally opening the assistant's turn after it: a trainer
