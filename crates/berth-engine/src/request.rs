@@ -1,4 +1,5 @@
 use crate::lora::AdapterId;
+use berth_text::Constraint;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How to pick the next token.
@@ -56,6 +57,9 @@ pub struct GenerateRequest {
     /// Served from the batch share reserved for provisioned traffic: admitted ahead of ordinary
     /// requests, into slots they cannot take, never refused for a full queue, preempted last.
     pub reserved: bool,
+    /// A grammar every sampled token must keep the answer within (structured outputs, required tool
+    /// calls), compiled by the caller so that the engine thread only masks and advances it.
+    pub constraint: Option<Constraint>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

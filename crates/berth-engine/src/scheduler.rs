@@ -19,7 +19,7 @@ use crate::{
     AdapterId, BatchContext, Failure, FinishReason, GenerateEvent, GenerateRequest, KvPool, LoraAdapter, Model,
     Progress, Segment,
 };
-use berth_text::{IncrementalDecoder, StopMatcher, StopOutcome};
+use berth_text::{Constraint, IncrementalDecoder, StopMatcher, StopOutcome};
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -45,6 +45,8 @@ struct Sequence {
     /// Prompt tokens found in the prefix cache when the request was first admitted.
     cached_tokens: Option<usize>,
     sampler: Sampler,
+    /// Where the answer is in its grammar; like the sampler, it travels with a preempted sequence.
+    constraint: Option<Constraint>,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
     generated: usize,
@@ -203,7 +205,10 @@ impl Worker {
             self.reserved_seen = Some(std::time::Instant::now());
         }
         let scope = scope_key(request.adapter.as_ref().map(|a| a.0.as_str()), &request.cache_scope);
+        let mut request = request;
+        let constraint = request.constraint.take();
         self.waiting.push_back(Sequence {
+            constraint,
             tokens: request.prompt.clone(),
             computed: 0,
             blocks: Vec::new(),
@@ -486,7 +491,7 @@ impl Worker {
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         let text = self.model.text().clone();
         let context_length = self.model.config().context_length;
-        for (&(i, n), row) in plan.iter().zip(logits) {
+        for (&(i, n), mut row) in plan.iter().zip(logits) {
             self.running[i].computed += n;
             self.register_full_blocks(i);
             let r = &mut self.running[i];
@@ -494,6 +499,10 @@ impl Worker {
                 continue; // mid-prompt chunk: nothing to sample yet
             }
             self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+            if let Some(Err(e)) = r.constraint.as_mut().map(|c| c.mask(&mut row)) {
+                fail(r, Failure::Internal(format!("constrained decoding failed: {e}")));
+                continue;
+            }
             let (token, scored) = r.sampler.sample_scored(&row);
             r.generated += 1;
             r.progress.sampled(r.generated);
@@ -505,6 +514,10 @@ impl Worker {
             if end {
                 let tail = r.decoder.flush(&text);
                 finish_with(r, &tail, FinishReason::Stop);
+                continue;
+            }
+            if let Some(Err(e)) = r.constraint.as_mut().map(|c| c.commit(token)) {
+                fail(r, Failure::Internal(format!("constrained decoding failed: {e}")));
                 continue;
             }
             let delta = r.decoder.push(&text, token);
@@ -556,6 +569,13 @@ fn finish_with(r: &mut Sequence, tail: &str, reason: FinishReason) {
             send(r, GenerateEvent::Text(out + &rest));
             r.finish(reason);
         }
+    }
+}
+
+fn fail(r: &mut Sequence, why: Failure) {
+    if !r.done {
+        let _ = r.events.try_send(GenerateEvent::Failed(why));
+        r.done = true;
     }
 }
 

@@ -7,6 +7,7 @@ use berth_engine::{
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+mod constrained;
 mod scheduling;
 
 pub(crate) fn model() -> Arc<Model> {
@@ -58,6 +59,7 @@ fn smollm2_answers_a_factual_question_greedily() {
             cache_scope: String::new(),
             ignore_eos: false,
             reserved: false,
+            constraint: None,
         },
     );
     assert!(text.contains("Paris"), "{text:?}");
@@ -80,6 +82,7 @@ fn batched_sequences_match_sequences_run_alone() {
         cache_scope: String::new(),
         ignore_eos: false,
         reserved: false,
+        constraint: None,
     };
     let alone: Vec<String> = questions.iter().map(|q| generate(&engine, req(q)).0).collect();
     // Submit all at once: they run in one batch.
@@ -120,6 +123,7 @@ fn stop_sequences_and_max_tokens_end_generation() {
         cache_scope: String::new(),
         ignore_eos: false,
         reserved: false,
+        constraint: None,
     };
     let (full, _, _, _) = generate(&engine, base.clone());
     assert!(full.contains('5'), "{full:?}");
@@ -178,6 +182,7 @@ fn a_client_that_goes_away_frees_its_sequence() {
         cache_scope: String::new(),
         ignore_eos: false,
         reserved: false,
+        constraint: None,
     };
     engine.submit(request, tx).unwrap();
     assert!(matches!(rx.blocking_recv(), Some(GenerateEvent::Text(_))));

@@ -30,6 +30,7 @@ fn request(prompt: Vec<u32>, adapter: Option<&str>, max_tokens: usize, scope: &s
         cache_scope: scope.into(),
         ignore_eos: false,
         reserved: false,
+        constraint: None,
     }
 }
 
