@@ -163,7 +163,7 @@ def test_errors_in_the_contract_shape(server, client):
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"max_tokens": 100000}, "messages"),
         ({"logit_bias": {"999999": 1}}, "logit_bias"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}]}, "tools[0].function.parameters"),
     ]:
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model="smol", messages=QUESTION, **kwargs)

@@ -1,5 +1,6 @@
 //! `POST /openai/deployments/{deployment}/chat/completions`.
 
+use super::chat_tools::{self, ToolPlan};
 use super::generation::{self, blocking, ChunkFormat, GenerationCall};
 use crate::{AppState, OpenAiApiError};
 use axum::response::{IntoResponse, Response};
@@ -14,8 +15,6 @@ use std::collections::BTreeMap;
 
 /// Fields of Azure OpenAI's chat completions that Berth does not serve yet: refused by name.
 const CHAT_FIELDS_NOT_YET_SERVED: &[(&str, &str)] = &[
-    ("functions", "Functions (legacy function calling) are not supported by this deployment's model."),
-    ("function_call", "'function_call' (legacy function calling) is not supported by this deployment's model."),
     ("data_sources", "'data_sources' (Azure OpenAI On Your Data) is not supported by Berth."),
     ("audio", "Audio output is not supported by this deployment's model."),
     ("modalities", "Output modalities other than text are not supported by this deployment's model."),
@@ -23,7 +22,7 @@ const CHAT_FIELDS_NOT_YET_SERVED: &[(&str, &str)] = &[
     ("reasoning_effort", "'reasoning_effort' applies to reasoning models only; this deployment's model is not one."),
 ];
 
-const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
 /// Most messages one request may carry (the context bounds their tokens; this bounds the work of
 /// rendering and tokenising a request that could never fit).
 const MAX_MESSAGES: usize = 2048;
@@ -71,13 +70,7 @@ fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, OpenAiApiEr
                 }
                 text
             }
-            None if m.role == "assistant" && m.tool_calls.is_some() => {
-                return Err(OpenAiApiError::invalid(
-                    &format!("messages[{i}].tool_calls"),
-                    "invalid_value",
-                    "Tool calls are not supported by this model.",
-                ))
-            }
+            None if m.role == "assistant" && (m.tool_calls.is_some() || m.function_call.is_some()) => String::new(),
             None => {
                 return Err(OpenAiApiError::invalid(
                     &format!("messages[{i}].content"),
@@ -86,35 +79,42 @@ fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, OpenAiApiEr
                 ))
             }
         };
-        let role = if m.role == "developer" { "system" } else { m.role.as_str() };
-        out.push(ChatMessage::new(role, content));
+        let param = format!("messages[{i}]");
+        let mut message = match m.role.as_str() {
+            "developer" => ChatMessage::new("system", content),
+            // The legacy function result: a tool result named by its function.
+            "function" => ChatMessage::new("tool", content),
+            role => ChatMessage::new(role, content),
+        };
+        if m.role == "assistant" {
+            message.tool_calls = chat_tools::history_calls(&param, m.tool_calls.as_ref(), m.function_call.as_ref())?;
+        } else if m.tool_calls.is_some() || m.function_call.is_some() {
+            return Err(OpenAiApiError::invalid(
+                &format!("{param}.tool_calls"),
+                "invalid_value",
+                format!("Only assistant messages carry tool calls; {param} is a '{}' message.", m.role),
+            ));
+        }
+        if m.role == "tool" {
+            let Some(id) = &m.tool_call_id else {
+                return Err(OpenAiApiError::invalid(
+                    &format!("{param}.tool_call_id"),
+                    "invalid_value",
+                    format!("Missing required parameter: '{param}.tool_call_id'."),
+                ));
+            };
+            message.tool_call_id = Some(id.clone());
+        }
+        out.push(message);
     }
     Ok(out)
 }
 
 fn refuse_unsupported(req: &ChatCompletionRequest) -> Result<(), OpenAiApiError> {
-    generation::refuse_unknown_fields(&req.unknown, CHAT_FIELDS_NOT_YET_SERVED)?;
-    if req.tool_choice.as_ref().is_some_and(|c| c.as_str() != Some("none")) {
-        return Err(OpenAiApiError::invalid(
-            "tool_choice",
-            "unsupported_parameter",
-            "'tool_choice' is not supported by this deployment's model: it has no tools.",
-        ));
-    }
-    if req.parallel_tool_calls.is_some() {
-        return Err(OpenAiApiError::invalid(
-            "parallel_tool_calls",
-            "unsupported_parameter",
-            "'parallel_tool_calls' is not supported by this deployment's model: it has no tools.",
-        ));
-    }
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(OpenAiApiError::invalid(
-            "tools",
-            "unsupported_parameter",
-            "Tools (function calling) are not supported by this deployment's model.",
-        ));
-    }
+    let mut unknown = req.unknown.clone();
+    unknown.remove("functions");
+    unknown.remove("function_call");
+    generation::refuse_unknown_fields(&unknown, CHAT_FIELDS_NOT_YET_SERVED)?;
     if let Some(n) = req.top_logprobs {
         if !(0..=20).contains(&n) {
             return Err(OpenAiApiError::invalid(
@@ -128,15 +128,6 @@ fn refuse_unsupported(req: &ChatCompletionRequest) -> Result<(), OpenAiApiError>
                 "top_logprobs",
                 "invalid_value",
                 "'logprobs' must be set to true when 'top_logprobs' is given.",
-            ));
-        }
-    }
-    if let Some(format) = &req.response_format {
-        if format.get("type").and_then(|t| t.as_str()) != Some("text") {
-            return Err(OpenAiApiError::invalid(
-                "response_format",
-                "unsupported_parameter",
-                "Only response_format {\"type\": \"text\"} is supported; JSON mode and structured outputs are not.",
             ));
         }
     }
@@ -158,6 +149,14 @@ impl GenerationCall for ChatCompletionRequest {
         let req = self;
         refuse_unsupported(&req)?;
         let msgs = messages(&req)?;
+        let plan = chat_tools::plan(&req)?;
+        if let (Some(pool), Some(_)) = (route.engine_pool(), &plan.grammar) {
+            return Err(OpenAiApiError::invalid(
+                if plan.names.is_empty() { "response_format" } else { "tool_choice" },
+                "unsupported_parameter",
+                format!("Constrained decoding (structured outputs, required tool calls) is not available yet on deployments served by engine pool '{pool}'."),
+            ));
+        }
         let text = route.text().clone();
         let mut sampling = generation::validate_sampling(
             &req.sampling,
@@ -169,17 +168,31 @@ impl GenerationCall for ChatCompletionRequest {
             sampling.params.logprobs = Some(usize::try_from(req.top_logprobs.unwrap_or(0)).unwrap_or(0));
         }
         let text_model = text.clone();
-        let prompt = blocking(move || {
-            let rendered = text.render_chat(&msgs).map_err(|e| {
+        let (tools, grammar) = (plan.tools.clone(), plan.grammar.clone());
+        let schema_param = if plan.names.is_empty() { "response_format" } else { "tools" };
+        let (prompt, constraint) = blocking(move || {
+            let rendered = text.render_prompt(&msgs, &tools, true).map_err(|e| {
                 OpenAiApiError::invalid(
                     "messages",
                     "invalid_value",
                     format!("The messages cannot be formatted for this model: {e}"),
                 )
             })?;
-            text.encode(&rendered).map_err(OpenAiApiError::internal)
+            let constraint = grammar
+                .map(|g| {
+                    text.constrain(&g).map_err(|e| {
+                        OpenAiApiError::invalid(
+                            schema_param,
+                            "invalid_value",
+                            format!("Invalid schema for '{schema_param}': {e}"),
+                        )
+                    })
+                })
+                .transpose()?;
+            Ok((text.encode(&rendered).map_err(OpenAiApiError::internal)?, constraint))
         })
         .await?;
+        sampling.constraint = constraint;
         let submitted = generation::submit(
             state,
             account,
@@ -196,8 +209,16 @@ impl GenerationCall for ChatCompletionRequest {
         let created = berth_control::unix_now();
         let fingerprint = generation::fingerprint(route);
         if sampling.stream {
-            let format =
-                ChatFormat { id, created, model: route.model_name.clone(), fingerprint, text: text_model, logprobs };
+            let format = ChatFormat {
+                id,
+                created,
+                model: route.model_name.clone(),
+                fingerprint,
+                text: text_model,
+                logprobs,
+                plan,
+                written: Default::default(),
+            };
             return Ok(generation::sse(submitted, format, sampling.include_usage));
         }
         let (choices, usage) = generation::collect(submitted).await?;
@@ -213,12 +234,20 @@ impl GenerationCall for ChatCompletionRequest {
             }],
             choices: choices
                 .into_iter()
-                .map(|c| ChatChoice {
-                    index: c.index,
-                    finish_reason: Some(c.finish_reason.as_str().into()),
-                    message: ChatMessageOut { role: "assistant".into(), content: c.text },
-                    logprobs: logprobs.then(|| generation::chat_logprobs(&text_model, &c.logprobs)),
-                    content_filter_results: BTreeMap::new(),
+                .map(|c| {
+                    let answer = chat_tools::answer(&plan, c.text);
+                    ChatChoice {
+                        index: c.index,
+                        finish_reason: Some(answer.finish_reason.unwrap_or(c.finish_reason.as_str()).into()),
+                        message: ChatMessageOut {
+                            role: "assistant".into(),
+                            content: answer.content,
+                            tool_calls: answer.tool_calls,
+                            function_call: answer.function_call,
+                        },
+                        logprobs: logprobs.then(|| generation::chat_logprobs(&text_model, &c.logprobs)),
+                        content_filter_results: BTreeMap::new(),
+                    }
                 })
                 .collect(),
             usage,
@@ -236,6 +265,9 @@ struct ChatFormat {
     text: std::sync::Arc<berth_engine::TextModel>,
     /// Whether the request asked for `logprobs`.
     logprobs: bool,
+    plan: ToolPlan,
+    /// Per choice, when tools were offered: the text so far, and how much of it went out as content.
+    written: std::collections::HashMap<u32, (String, usize)>,
 }
 
 impl ChatFormat {
@@ -257,11 +289,11 @@ impl ChatFormat {
         .unwrap_or_default()
     }
 
-    fn choice(index: u32, delta: ChatDelta, finish: Option<FinishReason>) -> ChatChunkChoice {
+    fn choice(index: u32, delta: ChatDelta, finish: Option<&str>) -> ChatChunkChoice {
         ChatChunkChoice {
             index,
             delta,
-            finish_reason: finish.map(|f| f.as_str().into()),
+            finish_reason: finish.map(str::to_owned),
             logprobs: None,
             content_filter_results: BTreeMap::new(),
         }
@@ -272,22 +304,65 @@ impl ChunkFormat for ChatFormat {
     fn opening(&self, indices: &[u32]) -> Vec<String> {
         let mut frames = vec![self.chunk(vec![], None, true)];
         for &i in indices {
-            let delta = ChatDelta { role: Some("assistant".into()), content: Some(String::new()) };
+            let delta =
+                ChatDelta { role: Some("assistant".into()), content: Some(String::new()), ..Default::default() };
             frames.push(self.chunk(vec![Self::choice(i, delta, None)], None, false));
         }
         frames
     }
 
-    fn text(&self, index: u32, text: String, logprobs: Vec<berth_engine::TokenLogprob>) -> String {
-        let mut choice = Self::choice(index, ChatDelta { role: None, content: Some(text) }, None);
+    fn text(&mut self, index: u32, text: String, logprobs: Vec<berth_engine::TokenLogprob>) -> Option<String> {
+        let text = if self.plan.names.is_empty() {
+            text
+        } else {
+            // A call may be starting: content goes out only up to where a `<tool_call>` could begin.
+            let (all, sent) = self.written.entry(index).or_default();
+            all.push_str(&text);
+            let upto = chat_tools::releasable(all).max(*sent);
+            let out = all[*sent..upto].to_owned();
+            *sent = upto;
+            if out.is_empty() && logprobs.is_empty() {
+                return None;
+            }
+            out
+        };
+        let mut choice = Self::choice(index, ChatDelta { content: Some(text), ..Default::default() }, None);
         if self.logprobs {
             choice.logprobs = Some(generation::chat_logprobs(&self.text, &logprobs));
         }
-        self.chunk(vec![choice], None, false)
+        Some(self.chunk(vec![choice], None, false))
     }
 
-    fn finish(&self, index: u32, reason: FinishReason) -> String {
-        self.chunk(vec![Self::choice(index, ChatDelta::default(), Some(reason))], None, false)
+    fn finish(&mut self, index: u32, reason: FinishReason) -> Vec<String> {
+        let mut frames = Vec::new();
+        let mut finish = reason.as_str();
+        if let Some((all, sent)) = self.written.remove(&index) {
+            let answer = chat_tools::answer(&self.plan, all.clone());
+            if let Some(calls) = &answer.tool_calls {
+                // Each call as OpenAI streams it: id, type and name first, then the arguments.
+                for (k, call) in calls.iter().enumerate() {
+                    let head = serde_json::json!([{
+                        "index": k, "id": call["id"], "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""},
+                    }]);
+                    let args =
+                        serde_json::json!([{"index": k, "function": {"arguments": call["function"]["arguments"]}}]);
+                    for delta in [head, args] {
+                        let d = ChatDelta { tool_calls: serde_json::from_value(delta).ok(), ..Default::default() };
+                        frames.push(self.chunk(vec![Self::choice(index, d, None)], None, false));
+                    }
+                }
+            } else if let Some(call) = &answer.function_call {
+                let d = ChatDelta { function_call: Some(call.clone()), ..Default::default() };
+                frames.push(self.chunk(vec![Self::choice(index, d, None)], None, false));
+            } else if sent < all.len() {
+                let d = ChatDelta { content: Some(all[sent..].to_owned()), ..Default::default() };
+                frames.push(self.chunk(vec![Self::choice(index, d, None)], None, false));
+            }
+            finish = answer.finish_reason.unwrap_or(finish);
+        }
+        frames.push(self.chunk(vec![Self::choice(index, ChatDelta::default(), Some(finish))], None, false));
+        frames
     }
 
     fn usage(&self, usage: Usage) -> String {

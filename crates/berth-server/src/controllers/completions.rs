@@ -191,9 +191,9 @@ impl ChunkFormat for CompletionFormat {
             .collect()
     }
 
-    fn text(&self, index: u32, text: String, logprobs: Vec<berth_engine::TokenLogprob>) -> String {
+    fn text(&mut self, index: u32, text: String, logprobs: Vec<berth_engine::TokenLogprob>) -> Option<String> {
         if !self.logprobs {
-            return self.chunk(index, text, None);
+            return Some(self.chunk(index, text, None));
         }
         let mut offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
         let at = offsets.entry(index).or_default();
@@ -207,11 +207,11 @@ impl ChunkFormat for CompletionFormat {
             logprobs: Some(scored),
             content_filter_results: BTreeMap::new(),
         };
-        serde_json::to_string(&self.completion(vec![choice], None, false)).unwrap_or_default()
+        Some(serde_json::to_string(&self.completion(vec![choice], None, false)).unwrap_or_default())
     }
 
-    fn finish(&self, index: u32, reason: FinishReason) -> String {
-        self.chunk(index, String::new(), Some(reason))
+    fn finish(&mut self, index: u32, reason: FinishReason) -> Vec<String> {
+        vec![self.chunk(index, String::new(), Some(reason))]
     }
 
     fn usage(&self, usage: Usage) -> String {

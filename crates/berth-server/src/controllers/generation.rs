@@ -241,6 +241,8 @@ pub struct Sampling {
     pub max_tokens: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    /// The grammar every choice's answer is held to (structured outputs, required tool calls).
+    pub constraint: Option<berth_text::Constraint>,
 }
 
 pub fn validate_sampling(
@@ -334,6 +336,7 @@ pub fn validate_sampling(
         max_tokens,
         stream: f.stream.unwrap_or(false),
         include_usage: f.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        constraint: None,
     })
 }
 
@@ -553,6 +556,7 @@ pub fn submit(
                 cache_scope: account.key.subscription_id.clone(),
                 ignore_eos: false,
                 reserved: provisioned,
+                constraint: sampling.constraint.clone(),
             };
             // A refusal here drops the charge: the choices already queued are billed for what they
             // computed before their channels closed.
@@ -660,9 +664,11 @@ pub async fn collect(submitted: Submitted) -> Result<(Vec<Choice>, Usage), OpenA
 pub trait ChunkFormat: Send + 'static {
     /// Frames before any text (prompt filter results, the assistant role).
     fn opening(&self, indices: &[u32]) -> Vec<String>;
-    /// A text delta, with the log-probabilities of the tokens it completes (empty unless asked for).
-    fn text(&self, index: u32, text: String, logprobs: Vec<TokenLogprob>) -> String;
-    fn finish(&self, index: u32, reason: FinishReason) -> String;
+    /// A text delta, with the log-probabilities of the tokens it completes (empty unless asked for);
+    /// `None` while the format holds the text back (a tool call being written).
+    fn text(&mut self, index: u32, text: String, logprobs: Vec<TokenLogprob>) -> Option<String>;
+    /// The choice's last frames: what was held back, then its finish reason.
+    fn finish(&mut self, index: u32, reason: FinishReason) -> Vec<String>;
     fn usage(&self, usage: Usage) -> String;
 }
 
@@ -724,7 +730,10 @@ pub fn sse<F: ChunkFormat>(submitted: Submitted, format: F, include_usage: bool)
                         charge.text_arrived();
                     }
                     let logprobs = st.pending_logprobs.remove(&index).unwrap_or_default();
-                    return Some((Ok(frame(st.format.text(index, t, logprobs))), st));
+                    match st.format.text(index, t, logprobs) {
+                        Some(chunk) => return Some((Ok(frame(chunk)), st)),
+                        None => continue,
+                    }
                 }
                 Some((index, _, GenerateEvent::Logprob(lp))) => {
                     // Held until the text its token completes (a character may span tokens).
@@ -741,9 +750,13 @@ pub fn sse<F: ChunkFormat>(submitted: Submitted, format: F, include_usage: bool)
                     st.completion_tokens += completion_tokens as u64;
                     let mut frames = String::new();
                     if let Some(held) = st.pending_logprobs.remove(&index).filter(|h| !h.is_empty()) {
-                        frames.push_str(&format!("data: {}\n\n", st.format.text(index, String::new(), held)));
+                        if let Some(chunk) = st.format.text(index, String::new(), held) {
+                            frames.push_str(&format!("data: {chunk}\n\n"));
+                        }
                     }
-                    frames.push_str(&format!("data: {}\n\n", st.format.finish(index, reason)));
+                    for chunk in st.format.finish(index, reason) {
+                        frames.push_str(&format!("data: {chunk}\n\n"));
+                    }
                     return Some((Ok(Bytes::from(frames)), st));
                 }
                 Some((_, _, GenerateEvent::Failed(e))) => {

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod chat_completions;
+mod chat_tools;
 pub mod completions;
 pub mod costs;
 pub mod deployments;

@@ -78,10 +78,10 @@ async fn management_plane_errors_have_arm_shape() {
     insta::assert_json_snapshot!(body, @r#"
     {
       "error": {
-        "additionalInfo": [],
         "code": "AuthenticationFailed",
+        "message": "Authentication failed. The 'Authorization' header is missing.",
         "details": [],
-        "message": "Authentication failed. The 'Authorization' header is missing."
+        "additionalInfo": []
       }
     }
     "#);
@@ -91,10 +91,10 @@ async fn management_plane_errors_have_arm_shape() {
     insta::assert_json_snapshot!(body, @r#"
     {
       "error": {
-        "additionalInfo": [],
         "code": "MissingApiVersionParameter",
+        "message": "The api-version query parameter (?api-version=) is required for all requests.",
         "details": [],
-        "message": "The api-version query parameter (?api-version=) is required for all requests."
+        "additionalInfo": []
       }
     }
     "#);
@@ -108,11 +108,11 @@ async fn management_plane_errors_have_arm_shape() {
     insta::assert_json_snapshot!(body, @r#"
     {
       "error": {
-        "additionalInfo": [],
         "code": "DeploymentModelNotSupported",
-        "details": [],
         "message": "The model 'gpt-4o-ft' of format 'OpenAI' and version '1' is not supported or does not exist in this account.",
-        "target": "properties.model"
+        "target": "properties.model",
+        "details": [],
+        "additionalInfo": []
       }
     }
     "#);
@@ -135,28 +135,28 @@ async fn account_and_keys_shapes() {
     }
     insta::assert_json_snapshot!(body, @r#"
     {
-      "endpoint": "http://berth.test/accounts/berth/",
       "id": "[id]",
+      "name": "berth",
+      "type": "Microsoft.CognitiveServices/accounts",
       "kind": "OpenAI",
       "location": "local",
-      "name": "berth",
+      "sku": {
+        "name": "S0"
+      },
+      "tags": {},
       "properties": {
-        "customSubDomainName": "berth",
         "endpoint": "http://berth.test/accounts/berth/",
         "endpoints": {
           "OpenAI Language Model Instance API": "http://berth.test/accounts/berth/"
         },
         "provisioningState": "Succeeded",
+        "customSubDomainName": "berth",
         "publicNetworkAccess": "Enabled"
       },
       "resourceGroup": "berth-rg",
-      "sku": {
-        "name": "S0"
-      },
       "subscriptionId": "[subscriptionId]",
-      "tags": {},
       "tenantId": "[tenantId]",
-      "type": "Microsoft.CognitiveServices/accounts"
+      "endpoint": "http://berth.test/accounts/berth/"
     }
     "#);
     let (status, keys) = h.arm("POST", &format!("{}/listKeys", h.account_path()), "").await;
