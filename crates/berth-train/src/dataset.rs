@@ -1,10 +1,11 @@
-//! Training files: JSONL chat examples (`{"messages": [{"role", "content"}, ...]}` a line), checked
-//! line by line, and turned into token ids with a mask of the tokens the loss is taken on (the
-//! assistant's turns, as the model's own chat template renders them).
+//! Training files: JSONL chat examples (`{"messages": [{"role", "content"}, ...]}` a line, optionally
+//! with `tools`, assistant `tool_calls` and `tool` results), checked line by line, and turned into token
+//! ids with a mask of the tokens the loss is taken on (the assistant's turns, calls included, as the
+//! model's own chat template renders them for inference).
 
 use crate::error::Result;
 use crate::TrainError;
-use berth_text::{ChatMessage, TextModel};
+use berth_text::{ChatMessage, TextModel, ToolCall};
 use serde_json::Value;
 
 /// Longest example a file may hold, in characters of message content. Token limits depend on the
@@ -21,6 +22,8 @@ pub struct Example {
     pub messages: Vec<ChatMessage>,
     /// Per message: is it trained on (assistant turns whose `weight` is not 0).
     pub trained: Vec<bool>,
+    /// The tools offered in the conversation (OpenAI's tool objects), rendered into its prompt.
+    pub tools: Vec<Value>,
 }
 
 /// A problem with one line of a file.
@@ -106,6 +109,28 @@ fn parse_line(line: usize, raw: &str) -> std::result::Result<Example, String> {
     if messages.is_empty() {
         return Err("\"messages\" is empty".into());
     }
+    let tools = match obj.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(tools)) => {
+            for (k, t) in tools.iter().enumerate() {
+                let named = t.get("type").and_then(Value::as_str) == Some("function")
+                    && t.get("function")
+                        .and_then(|f| f.get("name"))
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| !n.is_empty());
+                if !named {
+                    return Err(format!(
+                        "tool {k} must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"
+                    ));
+                }
+            }
+            tools.clone()
+        }
+        Some(_) => return Err("\"tools\" must be an array of tools".into()),
+    };
+    if obj.get("parallel_tool_calls").is_some_and(|p| !p.is_boolean()) {
+        return Err("\"parallel_tool_calls\" must be true or false".into());
+    }
     let mut out = Vec::with_capacity(messages.len());
     let mut trained = Vec::with_capacity(messages.len());
     let mut chars = 0;
@@ -113,17 +138,32 @@ fn parse_line(line: usize, raw: &str) -> std::result::Result<Example, String> {
         let m = m.as_object().ok_or_else(|| format!("message {j} is not an object"))?;
         let role = match m.get("role") {
             None => return Err(format!("message {j} has no \"role\"")),
-            Some(Value::String(r)) if ["system", "user", "assistant"].contains(&r.as_str()) => r.clone(),
-            Some(r) => return Err(format!("message {j} has role {r}; use \"system\", \"user\" or \"assistant\"")),
+            Some(Value::String(r)) if ["system", "user", "assistant", "tool"].contains(&r.as_str()) => r.clone(),
+            Some(r) => {
+                return Err(format!("message {j} has role {r}; use \"system\", \"user\", \"assistant\" or \"tool\""))
+            }
         };
+        let calls = tool_calls(j, m.get("tool_calls"))?;
+        if !calls.is_empty() && role != "assistant" {
+            return Err(format!("message {j} ({role}) has \"tool_calls\"; only assistant messages make calls"));
+        }
+        if !calls.is_empty() && tools.is_empty() {
+            return Err(format!("message {j} calls tools, but the example offers none in \"tools\""));
+        }
+        for c in &calls {
+            if !tools.iter().any(|t| t["function"]["name"].as_str() == Some(c.name.as_str())) {
+                return Err(format!("message {j} calls \"{}\", which is not one of the example's tools", c.name));
+            }
+        }
         let content = match m.get("content") {
+            None | Some(Value::Null) if !calls.is_empty() => String::new(),
             Some(Value::String(s)) => s.clone(),
             Some(Value::Array(parts)) => text_parts(parts)
                 .ok_or_else(|| format!("message {j}: content parts must be {{\"type\": \"text\", \"text\": ...}}"))?,
             None | Some(Value::Null) => return Err(format!("message {j} ({role}) has no \"content\"")),
             Some(_) => return Err(format!("message {j} ({role}): \"content\" must be a string")),
         };
-        if content.trim().is_empty() && role == "assistant" {
+        if content.trim().is_empty() && role == "assistant" && calls.is_empty() {
             return Err(format!("message {j} (assistant) has empty content"));
         }
         let weight = match m.get("weight") {
@@ -135,7 +175,13 @@ fn parse_line(line: usize, raw: &str) -> std::result::Result<Example, String> {
         };
         chars += content.chars().count();
         trained.push(role == "assistant" && weight == 1);
-        out.push(ChatMessage::new(role, content));
+        let mut message = ChatMessage::new(role, content);
+        chars += calls.iter().map(|c| c.arguments.chars().count()).sum::<usize>();
+        message.tool_calls = calls;
+        if message.role == "tool" {
+            message.tool_call_id = m.get("tool_call_id").and_then(Value::as_str).map(str::to_owned);
+        }
+        out.push(message);
     }
     if !out.iter().any(|m| m.role == "assistant") {
         return Err("the example has no assistant message to learn from".into());
@@ -151,7 +197,30 @@ fn parse_line(line: usize, raw: &str) -> std::result::Result<Example, String> {
             "the example is too long: {chars} characters of content, the limit is {MAX_EXAMPLE_CHARS}"
         ));
     }
-    Ok(Example { line, messages: out, trained })
+    Ok(Example { line, messages: out, trained, tools })
+}
+
+/// An assistant message's `tool_calls`: `[{"id", "type": "function", "function": {"name", "arguments"}}]`,
+/// the arguments a JSON object (or a string holding one).
+fn tool_calls(j: usize, calls: Option<&Value>) -> std::result::Result<Vec<ToolCall>, String> {
+    let Some(calls) = calls.filter(|c| !c.is_null()) else { return Ok(Vec::new()) };
+    let calls = calls.as_array().ok_or_else(|| format!("message {j}: \"tool_calls\" must be an array"))?;
+    calls
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let bad = || format!("message {j}: tool call {k} must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}} with JSON object arguments");
+            let f = c.get("function").ok_or_else(bad)?;
+            let name = f.get("name").and_then(Value::as_str).ok_or_else(bad)?;
+            let arguments = match f.get("arguments") {
+                Some(Value::String(s)) if serde_json::from_str::<Value>(s).is_ok_and(|a| a.is_object()) => s.clone(),
+                Some(v @ Value::Object(_)) => v.to_string(),
+                _ => return Err(bad()),
+            };
+            let id = c.get("id").and_then(Value::as_str).unwrap_or("call_0").to_owned();
+            Ok(ToolCall { id, name: name.to_owned(), arguments })
+        })
+        .collect()
 }
 
 fn text_parts(parts: &[Value]) -> Option<String> {
@@ -194,8 +263,8 @@ pub fn tokenize(example: &Example, text: &TextModel, max_tokens: usize) -> Resul
         if m.role != "assistant" {
             continue;
         }
-        let prompt = text.render_conversation(&example.messages[..i], true).map_err(data_err)?;
-        let full = text.render_conversation(&example.messages[..=i], false).map_err(data_err)?;
+        let prompt = text.render_prompt(&example.messages[..i], &example.tools, true).map_err(data_err)?;
+        let full = text.render_prompt(&example.messages[..=i], &example.tools, false).map_err(data_err)?;
         let (Some(prompt_new), Some(answer)) =
             (prompt.strip_prefix(rendered.as_str()), full.strip_prefix(prompt.as_str()))
         else {
@@ -272,5 +341,23 @@ mod tests {
         let bad =
             r#"{"messages": [{"role": "user", "content": "a", "weight": 1}, {"role": "assistant", "content": "b"}]}"#;
         assert!(parse_jsonl(bad.as_bytes()).unwrap_err().to_string().contains("\"weight\" must be 0 or 1"));
+    }
+
+    #[test]
+    fn tool_calls_and_results_are_read_and_checked() {
+        let tools =
+            r#""tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]"#;
+        let line = format!(
+            r#"{{{tools}, "messages": [{{"role": "user", "content": "Oslo?"}}, {{"role": "assistant", "content": null, "tool_calls": [{{"id": "call_1", "type": "function", "function": {{"name": "get_weather", "arguments": "{{\"city\": \"Oslo\"}}"}}}}]}}, {{"role": "tool", "tool_call_id": "call_1", "content": "4 C"}}, {{"role": "assistant", "content": "4 degrees."}}]}}"#
+        );
+        let ex = parse_jsonl(line.as_bytes()).unwrap();
+        assert_eq!(ex[0].tools.len(), 1);
+        assert_eq!(ex[0].messages[1].tool_calls[0].name, "get_weather");
+        assert_eq!(ex[0].messages[2].tool_call_id.as_deref(), Some("call_1"));
+        assert_eq!(ex[0].trained, vec![false, true, false, true]);
+        let unknown = line.replace(r#""name": "get_weather", "arguments""#, r#""name": "launch", "arguments""#);
+        assert!(parse_jsonl(unknown.as_bytes()).unwrap_err().to_string().contains("\"launch\", which is not one of"));
+        let no_tools = line.replace(tools, r#""tools": []"#);
+        assert!(parse_jsonl(no_tools.as_bytes()).unwrap_err().to_string().contains("offers none"));
     }
 }
