@@ -141,6 +141,18 @@ try {
   await shot("06-playground.png");
   step(`playground answer streamed in ${updates} updates: ${JSON.stringify(answer.trim())}; second turn: ${usage}`);
 
+  // Structured output from the playground: a JSON schema holds the answer to its shape.
+  await page.getByLabel("Response format").selectOption("json_schema");
+  await page.getByLabel("Schema", { exact: true }).fill('{"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"], "additionalProperties": false}');
+  await page.getByLabel("Max tokens").fill("60");
+  await page.getByLabel("Message", { exact: true }).fill("Which city is the capital of France?");
+  await page.getByLabel("Message", { exact: true }).press("Enter");
+  await page.locator(".msg.assistant .usage").nth(2).waitFor({ timeout: 120_000 });
+  const structured = JSON.parse(await page.locator(".msg.assistant .text").nth(2).innerText());
+  assert.deepEqual(Object.keys(structured), ["city"]);
+  assert.equal(typeof structured.city, "string");
+  step(`playground JSON-schema answer: ${JSON.stringify(structured)}`);
+
   // Costs: the period's hosting and tokens, as a chart and a table.
   await page.getByRole("link", { name: "Costs" }).click();
   await page.locator("#cost-report svg.chart").waitFor();

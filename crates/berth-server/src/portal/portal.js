@@ -699,6 +699,20 @@ async function playgroundPage(main) {
   const system = el("textarea", { id: "pg-system", rows: 4 }, "You are a helpful assistant.");
   const temperature = el("input", { id: "pg-temperature", type: "number", min: 0, max: 2, step: 0.1, value: 0.7 });
   const maxTokens = el("input", { id: "pg-max-tokens", type: "number", min: 1, max: 4096, step: 1, value: 128 });
+  const format = el(
+    "select",
+    { id: "pg-format" },
+    el("option", { value: "text" }, "Text"),
+    el("option", { value: "json_object" }, "JSON object"),
+    el("option", { value: "json_schema" }, "JSON schema"),
+  );
+  const schema = el("textarea", { id: "pg-schema", rows: 5, placeholder: '{"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}' });
+  const tools = el("textarea", { id: "pg-tools", rows: 5, placeholder: '[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]' });
+  const schemaField = field("pg-schema", "Schema", schema);
+  schemaField.hidden = true;
+  format.addEventListener("change", () => {
+    schemaField.hidden = format.value !== "json_schema";
+  });
   const transcript = el("div", { class: "transcript", id: "pg-transcript", role: "log", "aria-live": "polite", "aria-label": "Conversation" });
   const input = el("textarea", { id: "pg-input", rows: 3, placeholder: "Type a message; Enter sends, Shift+Enter starts a new line." });
   const send = el("button", { type: "submit", class: "primary" }, "Send");
@@ -725,6 +739,22 @@ async function playgroundPage(main) {
       error.textContent = "Choose a deployment first.";
       return;
     }
+    const extra = {};
+    try {
+      if (format.value === "json_object") extra.response_format = { type: "json_object" };
+      if (format.value === "json_schema") {
+        extra.response_format = { type: "json_schema", json_schema: { name: "playground", strict: true, schema: JSON.parse(schema.value || "{}") } };
+      }
+    } catch (e) {
+      error.textContent = `The schema is not valid JSON: ${e.message}`;
+      return;
+    }
+    try {
+      if (tools.value.trim()) extra.tools = JSON.parse(tools.value);
+    } catch (e) {
+      error.textContent = `The tools are not valid JSON: ${e.message}`;
+      return;
+    }
     history.push({ role: "user", content: text });
     transcript.append(el("div", { class: "msg user" }, el("span", { class: "who" }, "You"), el("div", { class: "text" }, text)));
     input.value = "";
@@ -734,11 +764,14 @@ async function playgroundPage(main) {
     send.disabled = true;
     try {
       const messages = [...(system.value.trim() ? [{ role: "system", content: system.value }] : []), ...history];
-      const reply = await streamChat(deployment.value, { messages, temperature: Number(temperature.value), max_tokens: Number(maxTokens.value) }, (delta) => {
+      const reply = await streamChat(deployment.value, { messages, temperature: Number(temperature.value), max_tokens: Number(maxTokens.value), ...extra }, (delta) => {
         answer.textContent += delta;
         transcript.scrollTop = transcript.scrollHeight;
       });
-      history.push({ role: "assistant", content: reply.text });
+      for (const call of reply.calls) {
+        answer.append(el("pre", { class: "tool-call" }, `${call.function.name}(${call.function.arguments})`));
+      }
+      history.push(reply.calls.length ? { role: "assistant", content: reply.text || null, tool_calls: reply.calls } : { role: "assistant", content: reply.text });
       if (reply.usage) {
         const cached = (reply.usage.prompt_tokens_details && reply.usage.prompt_tokens_details.cached_tokens) || 0;
         usage.textContent = `${reply.usage.prompt_tokens} prompt tokens (${cached} cached) · ${reply.usage.completion_tokens} completion tokens · ${reply.finish || "done"}`;
@@ -762,6 +795,9 @@ async function playgroundPage(main) {
         field("pg-deployment", "Deployment", deployment, names.length || !session.token ? "" : "No deployment has succeeded yet."),
         field("pg-system", "System message", system),
         el("div", { class: "row" }, field("pg-temperature", "Temperature", temperature), field("pg-max-tokens", "Max tokens", maxTokens)),
+        field("pg-format", "Response format", format),
+        schemaField,
+        field("pg-tools", "Tools (JSON)", tools, "Function tools the model may call; its calls are shown as name(arguments)."),
       ),
       el("div", {}, transcript, form),
     ),
@@ -787,6 +823,7 @@ async function streamChat(deployment, body, onDelta) {
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "", text = "", usage = null, finish = null;
+  const calls = [];
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
@@ -807,13 +844,19 @@ async function streamChat(deployment, body, onDelta) {
             text += delta;
             onDelta(delta);
           }
+          for (const d of (choice.delta && choice.delta.tool_calls) || []) {
+            const call = (calls[d.index] = calls[d.index] || { id: "", type: "function", function: { name: "", arguments: "" } });
+            if (d.id) call.id = d.id;
+            if (d.function && d.function.name) call.function.name += d.function.name;
+            if (d.function && d.function.arguments) call.function.arguments += d.function.arguments;
+          }
           if (choice.finish_reason) finish = choice.finish_reason;
         }
         if (chunk.usage) usage = chunk.usage;
       }
     }
   }
-  return { text, usage, finish };
+  return { text, usage, finish, calls: calls.filter(Boolean) };
 }
 
 // ---- costs -------------------------------------------------------------------------------------------
