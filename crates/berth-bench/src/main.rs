@@ -71,6 +71,9 @@ enum Scenario {
     AdapterMemory,
     /// LoRA fine-tuning throughput and peak memory, then held-out answers of base and adapter.
     Train,
+    /// Aggregate decode rate of `--streams` streams, free and held to a JSON Schema (the cost of
+    /// constrained decoding: a token mask per row and step).
+    Constrained,
 }
 
 fn main() -> Result<()> {
@@ -102,6 +105,7 @@ fn main() -> Result<()> {
         Scenario::Parallel => parallel(&model, &args)?,
         Scenario::Prefix => prefix(&model, &args)?,
         Scenario::AdapterMemory => adapter_memory(&model, &args)?,
+        Scenario::Constrained => constrained(&model, &args)?,
         Scenario::Train => unreachable!("handled above"),
     };
     let mut out = json!({ "engine": "berth", "model": name, "load_s": load_s, "threads": rayon_threads() });
@@ -152,6 +156,7 @@ fn request(prompt: Vec<u32>, adapter: Option<AdapterId>, max_tokens: usize) -> G
         cache_scope: "bench".into(),
         ignore_eos: true,
         reserved: false,
+        constraint: None,
     }
 }
 
@@ -242,6 +247,69 @@ fn parallel(model: &Arc<Model>, a: &Args) -> Result<serde_json::Value> {
         "prompt_tokens": a.prompt_tokens,
         "gen": a.gen,
         "aggregate_decode_tok_s": (a.streams * a.gen) as f64 / (long - short),
+    }))
+}
+
+fn constrained(model: &Arc<Model>, a: &Args) -> Result<serde_json::Value> {
+    // Long enough that no row can finish before `--gen` tokens: at least 200 objects of a short
+    // string and an integer (strings, numbers, keys and punctuation all get masked).
+    let schema = json!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 12}, "n": {"type": "integer"}},
+            "required": ["name", "n"],
+            "additionalProperties": false,
+        },
+        "minItems": 200,
+    });
+    let grammar = berth_text::Grammar::JsonSchema(schema);
+    let engine = Engine::start(model.clone(), options(model, a.streams, false))?;
+    let vocab = model.config().vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..a.streams).map(|i| tokens(vocab, a.prompt_tokens, 300 + i as u64)).collect();
+    let compile_start = Instant::now();
+    model.text().constrain(&grammar)?;
+    let first_compile_s = compile_start.elapsed().as_secs_f64();
+    let compile_start = Instant::now();
+    model.text().constrain(&grammar)?;
+    let compile_s = compile_start.elapsed().as_secs_f64();
+    let batch = |max_tokens: usize, constrained: bool| -> Result<Vec<GenerateRequest>> {
+        prompts
+            .iter()
+            .map(|p| {
+                let mut r = request(p.clone(), None, max_tokens);
+                if constrained {
+                    r.ignore_eos = false;
+                    r.constraint = Some(model.text().constrain(&grammar)?);
+                }
+                Ok(r)
+            })
+            .collect()
+    };
+    let rate = |constrained: bool| -> Result<f64> {
+        run(&engine, batch(2, constrained)?)?; // warm-up
+        let short = best(a.repeat, || Ok(run(&engine, batch(1, constrained)?)?.0))?;
+        let long = best(a.repeat, || {
+            let (s, generated) = run(&engine, batch(a.gen + 1, constrained)?)?;
+            if generated != a.streams * (a.gen + 1) {
+                bail!("a row finished early ({generated} tokens)");
+            }
+            Ok(s)
+        })?;
+        Ok((a.streams * a.gen) as f64 / (long - short))
+    };
+    let free = rate(false)?;
+    let held = rate(true)?;
+    Ok(json!({
+        "scenario": "constrained",
+        "streams": a.streams,
+        "prompt_tokens": a.prompt_tokens,
+        "gen": a.gen,
+        "free_decode_tok_s": free,
+        "json_schema_decode_tok_s": held,
+        "slowdown": free / held - 1.0,
+        "first_compile_ms": first_compile_s * 1e3,
+        "compile_ms": compile_s * 1e3,
     }))
 }
 

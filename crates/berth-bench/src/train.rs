@@ -137,6 +137,7 @@ fn heldout_rates(model_path: &Path, adapter: &Path, prompts: &[String], expect: 
                 cache_scope: "bench".into(),
                 ignore_eos: false,
                 reserved: false,
+                constraint: None,
             };
             let (tx, mut rx) = tokio::sync::mpsc::channel(64);
             engine.submit(req, tx)?;
