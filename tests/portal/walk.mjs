@@ -160,12 +160,12 @@ try {
   await shot("07-costs.png");
   step("costs chart and table list the deployment");
 
-  // The pane's last-hour charts count the playground's two calls (summed over replicas, from the database).
+  // The pane's last-hour charts count the playground's three calls (summed over replicas, from the database).
   await page.getByRole("link", { name: "Deployments" }).click();
   const requests = page.locator('tr[data-deployment="pirate"] svg.spark[aria-label^="Requests"]');
   await requests.waitFor();
   const label = await requests.getAttribute("aria-label");
-  assert.equal(label, "Requests: 2 requests", `last hour: ${label}`);
+  assert.equal(label, "Requests: 3 requests", `last hour: ${label}`);
   const ttft = await page.locator('tr[data-deployment="pirate"] svg.spark[aria-label^="Time to first token"]').getAttribute("aria-label");
   assert.match(ttft, /p50 ≤ \d+ ms, p95 ≤ \d+ ms/);
   assert.ok((await page.locator('tr[data-deployment="pirate"] svg.spark path').count()) >= 3, "lines are drawn");

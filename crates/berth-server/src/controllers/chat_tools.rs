@@ -58,6 +58,9 @@ fn function(param: &str, f: &Value) -> Result<(String, Value), OpenAiApiError> {
 pub fn plan(req: &ChatCompletionRequest) -> Result<ToolPlan, OpenAiApiError> {
     let legacy_functions = req.unknown.get("functions");
     let legacy_choice = req.unknown.get("function_call");
+    if legacy_choice.is_some() && legacy_functions.is_none() {
+        return Err(bad("function_call", "'function_call' is only allowed when 'functions' are specified."));
+    }
     if legacy_functions.is_some() && req.tools.is_some() {
         return Err(bad("functions", "Use either 'tools' or the deprecated 'functions', not both."));
     }
