@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One vLLM server as an engine pool's endpoint: OpenAI-compatible API, runtime LoRA loading (Berth
-# places adapters with POST /v1/load_lora_adapter), cached-token counts in usage, float32 on the CPU.
+# places adapters with POST /v1/load_lora_adapter), cached-token counts in usage, structured outputs
+# through llguidance (as Berth's engine), float32 on the CPU.
 # On GPUs drop --dtype and the VLLM_CPU_* settings; keep the rest (docs/scale-out.md).
 # usage: scripts/vllm/serve.sh VENV_DIR HF_MODEL_DIR PORT SERVED_NAME [more vLLM flags]
 set -euo pipefail
@@ -11,4 +12,5 @@ export VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_K
 # The vllm-cpu package's `vllm` command does not start the server: run the module.
 exec "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL" --served-model-name "$NAME" \
   --host 127.0.0.1 --port "$PORT" --dtype float32 --max-model-len 2048 \
-  --enable-lora --max-lora-rank 8 --max-loras 8 --enable-prompt-tokens-details "$@"
+  --enable-lora --max-lora-rank 8 --max-loras 8 --enable-prompt-tokens-details \
+  --structured-outputs-config '{"backend": "guidance"}' "$@"

@@ -128,9 +128,8 @@ def lora_name(s, model):
 
 
 def chat(s, deployment, prompt, **kw):
-    return s.client.chat.completions.create(
-        model=deployment, messages=[{"role": "user", "content": prompt}], max_tokens=24, temperature=0, **kw
-    )
+    kw.setdefault("max_tokens", 24)
+    return s.client.chat.completions.create(model=deployment, messages=[{"role": "user", "content": prompt}], temperature=0, **kw)
 
 
 def test_greedy_answers_through_the_pool_equal_berths_engine(pool):
@@ -161,6 +160,35 @@ def test_streams_logprobs_and_completions_keep_the_contract(pool):
     assert [[t.token for t in x.top_logprobs] for x in b][:8] == [[t.token for t in x.top_logprobs] for x in a][:8]
     legacy = [s.client.completions.create(model=d, prompt="The capital of France is", max_tokens=8, temperature=0) for d in ("local", "pool")]
     assert legacy[0].choices[0].text == legacy[1].choices[0].text and legacy[1].usage.prompt_tokens == legacy[0].usage.prompt_tokens
+
+
+def test_structured_outputs_and_required_tool_calls_are_enforced_by_vllm_too(pool):
+    """Berth sends the grammar it compiled to vLLM's structured outputs: answers parse and validate."""
+    import jsonschema
+
+    s = pool
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "population": {"type": "integer", "minimum": 0, "maximum": 100000000}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}}
+    for d in ("pool", "pool-ft1"):
+        answer = chat(s, d, "Describe the largest city of France.", response_format=fmt, max_tokens=60)
+        assert answer.choices[0].finish_reason == "stop", answer.choices[0].message.content
+        jsonschema.validate(json.loads(answer.choices[0].message.content), schema)
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"], "additionalProperties": False},
+        },
+    }
+    answer = chat(s, "pool", "What is the weather in Oslo?", tools=[tool], tool_choice="required", parallel_tool_calls=False, max_tokens=80)
+    calls = answer.choices[0].message.tool_calls
+    assert answer.choices[0].finish_reason == "tool_calls" and calls and calls[0].function.name == "get_weather", (answer.choices[0].message, answer.usage)
+    jsonschema.validate(json.loads(calls[0].function.arguments), tool["function"]["parameters"])
 
 
 def test_limits_headers_and_metering_are_those_of_a_local_deployment(pool):

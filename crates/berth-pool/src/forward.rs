@@ -102,6 +102,9 @@ impl PoolTarget {
             body["logprobs"] = serde_json::json!(k);
             body["return_tokens_as_token_ids"] = serde_json::json!(true);
         }
+        if let Some(c) = &r.constraint {
+            body["structured_outputs"] = structured_outputs(c.grammar());
+        }
         body
     }
 
@@ -353,4 +356,18 @@ fn salt(scope: &str) -> String {
     "berth-cache-scope".hash(&mut h);
     scope.hash(&mut h);
     format!("{:016x}", h.finish())
+}
+
+/// vLLM's `structured_outputs` for a grammar Berth compiled itself. Always a Lark grammar, a JSON Schema
+/// embedded with `%json`: xgrammar cannot read that, so vLLM hands it to its llguidance backend, which
+/// honours the schema's layout options (no free whitespace) as Berth's engine does; vLLM's own
+/// `disable_any_whitespace` is a server setting, not a request's.
+fn structured_outputs(grammar: &berth_text::Grammar) -> serde_json::Value {
+    let lark = match grammar {
+        berth_text::Grammar::JsonSchema(schema) => {
+            format!("start: %json {}\n", berth_text::with_compact_layout(schema))
+        }
+        berth_text::Grammar::Lark(lark) => lark.clone(),
+    };
+    serde_json::json!({ "grammar": lark })
 }

@@ -71,7 +71,11 @@ impl Vocabulary {
         if let Some(e) = matcher_error(&matcher) {
             return Err(TextError::Grammar(e));
         }
-        Ok(Constraint { matcher: Box::new(matcher), vocab: self.factory.tok_env().tok_trie().vocab_size() })
+        Ok(Constraint {
+            matcher: Box::new(matcher),
+            vocab: self.factory.tok_env().tok_trie().vocab_size(),
+            grammar: Arc::new(grammar.clone()),
+        })
     }
 }
 
@@ -85,6 +89,8 @@ pub struct Constraint {
     /// Boxed: a matcher is large, and requests carrying one move through channels.
     matcher: Box<Matcher>,
     vocab: usize,
+    /// What it was compiled from: an engine elsewhere (a vLLM pool) is sent the grammar itself.
+    grammar: Arc<Grammar>,
 }
 
 impl std::fmt::Debug for Constraint {
@@ -110,6 +116,10 @@ impl Constraint {
     /// Advances the grammar past a sampled token.
     pub fn commit(&mut self, token: u32) -> Result<(), TextError> {
         self.matcher.consume_token(token).map_err(|e| TextError::Grammar(e.to_string()))
+    }
+
+    pub fn grammar(&self) -> &Grammar {
+        &self.grammar
     }
 
     /// Whether the grammar is complete here (the end token is allowed).

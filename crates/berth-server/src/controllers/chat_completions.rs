@@ -150,13 +150,6 @@ impl GenerationCall for ChatCompletionRequest {
         refuse_unsupported(&req)?;
         let msgs = messages(&req)?;
         let plan = chat_tools::plan(&req)?;
-        if let (Some(pool), Some(_)) = (route.engine_pool(), &plan.grammar) {
-            return Err(OpenAiApiError::invalid(
-                if plan.names.is_empty() { "response_format" } else { "tool_choice" },
-                "unsupported_parameter",
-                format!("Constrained decoding (structured outputs, required tool calls) is not available yet on deployments served by engine pool '{pool}'."),
-            ));
-        }
         let text = route.text().clone();
         let mut sampling = generation::validate_sampling(
             &req.sampling,
