@@ -403,3 +403,62 @@ def test_a_job_pauses_after_a_checkpoint_and_resumes_from_it(tuned, tmp_path):
     assert all(cp.id in models for cp in checkpoints)
     messages = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data]
     assert "Job paused." in messages and any(m.startswith("Job resumed") for m in messages)
+
+
+def preference_file(path, lines):
+    """Pairs from the pirate set: the pirate answer preferred over the same answer said plainly."""
+    rows = []
+    for line in (DATA / "pirate-train.jsonl").read_text().splitlines()[lines]:
+        m = json.loads(line)["messages"]
+        plain = m[1]["content"].replace("Arr, matey! ", "").replace(" be ", " is ")
+        rows.append({
+            "input": {"messages": [m[0]]},
+            "preferred_output": [{"role": "assistant", "content": m[1]["content"]}],
+            "non_preferred_output": [{"role": "assistant", "content": plain}],
+        })
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_dpo_job_trains_on_preference_pairs_and_deploys(tuned, tmp_path):
+    """`method: {"type": "dpo"}` with OpenAI's preference rows: the job runs, reports DPO's loss
+    (ln 2 at the first step, where the policy is the reference), and its model deploys and answers.
+    That the preferred answer's margin grows on held-out pairs is the trainer's own test."""
+    c = tuned.client
+    pairs = upload(c, preference_file(tmp_path / "pairs.jsonl", slice(0, 8)))
+    held = upload(c, preference_file(tmp_path / "held.jsonl", slice(30, 34)))
+    job = c.fine_tuning.jobs.create(
+        model="smollm2", training_file=pairs.id, validation_file=held.id, suffix="dpo", seed=4,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 2, "batch_size": 4}}},
+    )
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2, job.method
+    job = wait_job(c, job.id)
+    assert job.status == "succeeded", job.error
+    rows = list(csv.DictReader(io.StringIO(c.files.content(job.result_files[0]).read().decode())))
+    losses = [float(r["train_loss"]) for r in rows]
+    assert abs(losses[0] - np.log(2)) < 0.05 and losses[-1] < losses[0], losses
+    tuned.deploy("dpo", job.fine_tuned_model)
+    answer = c.chat.completions.create(model="dpo", messages=[{"role": "user", "content": HELDOUT[0]}], max_tokens=20, temperature=0)
+    assert answer.choices[0].message.content
+
+
+def test_a_job_s_files_must_match_its_method(tuned, tmp_path):
+    c = tuned.client
+    pairs = upload(c, preference_file(tmp_path / "pairs.jsonl", slice(0, 2)))
+    chat = upload(c, DATA / "pirate-validation.jsonl")
+    cases = [
+        ({"training_file": chat.id, "method": {"type": "dpo"}}, "training_file", "preference pairs"),
+        ({"training_file": pairs.id}, "training_file", "chat examples"),
+        ({"training_file": pairs.id, "validation_file": chat.id, "method": {"type": "dpo"}}, "validation_file", "preference pairs"),
+        ({"training_file": pairs.id, "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}}}, "method.dpo.hyperparameters.beta", "beta"),
+        ({"training_file": pairs.id, "method": {"type": "reinforcement"}}, "method.type", "reinforcement"),
+    ]
+    for kwargs, param, word in cases:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.fine_tuning.jobs.create(model="smollm2", **kwargs)
+        assert e.value.body["param"] == param and word in e.value.body["message"], (kwargs, e.value.body)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"input": {"messages": [{"role": "user", "content": "hi"}]}, "preferred_output": [{"role": "assistant", "content": "a"}]}) + "\n")
+    with pytest.raises(openai.BadRequestError) as e:
+        upload(c, bad)
+    assert "line 1" in e.value.body["message"] and "non_preferred_output" in e.value.body["message"], e.value.body

@@ -48,6 +48,9 @@ pub struct HyperparametersIn {
     pub batch_size: HyperValue,
     #[serde(default)]
     pub learning_rate_multiplier: HyperValue,
+    /// DPO only.
+    #[serde(default)]
+    pub beta: HyperValue,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -63,6 +66,9 @@ pub struct MethodIn {
     pub kind: Option<String>,
     #[serde(default)]
     pub supervised: Option<SupervisedIn>,
+    /// `{"hyperparameters": {..., "beta"}}`, the same shape as `supervised`.
+    #[serde(default)]
+    pub dpo: Option<SupervisedIn>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -81,6 +81,7 @@ pub fn run_train(a: &TrainArgs) -> Result<serde_json::Value> {
         },
         work_dir: a.work_dir.clone(),
         start_from: None,
+        preference: None,
     };
     let _ = std::fs::remove_dir_all(&spec.work_dir);
     let rss_before = peak_rss_bytes()?;

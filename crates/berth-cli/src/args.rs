@@ -525,6 +525,12 @@ pub struct JobCreate {
     pub batch_size: Option<i64>,
     #[arg(long)]
     pub learning_rate_multiplier: Option<f64>,
+    /// `supervised` (chat examples) or `dpo` (preference pairs).
+    #[arg(long, default_value = "supervised")]
+    pub method: String,
+    /// DPO's beta (default 0.1).
+    #[arg(long)]
+    pub beta: Option<f64>,
     #[arg(long)]
     pub suffix: Option<String>,
     #[arg(long)]

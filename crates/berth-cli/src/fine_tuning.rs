@@ -70,7 +70,14 @@ pub fn fine_tuning(c: &Client, command: FineTuningCommand) -> Result<()> {
             if let Some(v) = j.learning_rate_multiplier {
                 hyper["learning_rate_multiplier"] = json!(v);
             }
-            let mut body = json!({ "model": j.model, "training_file": training, "hyperparameters": hyper });
+            if let Some(v) = j.beta {
+                hyper["beta"] = json!(v);
+            }
+            let mut body = json!({
+                "model": j.model,
+                "training_file": training,
+                "method": { "type": j.method, (j.method.as_str()): { "hyperparameters": hyper } },
+            });
             if let Some(v) = validation {
                 body["validation_file"] = json!(v);
             }

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::ids::new_hex_id;
 use crate::{Control, ControlError};
 use berth_store::{AccountKey, FileRow};
-use berth_train::parse_jsonl;
+use berth_train::FileKind;
 use std::path::Path;
 
 /// Largest file accepted, in bytes.
@@ -39,8 +39,10 @@ impl Control {
                 "file",
             ));
         }
-        let examples =
-            parse_jsonl(bytes).map_err(|p| ControlError::invalid("invalidPayload", p.to_string(), "file"))?;
+        // Chat examples (supervised) or preference pairs (DPO), judged by the first line.
+        let examples = FileKind::of(bytes)
+            .check(bytes)
+            .map_err(|p| ControlError::invalid("invalidPayload", p.to_string(), "file"))?;
         let id = format!("file-{}", new_hex_id());
         let path = self.write_file_atomically(&format!("{id}.jsonl"), bytes)?;
         let row = FileRow {
@@ -49,7 +51,7 @@ impl Control {
             filename,
             purpose: purpose.to_owned(),
             bytes: bytes.len() as i64,
-            examples: examples.len() as i64,
+            examples: examples as i64,
             path: path.display().to_string(),
             status: "processed".into(),
             created_at: unix_now(),

@@ -12,7 +12,10 @@ use berth_store::{
     AccountKey, BaseModelRow, FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow,
     FineTuningMetricRow, JobEnd, ModelRow,
 };
-use berth_train::{parse_jsonl, train, Hyperparameters, LoraSettings, Observer, TrainError, TrainEvent, TrainSpec};
+use berth_train::{
+    parse_jsonl, parse_preference_jsonl, train, FileKind, Hyperparameters, LoraSettings, Observer, Preference,
+    TrainError, TrainEvent, TrainSpec,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +32,10 @@ pub struct JobCreateInput {
     pub learning_rate_multiplier: Option<f64>,
     pub suffix: Option<String>,
     pub seed: Option<i64>,
+    /// `supervised` (the default) or `dpo`.
+    pub method: Option<String>,
+    /// DPO's beta (default 0.1).
+    pub beta: Option<f64>,
 }
 
 /// Shared state of the job runners.
@@ -83,9 +90,61 @@ impl Control {
             }
             Ok(f)
         };
+        let method = input.method.clone().unwrap_or_else(|| "supervised".into());
+        let wanted = match method.as_str() {
+            "supervised" => FileKind::Chat,
+            "dpo" => FileKind::Preference,
+            other => {
+                return Err(ControlError::invalid(
+                    "invalidMethod",
+                    format!("The method '{other}' is not supported; use 'supervised' or 'dpo'."),
+                    "method.type",
+                ))
+            }
+        };
+        let beta = match (method.as_str(), input.beta) {
+            ("dpo", None) => Some(0.1),
+            ("dpo", Some(b)) if b > 0.0 && b <= 2.0 => Some(b),
+            ("dpo", Some(b)) => {
+                return Err(ControlError::invalid(
+                    "invalidHyperparameters",
+                    format!("beta must be greater than 0 and at most 2, not {b}."),
+                    "method.dpo.hyperparameters.beta",
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(ControlError::invalid(
+                    "invalidHyperparameters",
+                    "beta applies to the 'dpo' method only.",
+                    "method.supervised.hyperparameters.beta",
+                ))
+            }
+            (_, None) => None,
+        };
+        // A file's kind must be the method's: chat examples for supervised, preference pairs for DPO.
+        let check_kind = |f: &FileRow, param: &'static str| -> Result<()> {
+            let bytes =
+                std::fs::read(&f.path).map_err(|e| ControlError::Internal(format!("cannot read {}: {e}", f.id)))?;
+            if FileKind::of(&bytes) != wanted {
+                let (has, needs) = match wanted {
+                    FileKind::Chat => ("preference pairs", "chat examples ({\"messages\": [...]})"),
+                    FileKind::Preference => (
+                        "chat examples",
+                        "preference pairs ({\"input\": {\"messages\": [...]}, \"preferred_output\": [...], \"non_preferred_output\": [...]})",
+                    ),
+                };
+                return Err(ControlError::invalid(
+                    "invalidFile",
+                    format!("The file '{}' holds {has}; a '{method}' job needs {needs}.", f.id),
+                    param,
+                ));
+            }
+            Ok(())
+        };
         let training = check_file(&input.training_file, "training_file")?;
+        check_kind(&training, "training_file")?;
         if let Some(v) = &input.validation_file {
-            check_file(v, "validation_file")?;
+            check_kind(&check_file(v, "validation_file")?, "validation_file")?;
         }
         let n_epochs = input.n_epochs.unwrap_or(3);
         if !(1..=50).contains(&n_epochs) {
@@ -152,6 +211,8 @@ impl Control {
             created_at: unix_now(),
             finished_at: None,
             estimated_finish: None,
+            method,
+            beta,
         };
         self.store.insert_job(
             &job,
@@ -392,14 +453,22 @@ impl Control {
     }
 
     fn read_examples(&self, account: &AccountKey, id: &str) -> Result<Vec<berth_train::Example>, TrainError> {
+        let bytes = self.read_file(account, id)?;
+        parse_jsonl(&bytes).map_err(|p| TrainError::Data(format!("the file '{id}' cannot be used: {p}")))
+    }
+
+    fn read_pairs(&self, account: &AccountKey, id: &str) -> Result<Vec<berth_train::PreferenceExample>, TrainError> {
+        let bytes = self.read_file(account, id)?;
+        parse_preference_jsonl(&bytes).map_err(|p| TrainError::Data(format!("the file '{id}' cannot be used: {p}")))
+    }
+
+    fn read_file(&self, account: &AccountKey, id: &str) -> Result<Vec<u8>, TrainError> {
         let row = self
             .store
             .file(account, id)
             .map_err(|e| TrainError::Data(e.to_string()))?
             .ok_or_else(|| TrainError::Data(file_not_found(id).to_string()))?;
-        let bytes =
-            std::fs::read(&row.path).map_err(|e| TrainError::Data(format!("cannot read the file '{id}': {e}")))?;
-        parse_jsonl(&bytes).map_err(|p| TrainError::Data(format!("the file '{id}' cannot be used: {p}")))
+        std::fs::read(&row.path).map_err(|e| TrainError::Data(format!("cannot read the file '{id}': {e}")))
     }
 
     /// What a job's `model` starts from: a base model, or (continuous fine-tuning) an adapter
@@ -433,14 +502,28 @@ impl Control {
     fn train_job(self: &Arc<Self>, job: &FineTuningJobRow, cancel: &Arc<AtomicBool>) -> Result<JobEnd, TrainError> {
         let (base, start) =
             self.starting_point(&job.account, &job.model).map_err(|e| TrainError::Data(e.to_string()))?;
+        let dpo = job.method == "dpo";
+        let preference = if dpo {
+            Some(Preference {
+                beta: job.beta.unwrap_or(0.1),
+                train: self.read_pairs(&job.account, &job.training_file)?,
+                validation: match &job.validation_file {
+                    Some(v) => self.read_pairs(&job.account, v)?,
+                    None => vec![],
+                },
+            })
+        } else {
+            None
+        };
         let spec = TrainSpec {
             base: PathBuf::from(&base.path),
             base_name: base.name.clone(),
-            train: self.read_examples(&job.account, &job.training_file)?,
+            train: if dpo { vec![] } else { self.read_examples(&job.account, &job.training_file)? },
             validation: match &job.validation_file {
-                Some(v) => self.read_examples(&job.account, v)?,
-                None => vec![],
+                Some(v) if !dpo => self.read_examples(&job.account, v)?,
+                _ => vec![],
             },
+            preference,
             hyper: Hyperparameters {
                 n_epochs: job.n_epochs as usize,
                 batch_size: job.batch_size as usize,

@@ -205,7 +205,14 @@ pub fn job(j: &berth_control::FineTuningJobRow) -> berth_api::fine_tuning::Job {
         status: j.status.clone(),
         training_file: j.training_file.clone(),
         validation_file: j.validation_file.clone(),
-        method: serde_json::json!({ "type": "supervised", "supervised": { "hyperparameters": hyperparameters } }),
+        method: match (j.method.as_str(), j.beta) {
+            ("dpo", beta) => {
+                let mut hp = serde_json::to_value(&hyperparameters).unwrap_or_default();
+                hp["beta"] = serde_json::json!(beta.unwrap_or(0.1));
+                serde_json::json!({ "type": "dpo", "dpo": { "hyperparameters": hp } })
+            }
+            _ => serde_json::json!({ "type": "supervised", "supervised": { "hyperparameters": hyperparameters } }),
+        },
         hyperparameters,
         trained_tokens: j.trained_tokens,
         error: j.error_code.as_ref().map(|code| berth_api::fine_tuning::JobError {

@@ -11,7 +11,7 @@ const FILE_SELECT: &str =
     "SELECT subscription_id, resource_group, account, id, filename, purpose, bytes, examples, path, status, created_at FROM files";
 const JOB_SELECT: &str = "SELECT subscription_id, resource_group, account, id, model, training_file, validation_file, n_epochs,
     batch_size, learning_rate_multiplier, suffix, seed, status, fine_tuned_model, error_code, error_message, error_param,
-    trained_tokens, result_files, created_at, finished_at, estimated_finish FROM fine_tuning_jobs";
+    trained_tokens, result_files, created_at, finished_at, estimated_finish, method, beta FROM fine_tuning_jobs";
 const EVENT_SELECT: &str = "SELECT job_id, seq, id, created_at, level, message, type, data FROM fine_tuning_events";
 const CHECKPOINT_SELECT: &str =
     "SELECT id, job_id, created_at, step_number, epoch, metrics, fine_tuned_model_checkpoint FROM fine_tuning_checkpoints";
@@ -70,14 +70,15 @@ impl Store {
             c.execute(
                 "INSERT INTO fine_tuning_jobs (subscription_id, resource_group, account, id, model, training_file, validation_file,
                      n_epochs, batch_size, learning_rate_multiplier, suffix, seed, status, fine_tuned_model, error_code,
-                     error_message, error_param, trained_tokens, result_files, created_at, finished_at, estimated_finish, ordinal)
+                     error_message, error_param, trained_tokens, result_files, created_at, finished_at, estimated_finish, ordinal,
+                     method, beta)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-                     (SELECT COALESCE(MAX(ordinal), 0) + 1 FROM fine_tuning_jobs))",
+                     (SELECT COALESCE(MAX(ordinal), 0) + 1 FROM fine_tuning_jobs), ?23, ?24)",
                 p![
                     j.account.subscription_id, j.account.resource_group, j.account.account, j.id, j.model, j.training_file,
                     j.validation_file, j.n_epochs, j.batch_size, j.learning_rate_multiplier, j.suffix, j.seed, j.status,
                     j.fine_tuned_model, j.error_code, j.error_message, j.error_param, j.trained_tokens,
-                    result_files, j.created_at, j.finished_at, j.estimated_finish
+                    result_files, j.created_at, j.finished_at, j.estimated_finish, j.method, j.beta
                 ],
             )?;
             insert_event(c, &j.id, j.created_at, "info", first_event, "message", None)
@@ -416,6 +417,8 @@ fn job_from_row(r: &SqlRow) -> Result<FineTuningJobRow> {
         created_at: r.get(19)?,
         finished_at: r.get(20)?,
         estimated_finish: r.get(21)?,
+        method: r.get(22)?,
+        beta: r.get(23)?,
     })
 }
 

@@ -332,4 +332,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE base_models ADD COLUMN engine_pool TEXT;
     ALTER TABLE base_models ADD COLUMN served_model TEXT;
     "#,
+    // 10: a fine-tuning job's method (issue 13): `supervised` or `dpo`, with DPO's beta.
+    r#"
+    ALTER TABLE fine_tuning_jobs ADD COLUMN method TEXT NOT NULL DEFAULT 'supervised';
+    ALTER TABLE fine_tuning_jobs ADD COLUMN beta REAL;
+    "#,
 ];

@@ -178,6 +178,10 @@ pub struct FineTuningJobRow {
     pub created_at: i64,
     pub finished_at: Option<i64>,
     pub estimated_finish: Option<i64>,
+    /// `supervised` or `dpo`.
+    pub method: String,
+    /// DPO's beta.
+    pub beta: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -257,6 +257,8 @@ fn job(key: &AccountKey, id: &str) -> FineTuningJobRow {
         created_at: 1_700_000_000,
         finished_at: None,
         estimated_finish: None,
+        method: "supervised".into(),
+        beta: None,
     }
 }
 

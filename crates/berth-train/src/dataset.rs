@@ -62,6 +62,95 @@ impl std::fmt::Display for FileProblems {
 
 /// Parses and checks a training or validation file. Blank lines are skipped.
 pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Example>, FileProblems> {
+    parse_lines(bytes, parse_line)
+}
+
+/// One preference pair of a DPO file: a conversation, and two answers to it, the preferred first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreferenceExample {
+    pub line: usize,
+    /// The conversation and the preferred answer; only that answer is trained on.
+    pub preferred: Example,
+    /// The conversation and the other answer.
+    pub non_preferred: Example,
+}
+
+/// The two kinds of fine-tuning file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `{"messages": [...]}` lines, for supervised fine-tuning.
+    Chat,
+    /// `{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}` lines, for DPO.
+    Preference,
+}
+
+impl FileKind {
+    /// What a file holds, judged by its first line (its other lines must then be of the same kind).
+    pub fn of(bytes: &[u8]) -> FileKind {
+        let first = bytes.split(|b| *b == b'\n').find(|l| !l.iter().all(u8::is_ascii_whitespace));
+        match first.and_then(|l| serde_json::from_slice::<Value>(l).ok()) {
+            Some(v) if v.get("input").is_some() && v.get("messages").is_none() => FileKind::Preference,
+            _ => FileKind::Chat,
+        }
+    }
+
+    /// Checks a file of this kind and counts its examples.
+    pub fn check(self, bytes: &[u8]) -> Result<usize, FileProblems> {
+        match self {
+            FileKind::Chat => parse_jsonl(bytes).map(|e| e.len()),
+            FileKind::Preference => parse_preference_jsonl(bytes).map(|e| e.len()),
+        }
+    }
+}
+
+/// Parses and checks a DPO file (OpenAI's preference format). Blank lines are skipped.
+pub fn parse_preference_jsonl(bytes: &[u8]) -> Result<Vec<PreferenceExample>, FileProblems> {
+    parse_lines(bytes, parse_preference_line)
+}
+
+fn parse_preference_line(line: usize, raw: &str) -> std::result::Result<PreferenceExample, String> {
+    let value: Value = serde_json::from_str(raw).map_err(|e| format!("not valid JSON ({e})"))?;
+    let input = value
+        .get("input")
+        .and_then(Value::as_object)
+        .ok_or("a preference line needs an \"input\" object with \"messages\"")?;
+    let answer = |key: &str| -> std::result::Result<Value, String> {
+        match value.get(key).and_then(Value::as_array).map(Vec::as_slice) {
+            Some([m]) if m.get("role").and_then(Value::as_str) == Some("assistant") => Ok(m.clone()),
+            _ => Err(format!("\"{key}\" must be a list of exactly one assistant message")),
+        }
+    };
+    let (preferred, non_preferred) = (answer("preferred_output")?, answer("non_preferred_output")?);
+    if preferred == non_preferred {
+        return Err("the preferred and non-preferred outputs are the same".into());
+    }
+    let example = |out: Value| -> std::result::Result<Example, String> {
+        let mut conversation = serde_json::Map::new();
+        let mut messages =
+            input.get("messages").and_then(Value::as_array).cloned().ok_or("\"input\" has no \"messages\" array")?;
+        if messages.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant") {
+            return Err("the input's last message must not be the assistant's: the outputs answer it".into());
+        }
+        messages.push(out);
+        conversation.insert("messages".into(), Value::Array(messages));
+        if let Some(tools) = input.get("tools") {
+            conversation.insert("tools".into(), tools.clone());
+        }
+        let mut e = parse_line(line, &Value::Object(conversation).to_string())?;
+        // Only the answer is compared; earlier assistant turns are context.
+        let last = e.trained.len() - 1;
+        for (i, t) in e.trained.iter_mut().enumerate() {
+            *t = i == last;
+        }
+        Ok(e)
+    };
+    Ok(PreferenceExample { line, preferred: example(preferred)?, non_preferred: example(non_preferred)? })
+}
+
+fn parse_lines<T>(
+    bytes: &[u8],
+    parse: impl Fn(usize, &str) -> std::result::Result<T, String>,
+) -> Result<Vec<T>, FileProblems> {
     let mut problems = Vec::new();
     let mut examples = Vec::new();
     let text = match std::str::from_utf8(bytes) {
@@ -78,7 +167,7 @@ pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Example>, FileProblems> {
         if raw.trim().is_empty() {
             continue;
         }
-        match parse_line(i + 1, raw) {
+        match parse(i + 1, raw) {
             Ok(example) => examples.push(example),
             Err(message) => problems.push(LineProblem { line: i + 1, message }),
         }

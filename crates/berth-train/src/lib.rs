@@ -1,4 +1,5 @@
-//! Berth's trainer: LoRA supervised fine-tuning of the engine's decoders on a CPU.
+//! Berth's trainer: LoRA fine-tuning of the engine's decoders on a CPU, supervised (SFT) or on
+//! preference pairs (DPO, against the frozen starting model).
 //!
 //! Principal types:
 //! - [`Example`] / [`parse_jsonl`]: chat examples read from a JSONL training file, each problem
@@ -18,12 +19,15 @@ mod optimizer;
 mod peft;
 mod trainer;
 
-pub use dataset::{parse_jsonl, tokenize, Example, FileProblems, LineProblem, TokenizedExample, MAX_EXAMPLE_CHARS};
+pub use dataset::{
+    parse_jsonl, parse_preference_jsonl, tokenize, Example, FileKind, FileProblems, LineProblem, PreferenceExample,
+    TokenizedExample, MAX_EXAMPLE_CHARS,
+};
 pub use error::{Result, TrainError};
 pub use lora_model::{LoraModel, LoraSettings, SequenceLoss, TARGETS};
 pub use optimizer::{AdamW, AdamWConfig};
 pub use peft::{write_adapter, CONFIG_FILE, WEIGHTS_FILE};
 pub use trainer::{
-    check_starting_adapter, learning_rate, train, Checkpoint, Hyperparameters, Observer, StepMetrics, TrainEvent,
-    TrainOutcome, TrainSpec,
+    check_starting_adapter, learning_rate, train, Checkpoint, Hyperparameters, Observer, Preference, StepMetrics,
+    TrainEvent, TrainOutcome, TrainSpec,
 };

@@ -1,8 +1,15 @@
 //! The training loop: epochs over shuffled examples, gradient accumulation over a batch (one
 //! sequence per backward pass), AdamW with warm-up and linear decay, gradient clipping, per-step
 //! metrics, and a checkpoint at the end of every epoch from which an interrupted run resumes.
+//!
+//! Two objectives share it: supervised fine-tuning (cross-entropy on the assistant's tokens) and DPO
+//! (Rafailov et al. 2023). For each preference pair DPO minimises `-log sigmoid(beta * margin)`, the
+//! margin being how much more the policy prefers the preferred answer than the reference does:
+//! `(log p(y_w) - log p_ref(y_w)) - (log p(y_l) - log p_ref(y_l))`. The reference is the frozen
+//! starting model (the base model, or the adapter a continued job starts from), scored once before
+//! the first step.
 
-use crate::dataset::{tokenize, Example, TokenizedExample};
+use crate::dataset::{tokenize, Example, PreferenceExample, TokenizedExample};
 use crate::error::{io_err, Result};
 use crate::lora_model::{LoraModel, LoraSettings};
 use crate::optimizer::{AdamW, AdamWConfig};
@@ -68,6 +75,90 @@ pub struct TrainSpec {
     /// A PEFT adapter to continue from (continuous fine-tuning): its factors replace the fresh ones.
     /// It must have the rank, scale and target modules of `hyper.lora`.
     pub start_from: Option<PathBuf>,
+    /// Train on preference pairs (DPO) instead of `train` and `validation`.
+    pub preference: Option<Preference>,
+}
+
+/// A DPO run's data and strength.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preference {
+    /// How far the policy may move from the reference: larger keeps it closer.
+    pub beta: f64,
+    pub train: Vec<PreferenceExample>,
+    pub validation: Vec<PreferenceExample>,
+}
+
+/// A pair tokenised, with the reference model's log-probabilities of both answers.
+struct Pair {
+    preferred: TokenizedExample,
+    non_preferred: TokenizedExample,
+    reference: (f64, f64),
+}
+
+/// What a run trains on.
+enum Data {
+    Supervised { train: Vec<TokenizedExample>, valid: Vec<TokenizedExample> },
+    Preference { beta: f64, train: Vec<Pair>, valid: Vec<Pair> },
+}
+
+impl Data {
+    fn train_len(&self) -> usize {
+        match self {
+            Data::Supervised { train, .. } => train.len(),
+            Data::Preference { train, .. } => train.len(),
+        }
+    }
+
+    fn valid_len(&self) -> usize {
+        match self {
+            Data::Supervised { valid, .. } => valid.len(),
+            Data::Preference { valid, .. } => valid.len(),
+        }
+    }
+
+    fn train_tokens(&self) -> usize {
+        match self {
+            Data::Supervised { train, .. } => train.iter().map(|e| e.tokens.len()).sum(),
+            Data::Preference { train, .. } => {
+                train.iter().map(|p| p.preferred.tokens.len() + p.non_preferred.tokens.len()).sum()
+            }
+        }
+    }
+
+    /// Loss and accuracy (token accuracy; for DPO, the share of pairs ranked right) over validation
+    /// examples `picked`, without gradients.
+    fn evaluate(&self, model: &LoraModel, picked: &[usize]) -> Result<(f32, f32)> {
+        match self {
+            Data::Supervised { valid, .. } => evaluate(model, picked.iter().map(|&i| &valid[i]).collect()),
+            Data::Preference { beta, valid, .. } => {
+                let (mut loss, mut right) = (0f64, 0usize);
+                for &i in picked {
+                    let (l, margin) = dpo_loss(model, &valid[i], *beta)?;
+                    loss += l.detach().to_scalar::<f32>()? as f64;
+                    right += usize::from(margin > 0.0);
+                }
+                let n = picked.len().max(1);
+                Ok(((loss / n as f64) as f32, right as f32 / n as f32))
+            }
+        }
+    }
+}
+
+/// A sequence's log-probability of its targeted tokens (minus its summed cross-entropy).
+fn log_prob(model: &LoraModel, e: &TokenizedExample) -> Result<Tensor> {
+    Ok(model.sequence_loss(&e.tokens, &e.targets)?.loss_sum.neg()?)
+}
+
+/// One pair's DPO loss (a scalar tensor that carries gradients) and its margin: how much more the
+/// policy prefers the preferred answer than the reference does, in nats.
+fn dpo_loss(model: &LoraModel, pair: &Pair, beta: f64) -> Result<(Tensor, f32)> {
+    let (ref_w, ref_l) = pair.reference;
+    let margin = ((log_prob(model, &pair.preferred)? - log_prob(model, &pair.non_preferred)?)? - (ref_w - ref_l))?;
+    let m = margin.to_scalar::<f32>()?;
+    // -log sigmoid(beta * margin) = softplus(-beta * margin), written so that it never overflows.
+    let z = (margin * -beta)?;
+    let loss = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    Ok((loss, m))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,11 +238,20 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
     let tokenized = |set: &[Example]| -> Result<Vec<TokenizedExample>> {
         set.iter().map(|e| tokenize(e, &weights.text, h.max_tokens)).collect()
     };
-    let train_set = tokenized(&spec.train)?;
-    let valid_set = tokenized(&spec.validation)?;
-    if train_set.is_empty() {
-        return Err(TrainError::Data("the training file has no examples".into()));
-    }
+    let pairs = |set: &[PreferenceExample]| -> Result<Vec<(TokenizedExample, TokenizedExample)>> {
+        set.iter()
+            .map(|p| {
+                Ok((
+                    tokenize(&p.preferred, &weights.text, h.max_tokens)?,
+                    tokenize(&p.non_preferred, &weights.text, h.max_tokens)?,
+                ))
+            })
+            .collect()
+    };
+    let (sft, dpo) = match &spec.preference {
+        None => ((tokenized(&spec.train)?, tokenized(&spec.validation)?), None),
+        Some(p) => ((Vec::new(), Vec::new()), Some((p.beta, pairs(&p.train)?, pairs(&p.validation)?))),
+    };
     let model = LoraModel::new(&weights, h.lora.clone(), h.seed)?;
     drop(weights.tensors);
     let named = model.named_vars();
@@ -159,15 +259,37 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
     let vars: Vec<_> = named.iter().map(|(_, v)| *v).collect();
     let mut opt = AdamW::new(AdamWConfig::default(), &vars)?;
 
-    let steps_per_epoch = train_set.len().div_ceil(h.batch_size);
-    let total_steps = steps_per_epoch * h.n_epochs;
     std::fs::create_dir_all(&spec.work_dir).map_err(|e| io_err(&spec.work_dir, e))?;
     let resumed = latest_epoch(&spec.work_dir);
-    if let (Some(dir), None) = (&spec.start_from, resumed) {
+    // The starting adapter is loaded even when resuming: DPO's reference is scored on it.
+    if let Some(dir) = &spec.start_from {
         check_starting_adapter(dir, &h.lora)?;
         let path = dir.join(crate::peft::WEIGHTS_FILE);
         model.load_vars(&candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| io_err(&path, e))?)?;
     }
+    let data = match dpo {
+        None => Data::Supervised { train: sft.0, valid: sft.1 },
+        Some((beta, train, valid)) => {
+            let score = |set: Vec<(TokenizedExample, TokenizedExample)>| -> Result<Vec<Pair>> {
+                set.into_iter()
+                    .map(|(preferred, non_preferred)| {
+                        if observer.should_stop() {
+                            return Err(TrainError::Cancelled);
+                        }
+                        let w = log_prob(&model, &preferred)?.detach().to_scalar::<f32>()? as f64;
+                        let l = log_prob(&model, &non_preferred)?.detach().to_scalar::<f32>()? as f64;
+                        Ok(Pair { preferred, non_preferred, reference: (w, l) })
+                    })
+                    .collect()
+            };
+            Data::Preference { beta, train: score(train)?, valid: score(valid)? }
+        }
+    };
+    if data.train_len() == 0 {
+        return Err(TrainError::Data("the training file has no examples".into()));
+    }
+    let steps_per_epoch = data.train_len().div_ceil(h.batch_size);
+    let total_steps = steps_per_epoch * h.n_epochs;
     if let Some(epoch) = resumed {
         let dir = epoch_dir(&spec.work_dir, epoch);
         let load =
@@ -176,8 +298,8 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
         opt.restore(&names, &load(OPTIMIZER_FILE)?, epoch * steps_per_epoch)?;
     }
     observer.event(TrainEvent::Prepared {
-        examples: train_set.len(),
-        train_tokens: train_set.iter().map(|e| e.tokens.len()).sum(),
+        examples: data.train_len(),
+        train_tokens: data.train_tokens(),
         total_steps,
         resumed_after_epoch: resumed,
     })?;
@@ -188,27 +310,14 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
     let eval_every = (total_steps / 20).max(1);
     let first_epoch = resumed.map_or(1, |e| e + 1);
     for epoch in first_epoch..=h.n_epochs {
-        let mut order: Vec<usize> = (0..train_set.len()).collect();
+        let mut order: Vec<usize> = (0..data.train_len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(h.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
         let (mut epoch_loss, mut epoch_targets, mut epoch_correct) = (0f64, 0usize, 0usize);
         for batch in order.chunks(h.batch_size) {
             let step = opt.steps() + 1;
-            let batch_targets: usize = batch.iter().map(|&i| train_set[i].target_count()).sum::<usize>().max(1);
             let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
-            let (mut loss_sum, mut correct) = (0f64, 0usize);
-            for pack in packs(batch.iter().map(|&i| &train_set[i]).collect()) {
-                if observer.should_stop() {
-                    return Err(TrainError::Cancelled);
-                }
-                let seqs: Vec<(&[u32], &[bool])> = pack.iter().map(|e| (&e.tokens[..], &e.targets[..])).collect();
-                let out = model.packed_loss(&seqs)?;
-                tokens += seqs.iter().map(|s| s.0.len()).sum::<usize>();
-                if out.targets == 0 {
-                    continue;
-                }
-                loss_sum += out.loss_sum.to_scalar::<f32>()? as f64;
-                correct += out.correct;
-                let store = (out.loss_sum / batch_targets as f64)?.backward()?;
+            let mut accumulate = |loss: Tensor| -> Result<()> {
+                let store = loss.backward()?;
                 for (slot, var) in grads.iter_mut().zip(&vars) {
                     if let Some(g) = store.get(var.as_tensor()) {
                         *slot = Some(match slot.take() {
@@ -217,7 +326,46 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
                         });
                     }
                 }
-            }
+                Ok(())
+            };
+            // The loss summed over the batch, what it is averaged over (targeted tokens; pairs for
+            // DPO), and how many of those were right.
+            let (mut loss_sum, mut correct) = (0f64, 0usize);
+            let batch_targets = match &data {
+                Data::Supervised { train, .. } => {
+                    let batch_targets: usize = batch.iter().map(|&i| train[i].target_count()).sum::<usize>().max(1);
+                    for pack in packs(batch.iter().map(|&i| &train[i]).collect()) {
+                        if observer.should_stop() {
+                            return Err(TrainError::Cancelled);
+                        }
+                        let seqs: Vec<(&[u32], &[bool])> =
+                            pack.iter().map(|e| (&e.tokens[..], &e.targets[..])).collect();
+                        let out = model.packed_loss(&seqs)?;
+                        tokens += seqs.iter().map(|s| s.0.len()).sum::<usize>();
+                        if out.targets == 0 {
+                            continue;
+                        }
+                        loss_sum += out.loss_sum.to_scalar::<f32>()? as f64;
+                        correct += out.correct;
+                        accumulate((out.loss_sum / batch_targets as f64)?)?;
+                    }
+                    batch_targets
+                }
+                Data::Preference { beta, train, .. } => {
+                    for &i in batch {
+                        if observer.should_stop() {
+                            return Err(TrainError::Cancelled);
+                        }
+                        let pair = &train[i];
+                        let (loss, margin) = dpo_loss(&model, pair, *beta)?;
+                        tokens += pair.preferred.tokens.len() + pair.non_preferred.tokens.len();
+                        loss_sum += loss.to_scalar::<f32>()? as f64;
+                        correct += usize::from(margin > 0.0);
+                        accumulate((loss / batch.len() as f64)?)?;
+                    }
+                    batch.len()
+                }
+            };
             let train_loss = (loss_sum / batch_targets as f64) as f32;
             if !train_loss.is_finite() {
                 return Err(TrainError::Diverged { step, loss: train_loss });
@@ -234,14 +382,14 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
             epoch_targets += batch_targets;
             epoch_correct += correct;
 
-            let (valid_loss, valid_acc) = if !valid_set.is_empty() && (step % eval_every == 0 || step == total_steps) {
+            let valid_len = data.valid_len();
+            let (valid_loss, valid_acc) = if valid_len > 0 && (step % eval_every == 0 || step == total_steps) {
                 // A rotating window of a couple of examples keeps the per-step figure cheap; the full
                 // set is scored at the end of each epoch.
-                let picked: Vec<&TokenizedExample> = (0..VALID_WINDOW.min(valid_set.len()))
-                    .map(|k| &valid_set[(valid_cursor + k) % valid_set.len()])
-                    .collect();
-                valid_cursor = (valid_cursor + picked.len()) % valid_set.len();
-                let (l, a) = evaluate(&model, picked)?;
+                let picked: Vec<usize> =
+                    (0..VALID_WINDOW.min(valid_len)).map(|k| (valid_cursor + k) % valid_len).collect();
+                valid_cursor = (valid_cursor + picked.len()) % valid_len;
+                let (l, a) = data.evaluate(&model, &picked)?;
                 (Some(l), Some(a))
             } else {
                 (None, None)
@@ -259,10 +407,11 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn Observer) -> Result<TrainOutco
                 elapsed_seconds: started.elapsed().as_secs_f64(),
             }))?;
         }
-        let (full_valid_loss, full_valid_acc) = if valid_set.is_empty() {
+        let (full_valid_loss, full_valid_acc) = if data.valid_len() == 0 {
             (None, None)
         } else {
-            let (l, a) = evaluate(&model, valid_set.iter().collect())?;
+            let all: Vec<usize> = (0..data.valid_len()).collect();
+            let (l, a) = data.evaluate(&model, &all)?;
             (Some(l), Some(a))
         };
         let dir = save_epoch(spec, &model, &opt, &names, epoch)?;

@@ -159,6 +159,7 @@ fn spec(work: &Path, seed: u64) -> TrainSpec {
         },
         work_dir: work.to_owned(),
         start_from: None,
+        preference: None,
     }
 }
 
@@ -211,4 +212,59 @@ fn packed_sequences_give_the_losses_they_give_alone() {
     let together = packed.loss_sum.to_scalar::<f32>().unwrap();
     assert_eq!(packed.targets, ex.iter().map(|e| e.target_count()).sum::<usize>());
     assert!((alone - together).abs() < 1e-3 * alone, "alone {alone}, packed {together}");
+}
+
+/// Preference pairs from the pirate set: the pirate answer preferred over the same answer said plainly.
+fn pairs(lines: std::ops::Range<usize>) -> Vec<berth_train::PreferenceExample> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fine-tuning/pirate-train.jsonl");
+    let text = std::fs::read_to_string(path).unwrap();
+    let file: String = text.lines().collect::<Vec<_>>()[lines]
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let (q, a) = (&v["messages"][0]["content"], v["messages"][1]["content"].as_str().unwrap());
+            let plain = a.replace("Arr, matey! ", "").replace(" be ", " is ");
+            serde_json::json!({
+                "input": {"messages": [{"role": "user", "content": q}]},
+                "preferred_output": [{"role": "assistant", "content": a}],
+                "non_preferred_output": [{"role": "assistant", "content": plain}],
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    berth_train::parse_preference_jsonl(file.as_bytes()).unwrap()
+}
+
+/// Mean of log p(preferred) - log p(non-preferred) over pairs.
+fn mean_margin(model: &LoraModel, text: &berth_engine::TextModel, pairs: &[berth_train::PreferenceExample]) -> f64 {
+    let lp = |e: &Example| -> f64 {
+        let t = tokenize(e, text, 512).unwrap();
+        -(model.sequence_loss(&t.tokens, &t.targets).unwrap().loss_sum.to_scalar::<f32>().unwrap() as f64)
+    };
+    pairs.iter().map(|p| lp(&p.preferred) - lp(&p.non_preferred)).sum::<f64>() / pairs.len() as f64
+}
+
+#[test]
+fn dpo_widens_the_preferred_answers_margin_on_held_out_pairs() {
+    let (train_pairs, held_out) = (pairs(0..8), pairs(30..36));
+    let weights = load_dense_weights(&gguf()).unwrap();
+    let model = LoraModel::new(&weights, LoraSettings::default(), 3).unwrap();
+    let before = mean_margin(&model, &weights.text, &held_out);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = spec(tmp.path(), 5);
+    s.train = vec![];
+    s.hyper.n_epochs = 2;
+    s.preference = Some(berth_train::Preference { beta: 0.1, train: train_pairs, validation: held_out.clone() });
+    let mut seen = Collect { losses: vec![], checkpoints: 0, resumed: None };
+    let out = train(&s, &mut seen).unwrap();
+    assert_eq!((out.steps, seen.checkpoints), (8, 2));
+    let path = out.adapter_dir.join(berth_train::WEIGHTS_FILE);
+    model.load_vars(&candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap()).unwrap();
+    let after = mean_margin(&model, &weights.text, &held_out);
+    println!("held-out margin log p(pirate) - log p(plain): {before:.2} -> {after:.2} nats; losses {:?}", seen.losses);
+    assert!(after > before + 1.0, "the margin moved from {before:.2} to {after:.2}");
+    // The DPO loss starts at ln 2 (policy = reference) and falls.
+    assert!((seen.losses[0] - std::f32::consts::LN_2).abs() < 0.05, "{:?}", seen.losses);
+    assert!(seen.losses.last().unwrap() < &seen.losses[0], "{:?}", seen.losses);
 }

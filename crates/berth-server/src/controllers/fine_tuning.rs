@@ -68,22 +68,19 @@ pub async fn create_job(
 ) -> Result<(StatusCode, Json<Job>), OpenAiApiError> {
     openai_api_version(&uri)?;
     let account = resolve_account(&state, &headers, prefix.name(), berth_control::Action::Authoring)?;
-    if let Some(kind) = req.method.as_ref().and_then(|m| m.kind.as_deref()) {
-        if kind != "supervised" {
+    let kind = req.method.as_ref().and_then(|m| m.kind.clone()).unwrap_or_else(|| "supervised".into());
+    let section = match kind.as_str() {
+        "supervised" => req.method.as_ref().and_then(|m| m.supervised.as_ref()),
+        "dpo" => req.method.as_ref().and_then(|m| m.dpo.as_ref()),
+        other => {
             return Err(OpenAiApiError::invalid(
                 "method.type",
                 "invalid_value",
-                format!("The method '{kind}' is not supported; use 'supervised'."),
-            ));
+                format!("The method '{other}' is not supported; use 'supervised' or 'dpo'."),
+            ))
         }
-    }
-    let hp = req
-        .method
-        .as_ref()
-        .and_then(|m| m.supervised.as_ref())
-        .and_then(|s| s.hyperparameters.clone())
-        .or(req.hyperparameters.clone())
-        .unwrap_or_default();
+    };
+    let hp = section.and_then(|s| s.hyperparameters.clone()).or(req.hyperparameters.clone()).unwrap_or_default();
     let input = JobCreateInput {
         model: req.model,
         training_file: req.training_file,
@@ -93,6 +90,8 @@ pub async fn create_job(
         learning_rate_multiplier: hyper(&hp.learning_rate_multiplier, "learning_rate_multiplier")?,
         suffix: req.suffix,
         seed: req.seed,
+        beta: hyper(&hp.beta, "beta")?,
+        method: Some(kind),
     };
     let job = state.create_job(&account.key, input)?;
     Ok((StatusCode::CREATED, Json(render::job(&job))))
