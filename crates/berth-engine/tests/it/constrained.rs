@@ -2,7 +2,7 @@
 //! constrained and free rows, different schemas, greedy and sampled rows.
 
 use crate::{chat_prompt, model};
-use berth_engine::{Engine, EngineOptions, FinishReason, GenerateEvent, GenerateRequest, SamplingParams};
+use berth_engine::{Engine, EngineOptions, FinishReason, GenerateRequest, SamplingParams};
 use berth_text::Grammar;
 use serde_json::{json, Value};
 
@@ -23,28 +23,7 @@ fn request(question: &str, grammar: Option<&Grammar>, temperature: f32) -> Gener
 
 fn run_all(requests: Vec<GenerateRequest>) -> Vec<(String, FinishReason)> {
     let engine = Engine::start(model(), EngineOptions::default()).unwrap();
-    let receivers: Vec<_> = requests
-        .into_iter()
-        .map(|r| {
-            let (tx, rx) = tokio::sync::mpsc::channel(r.max_tokens * 2 + 4);
-            engine.submit(r, tx).unwrap();
-            rx
-        })
-        .collect();
-    receivers
-        .into_iter()
-        .map(|mut rx| {
-            let mut text = String::new();
-            loop {
-                match rx.blocking_recv().expect("engine answered") {
-                    GenerateEvent::Text(t) => text.push_str(&t),
-                    GenerateEvent::Logprob(_) => {}
-                    GenerateEvent::Finished { reason, .. } => return (text, reason),
-                    GenerateEvent::Failed(e) => panic!("generation failed: {e}"),
-                }
-            }
-        })
-        .collect()
+    crate::scheduling::run_all(&engine, requests).into_iter().map(|a| (a.text, a.reason)).collect()
 }
 
 #[test]

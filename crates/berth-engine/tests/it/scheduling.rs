@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 /// What a finished request said.
 #[derive(Debug, Clone, PartialEq)]
-struct Answer {
-    text: String,
+pub(crate) struct Answer {
+    pub(crate) text: String,
+    pub(crate) reason: berth_engine::FinishReason,
     completion_tokens: usize,
     cached_tokens: usize,
 }
@@ -35,7 +36,7 @@ fn request(prompt: Vec<u32>, adapter: Option<&str>, max_tokens: usize, scope: &s
 }
 
 /// Submits all requests at once (they share batches) and collects each answer.
-fn run_all(engine: &EngineHandle, requests: Vec<GenerateRequest>) -> Vec<Answer> {
+pub(crate) fn run_all(engine: &EngineHandle, requests: Vec<GenerateRequest>) -> Vec<Answer> {
     let mut receivers = Vec::new();
     for r in requests {
         let (tx, rx) = tokio::sync::mpsc::channel(r.max_tokens + 4);
@@ -50,8 +51,8 @@ fn run_all(engine: &EngineHandle, requests: Vec<GenerateRequest>) -> Vec<Answer>
                 match rx.blocking_recv().expect("an answer") {
                     GenerateEvent::Text(t) => text.push_str(&t),
                     GenerateEvent::Logprob(_) => {}
-                    GenerateEvent::Finished { completion_tokens, cached_tokens, .. } => {
-                        return Answer { text, completion_tokens, cached_tokens }
+                    GenerateEvent::Finished { reason, completion_tokens, cached_tokens, .. } => {
+                        return Answer { text, reason, completion_tokens, cached_tokens }
                     }
                     GenerateEvent::Failed(e) => panic!("failed: {e}"),
                 }
