@@ -3,7 +3,8 @@
 # through the ARM API, fine-tune it on the shipped pirate dataset (data/fine-tuning, about two minutes
 # on two cores), deploy the fine-tuned model, ask both deployments the same question, and leave the
 # server running with the endpoint, a key and a curl line printed. Re-running it reuses the server,
-# the deployments and the fine-tuned model.
+# the deployments and the fine-tuned models. A second fine-tune teaches SmolLM2 to call two tools, and
+# held-out requests show base and fine-tune side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export BERTH_DATA_DIR="${BERTH_DATA_DIR:-$HOME/.berth}"
@@ -70,7 +71,37 @@ echo "-- smollm2-chat (base):"
 echo "-- smollm2-pirate (fine-tuned):"
 "$berth" chat --deployment smollm2-pirate --temperature 0 --max-tokens 60 "$question"
 
+echo "== a second fine-tune: calling tools (data/fine-tuning/tools-train.jsonl, 48 examples offering get_weather and convert_units)"
+tools_model="$("$berth" fine-tuning job list --limit 100 | python3 -c "
+import json, sys
+jobs = [j for j in json.load(sys.stdin)['data'] if j['status'] == 'succeeded' and j.get('suffix') == 'tools']
+print(jobs[0]['fine_tuned_model'] if jobs else '')")"
+if [ -z "$tools_model" ]; then
+  job="$("$berth" fine-tuning job create --model smollm2 --suffix tools --seed 7 \
+    --training-file data/fine-tuning/tools-train.jsonl --validation-file data/fine-tuning/tools-validation.jsonl \
+    --n-epochs 3 --batch-size 4 --wait)"
+  tools_model="$(field "['fine_tuned_model']" <<<"$job")"
+fi
+echo "fine-tuned model: $tools_model"
+"$berth" deployment create -g "$rg" -n "$name" --deployment-name smollm2-tools \
+  --model-name "$tools_model" --model-version 1 --model-format OpenAI --sku-name Standard --sku-capacity 10 >/dev/null
+
 key="$("$berth" account keys list | field "['key1']")"
+echo "== held-out requests with the tools offered (tool_choice auto, no constrained decoding): base vs fine-tuned"
+ENDPOINT="$endpoint" KEY="$key" python3 - <<'PY'
+import json, os, urllib.request
+rows = [json.loads(l) for l in open("data/fine-tuning/tools-heldout.jsonl")][::5]
+tools = json.loads(open("data/fine-tuning/tools-train.jsonl").readline())["tools"]
+def ask(deployment, request):
+    url = f"{os.environ['ENDPOINT']}openai/deployments/{deployment}/chat/completions?api-version=2024-10-21"
+    body = {"messages": [{"role": "user", "content": request}], "tools": tools, "temperature": 0, "max_tokens": 80}
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"api-key": os.environ["KEY"], "Content-Type": "application/json"})
+    m = json.load(urllib.request.urlopen(req))["choices"][0]["message"]
+    calls = [f"{c['function']['name']}({c['function']['arguments']})" for c in m.get("tool_calls") or []]
+    return "calls " + "; ".join(calls) if calls else "says " + repr((m.get("content") or "")[:70])
+for r in rows:
+    print(f"  {r['request']}\n    smollm2-chat:  {ask('smollm2-chat', r['request'])}\n    smollm2-tools: {ask('smollm2-tools', r['request'])}")
+PY
 cat <<MSG
 
 Berth is running (pid $(cat "$BERTH_DATA_DIR/server.pid" 2>/dev/null || echo "?"), stop it with: kill \$(cat $BERTH_DATA_DIR/server.pid)).
