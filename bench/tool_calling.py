@@ -23,47 +23,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from conftest import Server  # noqa: E402
 from openai import AzureOpenAI  # noqa: E402
+from tool_calls import ask, heldout  # noqa: E402
 
 DATA = os.path.join(ROOT, "data", "fine-tuning")
 RESULTS = os.path.join(ROOT, "bench", "tool-calling-results.jsonl")
 REPORT = os.path.join(ROOT, "bench", "tool_calling.md")
-
-
-def tools():
-    with open(os.path.join(DATA, "tools-train.jsonl")) as f:
-        return json.loads(f.readline())["tools"]
-
-
-def correct(message, expected):
-    """Whether an answer made exactly the expected call."""
-    calls = message.tool_calls or []
-    if len(calls) != 1 or calls[0].function.name != expected["name"]:
-        return False
-    try:
-        args = json.loads(calls[0].function.arguments)
-    except ValueError:
-        return False
-    want = expected["arguments"]
-    if set(args) != set(want):
-        return False
-    for k, v in want.items():
-        got = args[k]
-        if isinstance(v, str) and (not isinstance(got, str) or got.strip().lower() != v.lower()):
-            return False
-        if isinstance(v, (int, float)) and (not isinstance(got, (int, float)) or abs(got - v) > 1e-9):
-            return False
-    return True
-
-
-def ask(client, deployment, rows):
-    answers = []
-    for r in rows:
-        m = client.chat.completions.create(
-            model=deployment, messages=[{"role": "user", "content": r["request"]}], tools=tools(), temperature=0, max_tokens=80
-        ).choices[0].message
-        said = [f"{c.function.name}({c.function.arguments})" for c in m.tool_calls or []] or [repr((m.content or "")[:80])]
-        answers.append({"ok": correct(m, r), "said": "; ".join(said)})
-    return answers
 
 
 def run(args):
@@ -87,7 +51,7 @@ def run(args):
         train_s = time.perf_counter() - started
         s.deploy("base", "smollm2")
         s.deploy("tools", job.fine_tuned_model)
-        rows = [json.loads(line) for line in open(os.path.join(DATA, "tools-heldout.jsonl"))]
+        rows = heldout()
         base, tuned = ask(client, "base", rows), ask(client, "tools", rows)
         record = {
             "date": datetime.date.today().isoformat(),

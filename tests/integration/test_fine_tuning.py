@@ -462,3 +462,25 @@ def test_a_job_s_files_must_match_its_method(tuned, tmp_path):
     with pytest.raises(openai.BadRequestError) as e:
         upload(c, bad)
     assert "line 1" in e.value.body["message"] and "non_preferred_output" in e.value.body["message"], e.value.body
+
+
+def test_a_tool_calling_fine_tune_calls_right_on_held_out_requests(tuned):
+    """The tool-calling dataset (48 examples offering get_weather and convert_units) fine-tuned for 3
+    epochs: on 20 held-out requests (cities and numbers never trained on), with the tools offered and
+    no constrained decoding, the fine-tune makes the right call at least 80 % of the time; the base
+    model, which answers in words, far less."""
+    from tool_calls import ask, heldout
+
+    c = tuned.client
+    train = upload(c, DATA / "tools-train.jsonl")
+    job = c.fine_tuning.jobs.create(model="smollm2", training_file=train.id, hyperparameters={"n_epochs": 3, "batch_size": 4}, suffix="tools", seed=7)
+    job = wait_job(c, job.id, timeout=1800)
+    assert job.status == "succeeded", job.error
+    tuned.deploy("tools", job.fine_tuned_model)
+    tuned.deploy("tools-base", "smollm2")
+    rows = heldout()
+    rate = lambda answers: sum(a["ok"] for a in answers) / len(rows)  # noqa: E731
+    base, ft = ask(c, "tools-base", rows), ask(c, "tools", rows)
+    print(f"held-out correct calls: base {rate(base):.2f}, fine-tune {rate(ft):.2f}")
+    assert rate(ft) >= 0.8, ft
+    assert rate(base) < 0.5, base
