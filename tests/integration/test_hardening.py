@@ -103,6 +103,8 @@ def http_client(s):
         ({"parallel_tool_calls": False}, "parallel_tool_calls", "invalid_value"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "if": {}}}}}, "response_format", "invalid_value"),
         ({"data_sources": [{"type": "azure_search"}]}, "data_sources", "unsupported_parameter"),
+        ({"store": True}, "store", "unsupported_parameter"),
+        ({"metadata": {"team": "a"}}, "metadata", "unsupported_parameter"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_value"),
         ({"stop": "x" * 300}, "stop", "invalid_value"),
         ({"max_tokens": 9223372036854775807}, "messages", "context_length_exceeded"),

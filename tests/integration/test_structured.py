@@ -316,6 +316,12 @@ def test_legacy_functions_answer_with_function_call(client):
     jsonschema.validate(json.loads(choice.message.function_call.arguments), SCHEMAS["get_weather"])
 
 
+def test_store_false_is_accepted(client):
+    """Not storing is what Berth does: `store: false` (which some clients always send) is served."""
+    answer = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Hi"}], store=False, max_tokens=2)
+    assert answer.choices[0].message.content is not None
+
+
 def test_tool_choice_none_and_auto_answer_in_words_or_valid_calls(client):
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     none = client.chat.completions.create(model="smol", messages=messages, tools=TOOLS, tool_choice="none", temperature=0, max_tokens=30)

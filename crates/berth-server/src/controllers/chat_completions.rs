@@ -20,6 +20,8 @@ const CHAT_FIELDS_NOT_YET_SERVED: &[(&str, &str)] = &[
     ("modalities", "Output modalities other than text are not supported by this deployment's model."),
     ("prediction", "Predicted outputs are not supported by this deployment's model."),
     ("reasoning_effort", "'reasoning_effort' applies to reasoning models only; this deployment's model is not one."),
+    ("store", "Stored completions ('store': true) are not supported: Berth keeps no answers."),
+    ("metadata", "'metadata' tags stored completions, and Berth keeps no answers ('store' is not supported)."),
 ];
 
 const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
@@ -114,6 +116,10 @@ fn refuse_unsupported(req: &ChatCompletionRequest) -> Result<(), OpenAiApiError>
     let mut unknown = req.unknown.clone();
     unknown.remove("functions");
     unknown.remove("function_call");
+    // Not storing is what Berth does anyway.
+    if unknown.get("store").is_some_and(|v| v.is_null() || v == &serde_json::Value::Bool(false)) {
+        unknown.remove("store");
+    }
     generation::refuse_unknown_fields(&unknown, CHAT_FIELDS_NOT_YET_SERVED)?;
     if let Some(n) = req.top_logprobs {
         if !(0..=20).contains(&n) {
