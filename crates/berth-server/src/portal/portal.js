@@ -709,10 +709,12 @@ async function playgroundPage(main) {
   const schema = el("textarea", { id: "pg-schema", rows: 5, placeholder: '{"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}' });
   const tools = el("textarea", { id: "pg-tools", rows: 5, placeholder: '[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]' });
   const schemaField = field("pg-schema", "Schema", schema);
-  schemaField.hidden = true;
-  format.addEventListener("change", () => {
-    schemaField.hidden = format.value !== "json_schema";
-  });
+  // Shown only for a JSON schema (a style, not `hidden`: the field's own display would override it).
+  const showSchema = () => {
+    schemaField.style.display = format.value === "json_schema" ? "" : "none";
+  };
+  showSchema();
+  format.addEventListener("change", showSchema);
   const transcript = el("div", { class: "transcript", id: "pg-transcript", role: "log", "aria-live": "polite", "aria-label": "Conversation" });
   const input = el("textarea", { id: "pg-input", rows: 3, placeholder: "Type a message; Enter sends, Shift+Enter starts a new line." });
   const send = el("button", { type: "submit", class: "primary" }, "Send");
