@@ -42,22 +42,30 @@ echo "== deploying it (PUT .../deployments/smollm2-chat, long-running)"
   --model-name smollm2 --model-version 1 --model-format OpenAI --sku-name Standard --sku-capacity 10 >/dev/null
 "$berth" deployment show -g "$rg" -n "$name" --deployment-name smollm2-chat | head -40
 
-echo "== fine-tuning it on data/fine-tuning/pirate-train.jsonl (40 chat examples answering as a pirate)"
-model="$("$berth" fine-tuning job list --limit 100 | python3 -c "
+# fine_tune SUFFIX NAME EPOCHS: the fine-tune of data/fine-tuning/NAME-{train,validation}.jsonl with that
+# suffix, trained now unless an earlier run already did; prints the model's id, and its checkpoints.
+fine_tune() {
+  local model job
+  model="$("$berth" fine-tuning job list --limit 100 | python3 -c "
 import json, sys
-jobs = [j for j in json.load(sys.stdin)['data'] if j['status'] == 'succeeded' and j.get('suffix') == 'pirate']
+jobs = [j for j in json.load(sys.stdin)['data'] if j['status'] == 'succeeded' and j.get('suffix') == '$1']
 print(jobs[0]['fine_tuned_model'] if jobs else '')")"
-if [ -z "$model" ]; then
-  job="$("$berth" fine-tuning job create --model smollm2 --suffix pirate --seed 7 \
-    --training-file data/fine-tuning/pirate-train.jsonl --validation-file data/fine-tuning/pirate-validation.jsonl \
-    --n-epochs 2 --batch-size 4 --wait)"
-  model="$(field "['fine_tuned_model']" <<<"$job")"
-  "$berth" fine-tuning job checkpoints "$(field "['id']" <<<"$job")" | python3 -c "
+  if [ -z "$model" ]; then
+    job="$("$berth" fine-tuning job create --model smollm2 --suffix "$1" --seed 7 \
+      --training-file "data/fine-tuning/$2-train.jsonl" --validation-file "data/fine-tuning/$2-validation.jsonl" \
+      --n-epochs "$3" --batch-size 4 --wait)"
+    model="$(field "['fine_tuned_model']" <<<"$job")"
+    "$berth" fine-tuning job checkpoints "$(field "['id']" <<<"$job")" | python3 -c "
 import json, sys
 for c in json.load(sys.stdin)['data']:
     m = c['metrics']
-    print(f\"  checkpoint {c['id']} at step {c['step_number']}: train loss {m['train_loss']:.3f}, validation loss {m['full_valid_loss']:.3f}\")"
-fi
+    print(f\"  checkpoint {c['id']} at step {c['step_number']}: train loss {m['train_loss']:.3f}, validation loss {m['full_valid_loss']:.3f}\")" >&2
+  fi
+  echo "$model"
+}
+
+echo "== fine-tuning it on data/fine-tuning/pirate-train.jsonl (40 chat examples answering as a pirate)"
+model="$(fine_tune pirate pirate 2)"
 echo "fine-tuned model: $model"
 
 echo "== deploying the fine-tuned model (PUT .../deployments/smollm2-pirate)"
@@ -72,16 +80,7 @@ echo "-- smollm2-pirate (fine-tuned):"
 "$berth" chat --deployment smollm2-pirate --temperature 0 --max-tokens 60 "$question"
 
 echo "== a second fine-tune: calling tools (data/fine-tuning/tools-train.jsonl, 48 examples offering get_weather and convert_units)"
-tools_model="$("$berth" fine-tuning job list --limit 100 | python3 -c "
-import json, sys
-jobs = [j for j in json.load(sys.stdin)['data'] if j['status'] == 'succeeded' and j.get('suffix') == 'tools']
-print(jobs[0]['fine_tuned_model'] if jobs else '')")"
-if [ -z "$tools_model" ]; then
-  job="$("$berth" fine-tuning job create --model smollm2 --suffix tools --seed 7 \
-    --training-file data/fine-tuning/tools-train.jsonl --validation-file data/fine-tuning/tools-validation.jsonl \
-    --n-epochs 3 --batch-size 4 --wait)"
-  tools_model="$(field "['fine_tuned_model']" <<<"$job")"
-fi
+tools_model="$(fine_tune tools tools 3)"
 echo "fine-tuned model: $tools_model"
 "$berth" deployment create -g "$rg" -n "$name" --deployment-name smollm2-tools \
   --model-name "$tools_model" --model-version 1 --model-format OpenAI --sku-name Standard --sku-capacity 10 >/dev/null
