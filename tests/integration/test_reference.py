@@ -61,6 +61,43 @@ def test_every_matmul_path_matches(gguf, adapter_dir):
         assert diff < TOLERANCE
 
 
+def cpu_kernel_sets():
+    """The kernel sets this CPU can run (the engine's `Isa::available`), from /proc/cpuinfo."""
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    sets = []
+    if {"avx512f", "avx512bw", "fma", "f16c"} <= flags:
+        sets.append("avx512")
+    if {"avx2", "fma", "f16c"} <= flags:
+        sets.append("avx2")
+    return sets + ["portable"]
+
+
+@pytest.mark.parametrize("kernels", ["avx512", "avx2", "portable"])
+def test_each_kernel_set_forced_matches_the_reference(gguf, adapter_dir, kernels):
+    """BERTH_ISA forces each kernel set the CPU has; every one must match the f64 reference on a batch
+    that takes the one-pass kernels (6 tokens, with an adapter) and one that takes several (60)."""
+    if kernels not in cpu_kernel_sets():
+        pytest.skip(f"this CPU cannot run the {kernels} kernels")
+    cfg, weights = reference.load(gguf)
+    long = ",".join(str(t) for t in ([1, 9690, 198] + [19556, 30, 314, 253, 1345, 28] * 5 + [2]))
+    for adapter, tokens in ((adapter_dir, "1,9690,198,19556,30,2"), (None, long)):
+        args = [berth_bin(), "debug", "logits", "--model", gguf, "--tokens", tokens]
+        if adapter:
+            args += ["--adapter", adapter]
+        run = subprocess.run(args, check=True, capture_output=True, text=True, env={**os.environ, "BERTH_ISA": kernels})
+        out = json.loads(run.stdout)
+        assert out["kernels"] == kernels
+        ref = reference.forward(cfg, weights, out["tokens"], reference.load_adapter(adapter) if adapter else None)
+        diff = np.abs(np.array(out["logits"]) - ref).max()
+        print(f"{kernels}, {len(out['tokens'])} tokens, adapter={bool(adapter)}: max |engine - reference| {diff:.2e}")
+        assert diff < TOLERANCE
+
+
 def log_softmax(row):
     row = np.asarray(row, dtype=np.float64)
     m = row.max()

@@ -1,5 +1,5 @@
 //! `berth debug logits` and `berth debug tokenize`: the engine's logits and tokenizer, for reference
-//! checks from outside.
+//! checks from outside. `BERTH_ISA` picks the kernels (`kernels` in the output says which ran).
 
 use anyhow::{Context, Result};
 use berth_engine::load_model;
@@ -18,7 +18,8 @@ pub fn logits(model: &Path, adapter: Option<&Path>, tokens: Option<&str>, text: 
     };
     let adapter = adapter.map(|a| m.load_adapter(a)).transpose().context("loading the adapter")?;
     let logits = m.logits(&ids, adapter.as_ref())?;
-    let out = serde_json::json!({"tokens": ids, "vocab": m.config().vocab_size, "logits": logits});
+    let kernels = berth_engine::cpu().isa.name();
+    let out = serde_json::json!({"tokens": ids, "vocab": m.config().vocab_size, "kernels": kernels, "logits": logits});
     println!("{out}");
     Ok(())
 }

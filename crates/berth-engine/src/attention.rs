@@ -6,7 +6,7 @@
 use crate::batch::SegmentView;
 use crate::kv_cache::{KvPool, BLOCK_TOKENS};
 use crate::ops::exp;
-use crate::quant::{isa, Isa};
+use crate::isa::{isa, Isa};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy)]
@@ -28,6 +28,19 @@ const BLOCKS_PER_TASK: usize = 8;
 /// once per group, not once per head. Tasks over different blocks of one row are merged afterwards
 /// with the usual rescaling of their softmax sums.
 pub(crate) fn paged_attention(
+    q: &[f32],
+    out: &mut [f32],
+    pool: &KvPool,
+    layer: usize,
+    views: &[SegmentView<'_>],
+    shape: AttentionShape,
+) {
+    paged_attention_on(isa(), q, out, pool, layer, views, shape)
+}
+
+/// [`paged_attention`] with the kernels of `isa` (which the CPU must have: see [`Isa::available`]).
+pub(crate) fn paged_attention_on(
+    isa: Isa,
     q: &[f32],
     out: &mut [f32],
     pool: &KvPool,
@@ -61,9 +74,8 @@ pub(crate) fn paged_attention(
     // Per task: the unnormalised output `[group, head_dim]`, then each head's max and sum.
     let stride = group * hd + 2 * group;
     let mut partial = vec![0f32; tasks.len() * stride];
-    let isa = isa();
     partial.par_chunks_mut(stride).zip(tasks.par_iter()).for_each_init(Vec::new, |scores, (o, part)| match isa {
-        // SAFETY: `isa()` checked at run time that the CPU has these features.
+        // SAFETY: `isa` comes from `Isa::available()`, which checked that the CPU has these features.
         #[cfg(target_arch = "x86_64")]
         #[allow(unsafe_code)]
         Isa::Avx512 => unsafe { ctx.run_avx512(part, o, scores) },

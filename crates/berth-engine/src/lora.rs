@@ -91,9 +91,14 @@ impl LoraPair {
     /// Adds `scale * (x A^T) B^T` to `y` for `rows` rows (`x`: `[rows, in]`, `y`: `[rows, out]`). Each
     /// factor row is read once for all rows: the rows of one adapter are computed as a group.
     pub(crate) fn add_delta(&self, x: &[f32], y: &mut [f32], rows: usize) {
+        self.add_delta_on(crate::isa::isa(), x, y, rows)
+    }
+
+    /// [`Self::add_delta`] with the kernels of `isa` (which the CPU must have).
+    pub(crate) fn add_delta_on(&self, isa: crate::isa::Isa, x: &[f32], y: &mut [f32], rows: usize) {
         #[cfg(target_arch = "x86_64")]
-        if matches!(crate::quant::isa(), crate::quant::Isa::Avx512) {
-            // SAFETY: `isa()` checked at run time that the CPU has AVX-512F and FMA.
+        if isa == crate::isa::Isa::Avx512 {
+            // SAFETY: `isa` comes from `Isa::available()`, which checked that the CPU has AVX-512F and FMA.
             #[allow(unsafe_code)]
             return unsafe { self.add_delta_avx512(x, y, rows) };
         }

@@ -159,6 +159,8 @@ impl Model {
 fn compute_pool() -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
+        // The kernel choice and the AMX request come before any compute thread exists.
+        crate::isa::cpu();
         rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("berth-compute-{i}"))
             .build()

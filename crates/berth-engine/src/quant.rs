@@ -7,10 +7,13 @@
 //! than [`CHUNKED_BATCH`] rows (long prefills) dequantise the matrix and use candle's f32 matmul instead.
 
 use crate::error::Result;
+use crate::isa::{isa, Isa};
 use crate::EngineError;
 use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
+
+mod interleaved;
 
 /// Rows the block kernel takes in one pass.
 pub(crate) const SMALL_BATCH: usize = 16;
@@ -68,13 +71,15 @@ impl BlockKind {
     }
 }
 
-/// A `[rows, cols]` weight matrix (rows = outputs) as consecutive blocks, row after row.
+/// A `[rows, cols]` weight matrix (rows = outputs) as its GGUF blocks: row after row, or for the
+/// formats and shapes of [`interleaved::applies`], 16 rows interleaved.
 #[derive(Debug, Clone)]
 pub(crate) struct QuantMatrix {
     kind: BlockKind,
     rows: usize,
     cols: usize,
     data: Vec<u8>,
+    interleaved: bool,
 }
 
 #[inline(always)]
@@ -184,8 +189,10 @@ fn rows_kernel(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m:
     let n = out.len() / m;
     let mut w = [0f32; MAX_BLOCK];
     let mut lanes = [[0f32; BLOCK]; SMALL_BATCH];
+    let mut buf = Vec::new();
     for local in 0..n {
-        let row = &q.data[(first_row + local) * row_bytes..][..row_bytes];
+        let row = q.row(first_row + local, &mut buf);
+        debug_assert_eq!(row.len(), row_bytes);
         for l in lanes[..m].iter_mut() {
             *l = [0.0; BLOCK];
         }
@@ -211,6 +218,9 @@ fn rows_kernel(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32], m:
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 fn rows_kernel_avx512(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &XRows<'_>, m: usize) {
+    if q.interleaved {
+        return interleaved::avx512::rows(q, first_row, out, x.by_row, &x.block_sums, m);
+    }
     match q.kind {
         BlockKind::Q4_0 | BlockKind::Q4_1 | BlockKind::Q5_0 | BlockKind::Q8_0 => {
             avx512::rows_32(q, first_row, out, &x.by_block, m)
@@ -225,6 +235,8 @@ fn rows_kernel_avx512(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &XR
 struct XRows<'a> {
     by_row: &'a [f32],
     by_block: std::borrow::Cow<'a, [f32]>,
+    /// `[m, cols / 32]`: each row's sum over each 32-column block (the interleaved kernel's minima).
+    block_sums: Vec<f32>,
 }
 
 impl<'a> XRows<'a> {
@@ -244,7 +256,12 @@ impl<'a> XRows<'a> {
             // One row is already block-major.
             _ => std::borrow::Cow::Borrowed(x),
         };
-        XRows { by_row: x, by_block }
+        let block_sums = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect(),
+            _ => Vec::new(),
+        };
+        XRows { by_row: x, by_block, block_sums }
     }
 }
 
@@ -503,36 +520,6 @@ fn rows_kernel_avx2(q: &QuantMatrix, first_row: usize, out: &mut [f32], x: &[f32
     rows_kernel(q, first_row, out, x, m)
 }
 
-#[derive(Clone, Copy)]
-pub(crate) enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
-}
-
-pub(crate) fn isa() -> Isa {
-    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // AVX-512F/BW only: never AMX, which these CPUs advertise but the VMs do not allow.
-            if is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
-                return Isa::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
-    })
-}
-
 impl QuantMatrix {
     pub(crate) fn new(kind: BlockKind, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
         if !cols.is_multiple_of(kind.elems()) || data.len() != rows * cols / kind.elems() * kind.bytes() {
@@ -542,7 +529,22 @@ impl QuantMatrix {
                 data.len()
             )));
         }
-        Ok(QuantMatrix { kind, rows, cols, data })
+        if interleaved::applies(kind, rows) {
+            let data = interleaved::pack(kind, rows, cols, &data);
+            return Ok(QuantMatrix { kind, rows, cols, data, interleaved: true });
+        }
+        Ok(QuantMatrix { kind, rows, cols, data, interleaved: false })
+    }
+
+    /// Row `r` as GGUF blocks: borrowed, or for an interleaved matrix gathered into `buf`.
+    fn row<'a>(&'a self, r: usize, buf: &'a mut Vec<u8>) -> &'a [u8] {
+        if self.interleaved {
+            interleaved::unpack_row(self.kind, self.cols, &self.data, r, buf);
+            buf
+        } else {
+            let rb = self.row_bytes();
+            &self.data[r * rb..(r + 1) * rb]
+        }
     }
 
     pub(crate) fn dims(&self) -> [usize; 2] {
@@ -555,21 +557,20 @@ impl QuantMatrix {
 
     /// The matrix with row `r` taken from row `source(r)`: blocks run along columns, so rows move whole.
     pub(crate) fn permute_rows(&self, source: impl Fn(usize) -> usize) -> Self {
-        let rb = self.row_bytes();
         let mut data = Vec::with_capacity(self.data.len());
+        let mut buf = Vec::new();
         for r in 0..self.rows {
-            let s = source(r);
-            data.extend_from_slice(&self.data[s * rb..(s + 1) * rb]);
+            data.extend_from_slice(self.row(source(r), &mut buf));
         }
-        QuantMatrix { data, ..*self }
+        QuantMatrix::new(self.kind, self.rows, self.cols, data).expect("the same shape and byte count")
     }
 
     fn dequantize_rows_into(&self, rows: impl Iterator<Item = usize>, out: &mut Vec<f32>) {
-        let rb = self.row_bytes();
         let elems = self.kind.elems();
         let mut w = [0f32; MAX_BLOCK];
+        let mut buf = Vec::new();
         for r in rows {
-            for block in self.data[r * rb..(r + 1) * rb].chunks_exact(self.kind.bytes()) {
+            for block in self.row(r, &mut buf).chunks_exact(self.kind.bytes()) {
                 decode_block(self.kind, block, &mut w[..elems]);
                 out.extend_from_slice(&w[..elems]);
             }
@@ -593,17 +594,6 @@ impl QuantMatrix {
         Ok(Tensor::from_vec(out, (self.rows, self.cols), &Device::Cpu)?)
     }
 
-    /// `x W^T` for a tensor `x`: `[m, cols]` -> `[m, rows]`.
-    #[cfg(test)]
-    pub(crate) fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
-        let (m, cols) = x.dims2()?;
-        if cols != self.cols {
-            return Err(EngineError::Tensor(format!("x has {cols} columns, the matrix {}", self.cols)));
-        }
-        let xs: Vec<f32> = x.contiguous()?.flatten_all()?.to_vec1()?;
-        Ok(Tensor::from_vec(self.matmul_f32(&xs, m)?, (m, self.rows), &Device::Cpu)?)
-    }
-
     /// `x W^T` for `x`: `m` rows of `cols` -> `m` rows of `rows`.
     pub(crate) fn matmul_rows(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         if x.len() != m * self.cols {
@@ -614,6 +604,11 @@ impl QuantMatrix {
 
     /// `x W^T` on f32 activations as given.
     fn matmul_f32(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        self.matmul_on(isa(), x, m)
+    }
+
+    /// `x W^T` with the kernels of `isa` (which the CPU must have: see [`Isa::available`]).
+    pub(crate) fn matmul_on(&self, isa: Isa, x: &[f32], m: usize) -> Result<Vec<f32>> {
         if m > CHUNKED_BATCH {
             let xt = Tensor::from_slice(x, (m, self.cols), &Device::Cpu)?;
             return Ok(xt.matmul(&self.dequantize()?.t()?)?.flatten_all()?.to_vec1()?);
@@ -623,6 +618,7 @@ impl QuantMatrix {
         for start in (0..m).step_by(SMALL_BATCH) {
             let n = SMALL_BATCH.min(m - start);
             self.pass(
+                isa,
                 &x[start * self.cols..(start + n) * self.cols],
                 n,
                 &mut y[start * self.rows..(start + n) * self.rows],
@@ -666,7 +662,8 @@ impl QuantMatrix {
     /// The block kernel for the instruction set `isa` (see [`rows_kernel`]).
     fn kernel(&self, isa: Isa, first: usize, out: &mut [f32], xs: &XRows<'_>, m: usize) {
         match isa {
-            // SAFETY: `isa()` checked at run time that the CPU has these features.
+            // SAFETY: an `Isa` other than `Portable` is only ever chosen from `Isa::available()`,
+            // which checked at run time that the CPU has these features.
             #[cfg(target_arch = "x86_64")]
             #[allow(unsafe_code)]
             Isa::Avx512 => unsafe { rows_kernel_avx512(self, first, out, xs, m) },
@@ -678,8 +675,7 @@ impl QuantMatrix {
     }
 
     /// One pass of the block kernel over every weight row, for `m <= SMALL_BATCH` rows of `x`.
-    fn pass(&self, xs: &[f32], m: usize, y: &mut [f32]) {
-        let isa = isa();
+    fn pass(&self, isa: Isa, xs: &[f32], m: usize, y: &mut [f32]) {
         let xs = XRows::new(xs, m, isa);
         self.pass_with(m, y, |first, out| self.kernel(isa, first, out, &xs, m));
     }

@@ -54,8 +54,8 @@ fn unpermute_inverts_llama_cpp_permutation() {
 }
 
 mod quant_kernels {
+    use crate::isa::Isa;
     use crate::quant::{BlockKind, QuantMatrix};
-    use candle_core::{Device, Tensor};
     use half::f16;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -82,22 +82,31 @@ mod quant_kernels {
         QuantMatrix::new(kind, rows, cols, data).unwrap()
     }
 
+    /// Every instruction set this CPU has, forced one after the other, against an f64 product of the
+    /// dequantised weights: one row (decode), pairs, a full pass, several passes, the dense path; with
+    /// 128 rows the 32-weight formats are interleaved, with 131 they are not.
     #[test]
-    fn block_kernel_matches_dequantised_matmul() {
+    fn every_kernel_set_matches_the_dequantised_f64_product() {
         let mut rng = StdRng::seed_from_u64(5);
-        for kind in [BlockKind::Q8_0, BlockKind::Q4_0, BlockKind::Q4_1, BlockKind::Q5_0, BlockKind::Q4K, BlockKind::Q6K]
-        {
-            let q = random_matrix(kind, 200, 512, &mut rng);
-            let dense = q.dequantize().unwrap();
-            for m in [1usize, 3, 16, 17] {
-                let x: Vec<f32> = (0..m * 512).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-                let x = Tensor::from_vec(x, (m, 512), &Device::Cpu).unwrap();
-                let got = q.matmul_t(&x).unwrap().to_vec2::<f32>().unwrap();
-                let want = x.matmul(&dense.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
-                let diff =
-                    got.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                let scale = want.iter().flatten().map(|v| v.abs()).fold(1f32, f32::max);
-                assert!(diff / scale < 1e-5, "{kind:?} m={m}: {diff} of {scale}");
+        let kinds = [BlockKind::Q8_0, BlockKind::Q4_0, BlockKind::Q4_1, BlockKind::Q5_0, BlockKind::Q4K, BlockKind::Q6K];
+        for (kind, rows) in kinds.into_iter().flat_map(|k| [(k, 128), (k, 131)]) {
+            let cols = 512;
+            let q = random_matrix(kind, rows, cols, &mut rng);
+            let dense = q.dequantize().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for m in [1usize, 2, 3, 8, 9, 16, 17, 49] {
+                let x: Vec<f32> = (0..m * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                let want: Vec<f64> = (0..m * rows)
+                    .map(|o| {
+                        let (i, r) = (o / rows, o % rows);
+                        (0..cols).map(|c| x[i * cols + c] as f64 * dense[r * cols + c] as f64).sum()
+                    })
+                    .collect();
+                let scale = want.iter().map(|v| v.abs()).fold(1f64, f64::max);
+                for isa in Isa::available() {
+                    let got = q.matmul_on(isa, &x, m).unwrap();
+                    let diff = got.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0f64, f64::max);
+                    assert!(diff / scale < 1e-5, "{kind:?} m={m} {}: {diff} of {scale}", isa.name());
+                }
             }
         }
     }
@@ -105,13 +114,17 @@ mod quant_kernels {
     #[test]
     fn permuted_and_gathered_rows_are_the_rows_asked_for() {
         let mut rng = StdRng::seed_from_u64(6);
-        let q = random_matrix(BlockKind::Q4_1, 8, 64, &mut rng);
-        let dense = q.dequantize().unwrap().to_vec2::<f32>().unwrap();
-        let reversed = q.permute_rows(|r| 7 - r).dequantize().unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(reversed[0], dense[7]);
-        let gathered = q.gather_rows(&[3, 3, 0]).unwrap();
-        assert_eq!(gathered, [dense[3].clone(), dense[3].clone(), dense[0].clone()].concat());
-        assert!(q.gather_rows(&[8]).is_err());
+        // 8 rows stay row by row, 48 are interleaved.
+        for rows in [8, 48] {
+            let q = random_matrix(BlockKind::Q4_1, rows, 64, &mut rng);
+            let dense = q.dequantize().unwrap().to_vec2::<f32>().unwrap();
+            let reversed = q.permute_rows(|r| rows - 1 - r).dequantize().unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(reversed[0], dense[rows - 1]);
+            assert_eq!(reversed[rows - 1], dense[0]);
+            let gathered = q.gather_rows(&[3, 3, 0]).unwrap();
+            assert_eq!(gathered, [dense[3].clone(), dense[3].clone(), dense[0].clone()].concat());
+            assert!(q.gather_rows(&[rows as u32]).is_err());
+        }
     }
 }
 
@@ -139,4 +152,104 @@ fn logprobs_are_the_log_softmax_of_the_biased_logits_whatever_the_temperature() 
     }
     let (_, none) = Sampler::new(SamplingParams::greedy()).sample_scored(&logits);
     assert!(none.is_none());
+}
+
+mod forced_kernel_sets {
+    use crate::attention::{paged_attention_on, AttentionShape};
+    use crate::batch::SegmentView;
+    use crate::isa::Isa;
+    use crate::kv_cache::{KvPool, BLOCK_TOKENS};
+    use crate::lora::LoraPair;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, rng: &mut StdRng) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// Softmax attention in f64 over positions `first..=pos` of one sequence's keys and values
+    /// (`[positions, kv_heads, head_dim]`), for every head of one query row.
+    fn reference(q: &[f32], keys: &[f32], values: &[f32], pos: usize, first: usize, s: AttentionShape) -> Vec<f64> {
+        let (hd, group) = (s.head_dim, s.heads / s.kv_heads);
+        let mut out = vec![0f64; s.heads * hd];
+        for h in 0..s.heads {
+            let kv = h / group;
+            let at = |t: usize| (t * s.kv_heads + kv) * hd;
+            let scores: Vec<f64> = (first..=pos)
+                .map(|t| (0..hd).map(|d| q[h * hd + d] as f64 * keys[at(t) + d] as f64).sum::<f64>() / (hd as f64).sqrt())
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = scores.iter().map(|x| (x - max).exp()).sum();
+            for (t, sc) in (first..=pos).zip(&scores) {
+                let w = (sc - max).exp() / total;
+                for d in 0..hd {
+                    out[h * hd + d] += w * values[at(t) + d] as f64;
+                }
+            }
+        }
+        out
+    }
+
+    /// Two sequences in one batch (a 20-token prefill from empty, one decode step after 150 positions
+    /// spread over blocks out of order), with and without a sliding window, on every instruction set.
+    #[test]
+    fn attention_on_every_kernel_set_matches_f64() {
+        let mut rng = StdRng::seed_from_u64(9);
+        for window in [None, Some(37)] {
+            let shape = AttentionShape { heads: 6, kv_heads: 2, head_dim: 64, window };
+            let (hd, kvd) = (shape.head_dim, shape.kv_heads * shape.head_dim);
+            let mut pool = KvPool::new(1, shape.kv_heads, hd, 16);
+            let lens = [(0usize, 20usize), (150, 1)];
+            let tables: [Vec<u32>; 2] = [vec![3, 1], vec![15, 0, 2, 4, 5, 6, 7, 8, 9, 10]];
+            let mut kvs = Vec::new();
+            for ((past, len), table) in lens.iter().zip(&tables) {
+                let (k, v) = (random((past + len) * kvd, &mut rng), random((past + len) * kvd, &mut rng));
+                assert!(table.len() * BLOCK_TOKENS >= past + len);
+                pool.write(0, table, 0, &k, &v);
+                kvs.push((k, v));
+            }
+            let views: Vec<SegmentView<'_>> = vec![
+                SegmentView { start: 0, len: 20, past: 0, table: &tables[0], adapter: None },
+                SegmentView { start: 20, len: 1, past: 150, table: &tables[1], adapter: None },
+            ];
+            let q = random(21 * shape.heads * hd, &mut rng);
+            let mut want = Vec::new();
+            for (si, v) in views.iter().enumerate() {
+                for i in 0..v.len {
+                    let pos = v.past + i;
+                    let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                    let row = &q[(v.start + i) * shape.heads * hd..][..shape.heads * hd];
+                    want.extend(reference(row, &kvs[si].0, &kvs[si].1, pos, first, shape));
+                }
+            }
+            for isa in Isa::available() {
+                let mut got = vec![0f32; q.len()];
+                paged_attention_on(isa, &q, &mut got, &pool, 0, &views, shape);
+                let diff = got.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0f64, f64::max);
+                assert!(diff < 1e-5, "{} window {window:?}: {diff}", isa.name());
+            }
+        }
+    }
+
+    #[test]
+    fn lora_update_on_every_kernel_set_matches_f64() {
+        let mut rng = StdRng::seed_from_u64(10);
+        let (inp, out, rank, rows) = (96, 80, 8, 5);
+        let pair = LoraPair { a: random(rank * inp, &mut rng), b_t: random(rank * out, &mut rng), scale: 2.0, rank };
+        let x = random(rows * inp, &mut rng);
+        let y0 = random(rows * out, &mut rng);
+        let want: Vec<f64> = (0..rows * out)
+            .map(|o| {
+                let (i, c) = (o / out, o % out);
+                let t = |k: usize| (0..inp).map(|j| x[i * inp + j] as f64 * pair.a[k * inp + j] as f64).sum::<f64>();
+                y0[o] as f64 + 2.0 * (0..rank).map(|k| t(k) * pair.b_t[k * out + c] as f64).sum::<f64>()
+            })
+            .collect();
+        for isa in Isa::available() {
+            let mut y = y0.clone();
+            pair.add_delta_on(isa, &x, &mut y, rows);
+            let diff = y.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0f64, f64::max);
+            assert!(diff < 1e-4, "{}: {diff}", isa.name());
+        }
+    }
 }
