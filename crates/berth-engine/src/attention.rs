@@ -4,9 +4,9 @@
 //! to vectorise and compiled once per instruction set (chosen at run time).
 
 use crate::batch::SegmentView;
+use crate::isa::{isa, Isa};
 use crate::kv_cache::{KvPool, BLOCK_TOKENS};
 use crate::ops::exp;
-use crate::isa::{isa, Isa};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy)]

@@ -240,10 +240,11 @@ struct XRows<'a> {
 }
 
 impl<'a> XRows<'a> {
-    fn new(x: &'a [f32], m: usize, isa: Isa) -> Self {
+    /// `by_block`: whether a row-by-row matrix will read them (interleaved ones do not).
+    fn new(x: &'a [f32], m: usize, isa: Isa, by_block: bool) -> Self {
         let by_block = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if m > 1 => {
+            Isa::Avx512 if m > 1 && by_block => {
                 let cols = x.len() / m;
                 let mut v = Vec::with_capacity(x.len());
                 for b in 0..cols / BLOCK {
@@ -609,6 +610,14 @@ impl QuantMatrix {
 
     /// `x W^T` with the kernels of `isa` (which the CPU must have: see [`Isa::available`]).
     pub(crate) fn matmul_on(&self, isa: Isa, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        #[cfg(target_arch = "x86_64")]
+        if self.interleaved && isa == Isa::Avx512 {
+            // Any number of rows in one pass: each task keeps its weight rows in L1 while the
+            // activations stream past 8 rows at a time, so a prefill never expands the matrix.
+            let mut y = vec![0f32; m * self.rows];
+            self.pass(isa, x, m, &mut y);
+            return Ok(y);
+        }
         if m > CHUNKED_BATCH {
             let xt = Tensor::from_slice(x, (m, self.cols), &Device::Cpu)?;
             return Ok(xt.matmul(&self.dequantize()?.t()?)?.flatten_all()?.to_vec1()?);
@@ -642,7 +651,7 @@ impl QuantMatrix {
             }
         }
         let isa = isa();
-        let xs = XRows::new(x, m, isa);
+        let xs = XRows::new(x, m, isa, mats.iter().any(|q| !q.interleaved));
         tasks.into_par_iter().for_each(|(mi, first, out)| mats[mi].kernel(isa, first, out, &xs, m));
         Ok(mats
             .iter()
@@ -676,7 +685,7 @@ impl QuantMatrix {
 
     /// One pass of the block kernel over every weight row, for `m <= SMALL_BATCH` rows of `x`.
     fn pass(&self, isa: Isa, xs: &[f32], m: usize, y: &mut [f32]) {
-        let xs = XRows::new(xs, m, isa);
+        let xs = XRows::new(xs, m, isa, !self.interleaved);
         self.pass_with(m, y, |first, out| self.kernel(isa, first, out, &xs, m));
     }
 

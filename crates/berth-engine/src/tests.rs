@@ -88,7 +88,8 @@ mod quant_kernels {
     #[test]
     fn every_kernel_set_matches_the_dequantised_f64_product() {
         let mut rng = StdRng::seed_from_u64(5);
-        let kinds = [BlockKind::Q8_0, BlockKind::Q4_0, BlockKind::Q4_1, BlockKind::Q5_0, BlockKind::Q4K, BlockKind::Q6K];
+        let kinds =
+            [BlockKind::Q8_0, BlockKind::Q4_0, BlockKind::Q4_1, BlockKind::Q5_0, BlockKind::Q4K, BlockKind::Q6K];
         for (kind, rows) in kinds.into_iter().flat_map(|k| [(k, 128), (k, 131)]) {
             let cols = 512;
             let q = random_matrix(kind, rows, cols, &mut rng);
@@ -176,7 +177,9 @@ mod forced_kernel_sets {
             let kv = h / group;
             let at = |t: usize| (t * s.kv_heads + kv) * hd;
             let scores: Vec<f64> = (first..=pos)
-                .map(|t| (0..hd).map(|d| q[h * hd + d] as f64 * keys[at(t) + d] as f64).sum::<f64>() / (hd as f64).sqrt())
+                .map(|t| {
+                    (0..hd).map(|d| q[h * hd + d] as f64 * keys[at(t) + d] as f64).sum::<f64>() / (hd as f64).sqrt()
+                })
                 .collect();
             let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let total: f64 = scores.iter().map(|x| (x - max).exp()).sum();

@@ -13,9 +13,14 @@ use super::BlockKind;
 /// Rows per group: one 512-bit vector of f32.
 pub(super) const GROUP: usize = 16;
 
-/// Whether matrices of `kind` with `rows` rows are kept interleaved.
+/// Whether matrices of `kind` with `rows` rows are kept interleaved: only where the kernels in use
+/// have an interleaved version (the others read an interleaved matrix a row at a time, gathered: slow).
 pub(super) fn applies(kind: BlockKind, rows: usize) -> bool {
-    matches!(kind, BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q4_1) && rows.is_multiple_of(GROUP)
+    #[cfg(target_arch = "x86_64")]
+    let fits = crate::isa::isa() == crate::isa::Isa::Avx512;
+    #[cfg(not(target_arch = "x86_64"))]
+    let fits = false;
+    fits && matches!(kind, BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q4_1) && rows.is_multiple_of(GROUP)
 }
 
 /// Bytes of the scale fields (f16 scale, and for Q4_1 the f16 minimum) at the start of a GGUF block.
@@ -140,40 +145,66 @@ pub(super) mod avx512 {
         let xs: [&[f32]; H] = std::array::from_fn(|i| &x[(i0 + i) * cols..][..cols]);
         let sums: [&[f32]; H] = std::array::from_fn(|i| &block_sums[(i0 + i) * blocks..][..blocks]);
         let low = _mm512_set1_epi32(0x0F);
+        const { assert!(H <= MAX_M) };
         for g in 0..out.len() / m / GROUP {
             let group = first_row / GROUP + g;
             let mut acc = [_mm512_setzero_ps(); H];
             for b in 0..blocks {
                 let blk = &q.data[(group * blocks + b) * gbytes..][..gbytes];
                 let codes = &blk[hdr..];
-                let mut t = [_mm512_setzero_ps(); H];
+                // Fixed-size views: the loops below index them with no bounds checks.
+                let xb: [&[f32; BLOCK]; H] =
+                    std::array::from_fn(|i| xs[i][b * BLOCK..][..BLOCK].try_into().expect("32 columns"));
+                // Two chains per row (four for one or two rows), so that several multiply-adds per
+                // row are in flight: each waits about four cycles for its accumulator.
+                let z = _mm512_setzero_ps();
+                let (mut t0, mut t1, mut t2, mut t3) = ([z; H], [z; H], [z; H], [z; H]);
+                let four = H <= 2;
                 if K == 0 {
-                    for k in 0..BLOCK {
-                        let c = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load_u8x16(&codes[k * GROUP..])));
+                    let codes: &[u8; BLOCK * GROUP] = codes[..BLOCK * GROUP].try_into().expect("Q8_0 codes");
+                    let col = |k: usize| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load_u8x16(&codes[k * GROUP..])));
+                    for k in (0..BLOCK).step_by(4) {
+                        let (c0, c1, c2, c3) = (col(k), col(k + 1), col(k + 2), col(k + 3));
                         for i in 0..H {
-                            t[i] = _mm512_fmadd_ps(c, _mm512_set1_ps(xs[i][b * BLOCK + k]), t[i]);
+                            let x = xb[i];
+                            t0[i] = _mm512_fmadd_ps(c0, _mm512_set1_ps(x[k]), t0[i]);
+                            t1[i] = _mm512_fmadd_ps(c1, _mm512_set1_ps(x[k + 1]), t1[i]);
+                            let (a, b) = if four { (&mut t2[i], &mut t3[i]) } else { (&mut t0[i], &mut t1[i]) };
+                            *a = _mm512_fmadd_ps(c2, _mm512_set1_ps(x[k + 2]), *a);
+                            *b = _mm512_fmadd_ps(c3, _mm512_set1_ps(x[k + 3]), *b);
                         }
                     }
                 } else {
                     // Byte j holds element j (low nibble) and element j + 16 (high nibble).
-                    for j in 0..BLOCK / 2 {
+                    let codes: &[u8; BLOCK / 2 * GROUP] = codes[..BLOCK / 2 * GROUP].try_into().expect("4-bit codes");
+                    let cols = |j: usize| {
                         let v = _mm512_cvtepu8_epi32(load_u8x16(&codes[j * GROUP..]));
-                        let lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, low));
-                        let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v));
+                        (_mm512_cvtepi32_ps(_mm512_and_si512(v, low)), _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v)))
+                    };
+                    for j in (0..BLOCK / 2).step_by(2) {
+                        let ((l0, h0), (l1, h1)) = (cols(j), cols(j + 1));
                         for i in 0..H {
-                            let xb = &xs[i][b * BLOCK..];
-                            t[i] = _mm512_fmadd_ps(lo, _mm512_set1_ps(xb[j]), t[i]);
-                            t[i] = _mm512_fmadd_ps(hi, _mm512_set1_ps(xb[j + 16]), t[i]);
+                            let x = xb[i];
+                            t0[i] = _mm512_fmadd_ps(l0, _mm512_set1_ps(x[j]), t0[i]);
+                            t1[i] = _mm512_fmadd_ps(h0, _mm512_set1_ps(x[j + 16]), t1[i]);
+                            let (a, b) = if four { (&mut t2[i], &mut t3[i]) } else { (&mut t0[i], &mut t1[i]) };
+                            *a = _mm512_fmadd_ps(l1, _mm512_set1_ps(x[j + 1]), *a);
+                            *b = _mm512_fmadd_ps(h1, _mm512_set1_ps(x[j + 17]), *b);
                         }
                     }
                 }
                 let d = load_f16x16(blk);
                 for i in 0..H {
-                    acc[i] = _mm512_fmadd_ps(d, t[i], acc[i]);
+                    let mut sum = _mm512_add_ps(t0[i], t1[i]);
+                    if four {
+                        sum = _mm512_add_ps(sum, _mm512_add_ps(t2[i], t3[i]));
+                    }
+                    acc[i] = _mm512_fmadd_ps(d, sum, acc[i]);
                 }
                 // Q4_1: + min * sum(x); Q4_0's codes are offset by 8: - 8 d * sum(x).
                 if K != 0 {
-                    let offset = if K == 2 { load_f16x16(&blk[2 * GROUP..]) } else { _mm512_mul_ps(d, _mm512_set1_ps(-8.0)) };
+                    let offset =
+                        if K == 2 { load_f16x16(&blk[2 * GROUP..]) } else { _mm512_mul_ps(d, _mm512_set1_ps(-8.0)) };
                     for i in 0..H {
                         acc[i] = _mm512_fmadd_ps(offset, _mm512_set1_ps(sums[i][b]), acc[i]);
                     }
