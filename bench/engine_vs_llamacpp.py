@@ -14,7 +14,8 @@ aggregate decode rate of 4 and 16 concurrent streams (32-token prompts, 128 toke
 cannot mix adapters in one batch, so it serves each adapter's two streams as one batch, adapter after
 adapter, which is the best it can do), the resident memory each extra adapter adds to Berth, and
 Berth's time to first token of a 1,500-token prompt whose first 1,400 tokens an earlier request had,
-with and without its prefix cache.
+with and without its prefix cache. On the `--accuracy-on` models: both engines' logits against a float64
+reference (`bench/accuracy.py`).
 """
 import argparse
 import ctypes
@@ -30,6 +31,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import adapters as peft  # noqa: E402  (writes PEFT adapters from a GGUF's shapes)
+import accuracy  # noqa: E402  (bench/accuracy.py, beside this file)
 
 THREADS = 2
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -197,6 +199,20 @@ def render(jsonl, out):
             par = {n: (get("berth", m, "parallel", n, 0), get("llama.cpp", m, "parallel", n)) for n in (4, 16)}
             f.write(f"| {m} | {b1['at']} | {cell(b1, l1, 'prefill_tok_s')} | {cell(b1, l1, 'decode_tok_s')} | "
                     f"{cell(*par[4], 'aggregate_decode_tok_s')} | {cell(*par[16], 'aggregate_decode_tok_s')} |\n")
+        accuracy = [(m, get("berth", m, "accuracy"), get("llama.cpp", m, "accuracy")) for m in models]
+        accuracy = [a for a in accuracy if a[1] and a[2]]
+        if accuracy:
+            f.write("\n## Accuracy against a float64 reference\n\n"
+                    "Written from `bench/accuracy.py` records: every position of a chat prompt followed by the reference's "
+                    "greedy answer, against numpy in float64 on the same dequantised weights. KL(reference || engine).\n\n")
+            f.write("| model | measured | engine | mean KL | max KL | max abs logit error | greedy answer to \"What is the capital of France?\" |\n")
+            f.write("|---|---|---|---|---|---|---|\n")
+            for m, b, l in accuracy:
+                for e in (b, l):
+                    kernels = f" ({e['kernels']} kernels)" if e.get("kernels") else ""
+                    same = "same as the reference" if e["answer"] == e["reference_answer"] else "differs from the reference"
+                    f.write(f"| {m} | {e['at']} | {e['engine']}{kernels} | {e['mean_kl']:.1e} | {e['max_kl']:.1e} | "
+                            f"{e['max_abs_logit_error']:.2e} | {json.dumps(e['answer'])} ({same}) |\n")
         for m in models:
             ba, la = get("berth", m, "parallel", 16, 8), get("llama.cpp", m, "parallel", 16, 8)
             mem, pre = get("berth", m, "adapter-memory"), get("berth", m, "prefix")
@@ -221,6 +237,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", default=[])
     ap.add_argument("--adapters-on", action="append", default=[])
+    ap.add_argument("--accuracy-on", action="append", default=[],
+                    help="also score both engines against the float64 reference (bench/accuracy.py) on this model")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "engine.md"))
     ap.add_argument("--jsonl", default=os.path.join(ROOT, "bench", "engine-results.jsonl"))
     ap.add_argument("--render-only", action="store_true", help="rewrite --out from --jsonl without measuring")
@@ -243,6 +261,9 @@ def main():
         for n in (4, 16):
             record(berth(path, "parallel", "--streams", n, "--prompt-tokens", 32))
             record({"engine": "llama.cpp", "model": name, "scenario": "parallel", "streams": n, **llama_parallel(path, n)})
+        if path in args.accuracy_on:
+            for d in accuracy.measure(path):
+                record(d)
         if path in args.adapters_on:
             tmp = tempfile.mkdtemp(prefix="berth-bench-adapters-")
             dirs, ggufs = [], []
