@@ -1,9 +1,9 @@
-//! The interleaved layout of 32-weight block formats (Q8_0, Q4_0, Q4_1): the same bytes as the GGUF
-//! blocks, regrouped at load so that one vector lane holds one weight row.
+//! The interleaved layout of Q8_0, Q4_0, Q4_1 and Q4_K: the same bytes as the GGUF blocks, regrouped
+//! at load so that one vector lane holds one weight row.
 //!
-//! Rows go in groups of 16. For each group and block column, `data` holds the 16 rows' f16 scales
-//! (then, for Q4_1, their 16 f16 minima), then the code bytes with the rows interleaved: byte `c` of
-//! rows 0..16, byte `c + 1` of rows 0..16, and so on. A kernel loads 16 rows' codes of one column with
+//! Rows go in groups of 16. For each group and block column, `data` holds the block header (scales,
+//! minima; Q4_K's packed sub-block scales too) two bytes at a time for rows 0..16, then the code bytes
+//! with the rows interleaved: byte `c` of rows 0..16, byte `c + 1` of rows 0..16, and so on. A kernel loads 16 rows' codes of one column with
 //! one load, applies 16 rows' scales with one multiply-add, and broadcasts each activation once for 16
 //! rows: about half the instructions per weight of the row-by-row kernels, whose per-block scale
 //! handling and horizontal sums dominate a one-row product. Memory is unchanged.
@@ -20,13 +20,16 @@ pub(super) fn applies(kind: BlockKind, rows: usize) -> bool {
     let fits = crate::isa::isa() == crate::isa::Isa::Avx512;
     #[cfg(not(target_arch = "x86_64"))]
     let fits = false;
-    fits && matches!(kind, BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q4_1) && rows.is_multiple_of(GROUP)
+    fits && matches!(kind, BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q4_1 | BlockKind::Q4K)
+        && rows.is_multiple_of(GROUP)
 }
 
-/// Bytes of the scale fields (f16 scale, and for Q4_1 the f16 minimum) at the start of a GGUF block.
+/// Bytes before the codes in a GGUF block: the f16 scale; Q4_1's f16 minimum; Q4_K's f16 scale and
+/// minimum and twelve bytes of six-bit sub-block scales and minima.
 const fn header(kind: BlockKind) -> usize {
     match kind {
         BlockKind::Q4_1 => 4,
+        BlockKind::Q4K => 16,
         _ => 2,
     }
 }
@@ -100,8 +103,9 @@ pub(super) mod avx512 {
                             (BlockKind::Q8_0, $n) => pass::<0, $n>(q, first_row, out, x, block_sums, m, i0),
                             (BlockKind::Q4_0, $n) => pass::<1, $n>(q, first_row, out, x, block_sums, m, i0),
                             (BlockKind::Q4_1, $n) => pass::<2, $n>(q, first_row, out, x, block_sums, m, i0),
+                            (BlockKind::Q4K, $n) => super::avx512_q4k::pass::<$n>(q, first_row, out, x, block_sums, m, i0),
                         )*
-                        _ => unreachable!("only Q8_0, Q4_0 and Q4_1 are interleaved, at most 8 rows a pass"),
+                        _ => unreachable!("only Q8_0, Q4_0, Q4_1 and Q4_K are interleaved, at most 8 rows a pass"),
                     }
                 };
             }
@@ -112,7 +116,7 @@ pub(super) mod avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn load_f16x16(b: &[u8]) -> __m512 {
+    pub(super) fn load_f16x16(b: &[u8]) -> __m512 {
         let b: &[u8; 32] = b[..32].try_into().expect("16 halves");
         // SAFETY: `b` is 32 readable bytes.
         _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(b.as_ptr().cast()) })
@@ -120,7 +124,7 @@ pub(super) mod avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn load_u8x16(b: &[u8]) -> __m128i {
+    pub(super) fn load_u8x16(b: &[u8]) -> __m128i {
         let b: &[u8; 16] = b[..16].try_into().expect("16 bytes");
         // SAFETY: `b` is 16 readable bytes.
         unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
@@ -210,14 +214,134 @@ pub(super) mod avx512 {
                     }
                 }
             }
-            let mut lanes = [0f32; GROUP];
-            for (i, a) in acc.iter().enumerate() {
-                // SAFETY: `lanes` is 16 writable floats.
-                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
-                for (r, v) in lanes.iter().enumerate() {
-                    out[(g * GROUP + r) * m + i0 + i] = *v;
+            store_group(&acc, out, g, m, i0);
+        }
+    }
+
+    /// Group `g`'s sums (lane r: weight row `16 g + r`) into `out[local * m + i0 + i]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn store_group(acc: &[__m512], out: &mut [f32], g: usize, m: usize, i0: usize) {
+        let mut lanes = [0f32; GROUP];
+        for (i, a) in acc.iter().enumerate() {
+            // SAFETY: `lanes` is 16 writable floats.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
+            for (r, v) in lanes.iter().enumerate() {
+                out[(g * GROUP + r) * m + i0 + i] = *v;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512_q4k {
+    use super::super::{QuantMatrix, BLOCK};
+    use super::avx512::{load_f16x16, load_u8x16, store_group};
+    use super::GROUP;
+    use std::arch::x86_64::*;
+
+    /// Weights per super-block.
+    const SUPER: usize = 256;
+
+    /// Byte `k` (0..12) of the sub-block scales of each of the 16 rows, one per lane.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn scale_byte(blk: &[u8], k: usize) -> __m512i {
+        let field: &[u8; 32] = blk[4 * GROUP + (k / 2) * 2 * GROUP..][..32].try_into().expect("16 pairs");
+        // SAFETY: `field` is 32 readable bytes.
+        let pairs = _mm512_cvtepu16_epi32(unsafe { _mm256_loadu_si256(field.as_ptr().cast()) });
+        if k % 2 == 0 {
+            _mm512_and_si512(pairs, _mm512_set1_epi32(0xFF))
+        } else {
+            _mm512_srli_epi32::<8>(pairs)
+        }
+    }
+
+    /// Sub-block `j`'s six-bit scale and minimum for the 16 rows (llama.cpp's `get_scale_min_k4`).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn scale_min(blk: &[u8], j: usize) -> (__m512, __m512) {
+        let six = _mm512_set1_epi32(63);
+        let (sc, mn) = if j < 4 {
+            (_mm512_and_si512(scale_byte(blk, j), six), _mm512_and_si512(scale_byte(blk, j + 4), six))
+        } else {
+            let (a, lo, hi) = (scale_byte(blk, j + 4), scale_byte(blk, j - 4), scale_byte(blk, j));
+            let top = |v: __m512i| _mm512_slli_epi32::<4>(_mm512_srli_epi32::<6>(v));
+            (
+                _mm512_or_si512(_mm512_and_si512(a, _mm512_set1_epi32(0x0F)), top(lo)),
+                _mm512_or_si512(_mm512_srli_epi32::<4>(a), top(hi)),
+            )
+        };
+        (_mm512_cvtepi32_ps(sc), _mm512_cvtepi32_ps(mn))
+    }
+
+    /// Q4_K: activation rows `i0..i0 + H` against the task's groups. Each 64-weight quarter of a
+    /// super-block has two sub-blocks (the low and the high nibbles of 32 code bytes), each with its
+    /// own six-bit scale and minimum: `w = d * sc * q - dmin * mn`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    pub(in super::super) fn pass<const H: usize>(
+        q: &QuantMatrix,
+        first_row: usize,
+        out: &mut [f32],
+        x: &[f32],
+        block_sums: &[f32],
+        m: usize,
+        i0: usize,
+    ) {
+        let cols = q.cols;
+        let (supers, blocks) = (cols / SUPER, cols / BLOCK);
+        let gbytes = GROUP * q.kind.bytes();
+        let low = _mm512_set1_epi32(0x0F);
+        let four = H <= 2;
+        for g in 0..out.len() / m / GROUP {
+            let group = first_row / GROUP + g;
+            let mut acc = [_mm512_setzero_ps(); H];
+            for sb in 0..supers {
+                let blk = &q.data[(group * supers + sb) * gbytes..][..gbytes];
+                let (d, dmin) = (load_f16x16(blk), load_f16x16(&blk[2 * GROUP..]));
+                let codes: &[u8; 128 * GROUP] = blk[16 * GROUP..].try_into().expect("Q4_K codes");
+                for quarter in 0..4 {
+                    let base = sb * SUPER + 64 * quarter;
+                    let z = _mm512_setzero_ps();
+                    let (mut t0, mut t1, mut t2, mut t3) = ([z; H], [z; H], [z; H], [z; H]);
+                    let cols = |l: usize| {
+                        let v = _mm512_cvtepu8_epi32(load_u8x16(&codes[(32 * quarter + l) * GROUP..]));
+                        (_mm512_cvtepi32_ps(_mm512_and_si512(v, low)), _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v)))
+                    };
+                    for l in (0..32).step_by(2) {
+                        let ((l0, h0), (l1, h1)) = (cols(l), cols(l + 1));
+                        for i in 0..H {
+                            let xr: &[f32; 64] =
+                                x[(i0 + i) * q.cols + base..][..64].try_into().expect("64 activations");
+                            t0[i] = _mm512_fmadd_ps(l0, _mm512_set1_ps(xr[l]), t0[i]);
+                            t1[i] = _mm512_fmadd_ps(h0, _mm512_set1_ps(xr[l + 32]), t1[i]);
+                            let (a, b) = if four { (&mut t2[i], &mut t3[i]) } else { (&mut t0[i], &mut t1[i]) };
+                            *a = _mm512_fmadd_ps(l1, _mm512_set1_ps(xr[l + 1]), *a);
+                            *b = _mm512_fmadd_ps(h1, _mm512_set1_ps(xr[l + 33]), *b);
+                        }
+                    }
+                    let (sc_lo, mn_lo) = scale_min(blk, 2 * quarter);
+                    let (sc_hi, mn_hi) = scale_min(blk, 2 * quarter + 1);
+                    let (sc_lo, sc_hi) = (_mm512_mul_ps(d, sc_lo), _mm512_mul_ps(d, sc_hi));
+                    let (mn_lo, mn_hi) = (_mm512_mul_ps(dmin, mn_lo), _mm512_mul_ps(dmin, mn_hi));
+                    let b32 = sb * SUPER / BLOCK + 2 * quarter;
+                    for i in 0..H {
+                        let (mut lo, mut hi) = (t0[i], t1[i]);
+                        if four {
+                            lo = _mm512_add_ps(lo, t2[i]);
+                            hi = _mm512_add_ps(hi, t3[i]);
+                        }
+                        let sums = &block_sums[(i0 + i) * blocks..][..blocks];
+                        let a = _mm512_fmadd_ps(sc_lo, lo, acc[i]);
+                        let a = _mm512_fmadd_ps(sc_hi, hi, a);
+                        let a = _mm512_fnmadd_ps(mn_lo, _mm512_set1_ps(sums[b32]), a);
+                        acc[i] = _mm512_fnmadd_ps(mn_hi, _mm512_set1_ps(sums[b32 + 1]), a);
+                    }
                 }
             }
+            store_group(&acc, out, g, m, i0);
         }
     }
 }
