@@ -1,8 +1,8 @@
-//! The interleaved layout of Q8_0, Q4_0, Q4_1 and Q4_K: the same bytes as the GGUF blocks, regrouped
+//! The interleaved layout of Q8_0, Q4_0, Q4_1, Q5_0 and Q4_K: the same bytes as the GGUF blocks, regrouped
 //! at load so that one vector lane holds one weight row.
 //!
 //! Rows go in groups of 16. For each group and block column, `data` holds the block header (scales,
-//! minima; Q4_K's packed sub-block scales too) two bytes at a time for rows 0..16, then the code bytes
+//! minima; Q5_0's fifth bits; Q4_K's packed sub-block scales) two bytes at a time for rows 0..16, then the code bytes
 //! with the rows interleaved: byte `c` of rows 0..16, byte `c + 1` of rows 0..16, and so on. A kernel loads 16 rows' codes of one column with
 //! one load, applies 16 rows' scales with one multiply-add, and broadcasts each activation once for 16
 //! rows: about half the instructions per weight of the row-by-row kernels, whose per-block scale
@@ -20,7 +20,7 @@ pub(super) fn applies(kind: BlockKind, rows: usize) -> bool {
     let fits = crate::isa::isa() == crate::isa::Isa::Avx512;
     #[cfg(not(target_arch = "x86_64"))]
     let fits = false;
-    fits && matches!(kind, BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q4_1 | BlockKind::Q4K)
+    fits && matches!(kind, BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q4_1 | BlockKind::Q5_0 | BlockKind::Q4K)
         && rows.is_multiple_of(GROUP)
 }
 
@@ -29,6 +29,7 @@ pub(super) fn applies(kind: BlockKind, rows: usize) -> bool {
 const fn header(kind: BlockKind) -> usize {
     match kind {
         BlockKind::Q4_1 => 4,
+        BlockKind::Q5_0 => 6,
         BlockKind::Q4K => 16,
         _ => 2,
     }
@@ -103,9 +104,10 @@ pub(super) mod avx512 {
                             (BlockKind::Q8_0, $n) => pass::<0, $n>(q, first_row, out, x, block_sums, m, i0),
                             (BlockKind::Q4_0, $n) => pass::<1, $n>(q, first_row, out, x, block_sums, m, i0),
                             (BlockKind::Q4_1, $n) => pass::<2, $n>(q, first_row, out, x, block_sums, m, i0),
+                            (BlockKind::Q5_0, $n) => pass::<3, $n>(q, first_row, out, x, block_sums, m, i0),
                             (BlockKind::Q4K, $n) => super::avx512_q4k::pass::<$n>(q, first_row, out, x, block_sums, m, i0),
                         )*
-                        _ => unreachable!("only Q8_0, Q4_0, Q4_1 and Q4_K are interleaved, at most 8 rows a pass"),
+                        _ => unreachable!("only Q8_0, Q4_0, Q4_1, Q5_0 and Q4_K are interleaved, at most 8 rows a pass"),
                     }
                 };
             }
@@ -130,7 +132,7 @@ pub(super) mod avx512 {
         unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
     }
 
-    /// Activation rows `i0..i0 + H` against the task's groups; `K`: 0 Q8_0, 1 Q4_0, 2 Q4_1.
+    /// Activation rows `i0..i0 + H` against the task's groups; `K`: 0 Q8_0, 1 Q4_0, 2 Q4_1, 3 Q5_0.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
     fn pass<const K: u8, const H: usize>(
@@ -145,7 +147,11 @@ pub(super) mod avx512 {
         let cols = q.cols;
         let blocks = cols / BLOCK;
         let gbytes = GROUP * q.kind.bytes();
-        let hdr = if K == 2 { 4 } else { 2 } * GROUP;
+        let hdr = match K {
+            2 => 4,
+            3 => 6,
+            _ => 2,
+        } * GROUP;
         let xs: [&[f32]; H] = std::array::from_fn(|i| &x[(i0 + i) * cols..][..cols]);
         let sums: [&[f32]; H] = std::array::from_fn(|i| &block_sums[(i0 + i) * blocks..][..blocks]);
         let low = _mm512_set1_epi32(0x0F);
@@ -157,8 +163,7 @@ pub(super) mod avx512 {
                 let blk = &q.data[(group * blocks + b) * gbytes..][..gbytes];
                 let codes = &blk[hdr..];
                 // Fixed-size views: the loops below index them with no bounds checks.
-                let xb: [&[f32; BLOCK]; H] =
-                    std::array::from_fn(|i| xs[i][b * BLOCK..][..BLOCK].try_into().expect("32 columns"));
+                let xb = |i: usize| -> &[f32; BLOCK] { xs[i][b * BLOCK..][..BLOCK].try_into().expect("32 columns") };
                 // Two chains per row (four for one or two rows), so that several multiply-adds per
                 // row are in flight: each waits about four cycles for its accumulator.
                 let z = _mm512_setzero_ps();
@@ -170,7 +175,7 @@ pub(super) mod avx512 {
                     for k in (0..BLOCK).step_by(4) {
                         let (c0, c1, c2, c3) = (col(k), col(k + 1), col(k + 2), col(k + 3));
                         for i in 0..H {
-                            let x = xb[i];
+                            let x = xb(i);
                             t0[i] = _mm512_fmadd_ps(c0, _mm512_set1_ps(x[k]), t0[i]);
                             t1[i] = _mm512_fmadd_ps(c1, _mm512_set1_ps(x[k + 1]), t1[i]);
                             let (a, b) = if four { (&mut t2[i], &mut t3[i]) } else { (&mut t0[i], &mut t1[i]) };
@@ -181,14 +186,33 @@ pub(super) mod avx512 {
                 } else {
                     // Byte j holds element j (low nibble) and element j + 16 (high nibble).
                     let codes: &[u8; BLOCK / 2 * GROUP] = codes[..BLOCK / 2 * GROUP].try_into().expect("4-bit codes");
+                    // Q5_0: bit e of each row's 32-bit `qh` is the fifth bit of element e.
+                    let qh = if K == 3 {
+                        let half = |at: usize| {
+                            let b: &[u8; 32] = blk[at..][..32].try_into().expect("16 halves");
+                            // SAFETY: `b` is 32 readable bytes.
+                            _mm512_cvtepu16_epi32(unsafe { _mm256_loadu_si256(b.as_ptr().cast()) })
+                        };
+                        _mm512_or_si512(half(2 * GROUP), _mm512_slli_epi32::<16>(half(4 * GROUP)))
+                    } else {
+                        _mm512_setzero_si512()
+                    };
+                    let sixteen = _mm512_set1_epi32(16);
                     let cols = |j: usize| {
                         let v = _mm512_cvtepu8_epi32(load_u8x16(&codes[j * GROUP..]));
-                        (_mm512_cvtepi32_ps(_mm512_and_si512(v, low)), _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v)))
+                        let (mut lo, mut hi) = (_mm512_and_si512(v, low), _mm512_srli_epi32::<4>(v));
+                        if K == 3 {
+                            let bit_lo = _mm512_test_epi32_mask(qh, _mm512_set1_epi32(1 << j));
+                            let bit_hi = _mm512_test_epi32_mask(qh, _mm512_set1_epi32(1 << (j + 16)));
+                            lo = _mm512_mask_or_epi32(lo, bit_lo, lo, sixteen);
+                            hi = _mm512_mask_or_epi32(hi, bit_hi, hi, sixteen);
+                        }
+                        (_mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi))
                     };
                     for j in (0..BLOCK / 2).step_by(2) {
                         let ((l0, h0), (l1, h1)) = (cols(j), cols(j + 1));
                         for i in 0..H {
-                            let x = xb[i];
+                            let x = xb(i);
                             t0[i] = _mm512_fmadd_ps(l0, _mm512_set1_ps(x[j]), t0[i]);
                             t1[i] = _mm512_fmadd_ps(h0, _mm512_set1_ps(x[j + 16]), t1[i]);
                             let (a, b) = if four { (&mut t2[i], &mut t3[i]) } else { (&mut t0[i], &mut t1[i]) };
@@ -205,10 +229,13 @@ pub(super) mod avx512 {
                     }
                     acc[i] = _mm512_fmadd_ps(d, sum, acc[i]);
                 }
-                // Q4_1: + min * sum(x); Q4_0's codes are offset by 8: - 8 d * sum(x).
+                // Q4_1: + min * sum(x); Q4_0's and Q5_0's codes are offset by 8 and 16: - 8 d * sum(x).
                 if K != 0 {
-                    let offset =
-                        if K == 2 { load_f16x16(&blk[2 * GROUP..]) } else { _mm512_mul_ps(d, _mm512_set1_ps(-8.0)) };
+                    let offset = match K {
+                        2 => load_f16x16(&blk[2 * GROUP..]),
+                        3 => _mm512_mul_ps(d, _mm512_set1_ps(-16.0)),
+                        _ => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+                    };
                     for i in 0..H {
                         acc[i] = _mm512_fmadd_ps(offset, _mm512_set1_ps(sums[i][b]), acc[i]);
                     }
