@@ -278,7 +278,7 @@ mod avx512_q4k {
         let field: &[u8; 32] = blk[4 * GROUP + (k / 2) * 2 * GROUP..][..32].try_into().expect("16 pairs");
         // SAFETY: `field` is 32 readable bytes.
         let pairs = _mm512_cvtepu16_epi32(unsafe { _mm256_loadu_si256(field.as_ptr().cast()) });
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             _mm512_and_si512(pairs, _mm512_set1_epi32(0xFF))
         } else {
             _mm512_srli_epi32::<8>(pairs)
