@@ -159,6 +159,8 @@ impl EngineStats {
 impl Engine {
     /// Starts the engine thread for `model`.
     pub fn start(model: Arc<Model>, mut options: EngineOptions) -> Result<EngineHandle> {
+        // Kernels chosen and AMX requested once per process, before any compute thread exists.
+        crate::isa::cpu();
         options.max_batch = options.max_batch.max(1);
         options.max_batch_tokens = options.max_batch_tokens.max(options.max_batch);
         let block_bytes = model.kv_bytes_per_token() * BLOCK_TOKENS;
