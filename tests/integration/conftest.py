@@ -208,6 +208,11 @@ def adapter_dir(gguf, tmp_path_factory):
     return str(path)
 
 
+# SDK clients of the session server retry a 429 after its Retry-After, as the SDK does by default: the
+# whole session shares the `smol` deployment's request limit (50 per 10 s), which a fast engine reaches.
+SHARED_SERVER_RETRIES = 4
+
+
 @pytest.fixture(scope="session")
 def server(gguf, adapter_dir):
     """One server for the read-mostly tests: base model `smollm2` deployed as `smol`, and an adapter

@@ -8,6 +8,7 @@ import openai
 import pytest
 import requests_shim as http
 from openai import AzureOpenAI
+from conftest import SHARED_SERVER_RETRIES
 
 VERSION = "2024-10-21"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -15,7 +16,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def client(server):
-    return AzureOpenAI(azure_endpoint=server.url, api_key=server.keys()["key1"], api_version=VERSION, max_retries=0)
+    return AzureOpenAI(azure_endpoint=server.url, api_key=server.keys()["key1"], api_version=VERSION, max_retries=SHARED_SERVER_RETRIES)
 
 
 def test_chat_completion_answers_with_usage(client):

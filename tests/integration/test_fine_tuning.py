@@ -14,7 +14,7 @@ import numpy as np
 import openai
 import pytest
 import requests_shim as http
-from conftest import ROOT, Server
+from conftest import ROOT, Server, SHARED_SERVER_RETRIES
 from openai import AzureOpenAI
 from test_reference import TOLERANCE, engine_logits, reference
 
@@ -24,7 +24,7 @@ HELDOUT = [l for l in (DATA / "pirate-heldout.txt").read_text().splitlines() if 
 
 
 def sdk(server):
-    return AzureOpenAI(azure_endpoint=server.url, api_key=server.keys()["key1"], api_version=VERSION, max_retries=0)
+    return AzureOpenAI(azure_endpoint=server.url, api_key=server.keys()["key1"], api_version=VERSION, max_retries=SHARED_SERVER_RETRIES)
 
 
 def wait_job(client, job_id, timeout=900, until=("succeeded", "failed", "cancelled")):

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import berth_bin
+from conftest import berth_bin, SHARED_SERVER_RETRIES
 
 HERE = os.path.dirname(__file__)
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
@@ -133,7 +133,7 @@ def test_logprobs_equal_the_reference_log_softmax_at_every_position(server, gguf
 def test_chat_logprobs_stream_in_openai_s_shape(server):
     import openai
 
-    client = openai.AzureOpenAI(azure_endpoint=server.url, api_key=server.keys()["key1"], api_version="2024-10-21", max_retries=0)
+    client = openai.AzureOpenAI(azure_endpoint=server.url, api_key=server.keys()["key1"], api_version="2024-10-21", max_retries=SHARED_SERVER_RETRIES)
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     whole = client.chat.completions.create(model="smol", messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
     content = whole.choices[0].logprobs.content

@@ -13,13 +13,14 @@ import pytest
 import requests_shim as http
 from openai import AzureOpenAI
 from pydantic import BaseModel, Field
+from conftest import SHARED_SERVER_RETRIES
 
 VERSION = "2024-10-21"
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return AzureOpenAI(azure_endpoint=server.url, api_key=server.keys()["key1"], api_version=VERSION, max_retries=0)
+    return AzureOpenAI(azure_endpoint=server.url, api_key=server.keys()["key1"], api_version=VERSION, max_retries=SHARED_SERVER_RETRIES)
 
 
 Short = Field(max_length=24)

@@ -6,6 +6,7 @@ import os
 import openai
 import pytest
 import requests_shim as http
+from conftest import SHARED_SERVER_RETRIES
 
 HI = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -13,7 +14,7 @@ HI = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture(scope="module")
 def v1(server):
     key = server.keys()["key1"]
-    return server, key, openai.OpenAI(base_url=f"{server.url}/openai/v1/", api_key=key, max_retries=0)
+    return server, key, openai.OpenAI(base_url=f"{server.url}/openai/v1/", api_key=key, max_retries=SHARED_SERVER_RETRIES)
 
 
 def test_the_plain_openai_client_chats_streams_and_completes(v1):
